@@ -1,0 +1,101 @@
+"""The ``vivi`` command. Each subcommand parses its arguments and makes one call into the library."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def _synth(args: argparse.Namespace) -> None:
+    from .synth import make_world
+    summary = make_world(args.out, videos=args.videos, seconds=args.seconds, fps=args.fps, size=args.size,
+                         seed=args.seed, workers=args.workers, tasks=not args.no_tasks)
+    print(summary)
+
+
+def _ingest(args: argparse.Namespace) -> None:
+    from .ingest import CutDetectorConfig, IngestConfig, SamplingConfig, ingest
+    from .ingest.pipeline import parse_part
+    config = IngestConfig(
+        sampling=SamplingConfig(sample_fps=args.fps, short_side=args.short_side, jpeg_quality=args.jpeg_quality,
+                                cuts=CutDetectorConfig(threshold=args.cut_threshold,
+                                                       min_shot_frames=args.min_shot_frames)),
+        videos_per_shard=args.videos_per_shard)
+    print(ingest(args.inputs, args.out, config, workers=args.workers, part=parse_part(args.part)))
+
+
+def _inspect(args: argparse.Namespace) -> None:
+    from .data.inspect import dataset_stats, format_stats, render_contact_sheet
+    stats = dataset_stats(args.data)
+    print(json.dumps(stats, indent=1) if args.json else format_stats(stats))
+    if args.render:
+        path = render_contact_sheet(args.data, args.render, videos=args.render_videos)
+        print(f"contact sheet written to {path}", file=sys.stderr if args.json else sys.stdout)
+
+
+def _demo(args: argparse.Namespace) -> None:
+    from .demo import run_demo
+    run_demo(args.out, quick=args.quick, workers=args.workers)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .ingest.pipeline import default_workers
+    parser = argparse.ArgumentParser(prog="vivi", description=__doc__.splitlines()[0] if __doc__ else None)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("synth", help="write the synthetic video world (videos, ground truth, downstream tasks)")
+    p.add_argument("out", type=Path, help="output folder")
+    p.add_argument("--videos", type=int, default=200, help="number of videos (default 200)")
+    p.add_argument("--seconds", type=float, default=20.0, help="length of each video in seconds (default 20)")
+    p.add_argument("--fps", type=float, default=None, help="native frame rate (default: the world's default)")
+    p.add_argument("--size", type=int, default=64, help="frame width and height in pixels (default 64)")
+    p.add_argument("--seed", type=int, default=0, help="random seed; the world is deterministic for a seed")
+    p.add_argument("--workers", type=int, default=default_workers(), help="parallel processes")
+    p.add_argument("--no-tasks", action="store_true", help="skip the labeled downstream tasks")
+    p.set_defaults(func=_synth)
+
+    p = sub.add_parser("ingest", help="videos -> shots -> frames -> sharded dataset")
+    p.add_argument("inputs", nargs="+", help="video files, folders (searched recursively), or .txt lists of paths")
+    p.add_argument("--out", type=Path, required=True, help="dataset folder (created; re-running resumes)")
+    p.add_argument("--fps", type=float, default=1.0, help="frames sampled per second inside each shot (default 1)")
+    p.add_argument("--short-side", type=int, default=256, help="stored frames' shorter side in pixels (default 256, never upscaled)")
+    p.add_argument("--jpeg-quality", type=int, default=90, help="JPEG quality of stored frames (default 90)")
+    p.add_argument("--cut-threshold", type=float, default=0.4, help="histogram distance in [0, 1] above which a cut is declared (default 0.4)")
+    p.add_argument("--min-shot-frames", type=int, default=4, help="minimum native frames between two cuts (default 4)")
+    p.add_argument("--videos-per-shard", type=int, default=32, help="videos per tar shard (default 32)")
+    p.add_argument("--workers", type=int, default=default_workers(), help="parallel decoding processes")
+    p.add_argument("--part", default="0/1", help="process only part i of n (i/n), e.g. one task of a Slurm array")
+    p.set_defaults(func=_ingest)
+
+    p = sub.add_parser("inspect", help="dataset statistics and a contact sheet")
+    p.add_argument("data", type=Path, help="dataset folder written by `vivi ingest`")
+    p.add_argument("--json", action="store_true", help="print statistics as JSON")
+    p.add_argument("--render", type=Path, metavar="OUT.png", help="draw a contact sheet (a row per shot)")
+    p.add_argument("--render-videos", type=int, default=6, help="videos on the contact sheet (default 6)")
+    p.set_defaults(func=_inspect)
+
+    p = sub.add_parser("demo", help="the whole pipeline on the synthetic world, on this machine")
+    p.add_argument("--out", type=Path, default=Path("demo"), help="output folder (default ./demo)")
+    p.add_argument("--quick", action="store_true", help="a smaller world for a first look")
+    p.add_argument("--workers", type=int, default=default_workers(), help="parallel processes")
+    p.set_defaults(func=_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except (FileNotFoundError, ValueError) as error:
+        print(f"vivi {args.command}: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"vivi {args.command}: interrupted; what was written is kept, run the same command to resume",
+              file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,201 @@
+"""Batches in the papers' geometry: N videos x K consecutive shots x F consecutive frames.
+
+VIVI (papers/vivi-cvpr2020.txt §3, §4 "Training details"; SPEC.md §1): each batch element is a
+video; from it K consecutive shots are taken (videos with fewer shots are skipped), and from each
+shot F consecutive frames (sampled at 1 Hz by ingest). The baselines use the same reader:
+
+* ``mode="shots"``: the default, K x F frames as above (Ex-YT-S is K = 1, VIVI is K = 2 or 4);
+* ``mode="frame"``: Ex-YT-F, one random frame of the video repeated F times (its copies become
+  different exemplars only through augmentation; no temporal signal).
+
+A shot with fewer than F sampled frames gives its frames in order, each repeated about F/n times
+(index ``floor(j * n / F)`` for j < F), so order inside a shot is kept and no frame of another
+shot leaks in.
+
+Determinism: the :class:`VideoSampler` yields ``(video, draw)`` pairs, where ``draw`` is the
+position in the global sample stream; every random choice for that sample (shots, frames) comes
+from a generator seeded with ``(seed, draw)``. The batches are therefore the same for any number
+of DataLoader workers, and a resumed run continues the stream where it stopped.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from .boxes import load_detections
+from .reader import Video, VideoDataset
+
+MODES = ("shots", "frame")
+
+
+@dataclass(frozen=True)
+class ClipConfig:
+    shots: int = 4                 # K: consecutive shots per video (VIVI: 2 or 4; shot/frame baselines: 1)
+    frames: int = 8                # F: consecutive frames per shot (exemplar: 8, rotation: 4)
+    mode: str = "shots"            # "shots" (K x F frames) or "frame" (Ex-YT-F: one frame, F copies)
+    size: int | None = None        # frames are resized (shorter side) and centre-cropped to size x size;
+                                   # None keeps the stored size (all videos must then share it)
+    detector: str | None = None    # read boxes from the detections of this detector (see boxes.py)
+    max_boxes: int = 5             # boxes per frame kept (paper 2: at most 5)
+
+    def __post_init__(self):
+        if self.mode not in MODES:
+            raise ValueError(f"unknown clip mode {self.mode!r}; valid modes: {', '.join(MODES)}")
+        if self.shots < 1 or self.frames < 1:
+            raise ValueError(f"need at least one shot and one frame per clip, got K={self.shots}, F={self.frames}")
+
+
+class VideoClipDataset(Dataset):
+    """Map-style dataset over the videos with at least K shots; item ``(video, draw)`` -> a clip.
+
+    A clip is a dict of tensors:
+
+    * ``frames``: uint8 (K, F, 3, H, W), RGB;
+    * ``video``: int64 (), index of the video in :attr:`videos` (stable across processes);
+    * ``shots``: int64 (K,), shot indices in the video; ``frame_index``: int64 (K, F), sampled
+      frame indices in the video;
+    * with a detector: ``boxes`` float32 (K, F, B, 4) as normalised (x0, y0, x1, y1) in the
+      returned frame, ``box_labels`` int64 (K, F, B) with -1 for padding, ``box_scores`` float32.
+    """
+
+    def __init__(self, root: str | Path, config: ClipConfig = ClipConfig()):
+        self.config = config
+        self.dataset = VideoDataset(root)
+        need = config.shots if config.mode == "shots" else 1
+        self.videos: list[Video] = [v for v in self.dataset.videos if v.num_shots >= need and v.num_frames > 0]
+        if not self.videos:
+            counts = sorted({v.num_shots for v in self.dataset.videos})
+            raise ValueError(f"no video in {root} has {need} shots (videos: {len(self.dataset.videos)}, "
+                             f"shot counts seen: {counts or 'none'}); lower the number of shots per clip "
+                             "or ingest longer, multi-shot videos")
+        if config.size is None and len({v.frame_size for v in self.videos}) > 1:
+            raise ValueError("videos of different frame sizes need ClipConfig.size to batch them")
+        self.detections = load_detections(root, config.detector) if config.detector else None
+
+    def __len__(self) -> int:
+        return len(self.videos)
+
+    def choose(self, video: Video, rng: np.random.Generator) -> tuple[list[int], list[list[int]]]:
+        """The shots and, for each, the frame indices of one clip of ``video``."""
+        K, F = self.config.shots, self.config.frames
+        if self.config.mode == "frame":
+            frame = int(rng.integers(video.num_frames))
+            return [video.frame_shot[frame]] * K, [[frame] * F for _ in range(K)]
+        first = int(rng.integers(video.num_shots - K + 1))
+        shots = list(range(first, first + K))
+        per_shot = video.shot_frames()
+        frames = []
+        for shot in shots:
+            available = per_shot[shot]
+            n = len(available)
+            if n >= F:
+                start = int(rng.integers(n - F + 1))
+                frames.append(available[start:start + F])
+            else:
+                frames.append([available[j * n // F] for j in range(F)])
+        return shots, frames
+
+    def __getitem__(self, item: tuple[int, int]) -> dict[str, torch.Tensor]:
+        index, draw = item
+        video = self.videos[index]
+        rng = np.random.default_rng([self.seed, draw])
+        shots, frames = self.choose(video, rng)
+        decoded: dict[int, np.ndarray] = {}
+        crop = None
+        for frame in {f for shot in frames for f in shot}:
+            image = self.dataset.read_frame(video, frame)
+            image, crop = self._fit(image)
+            decoded[frame] = image
+        stack = np.stack([[decoded[f] for f in shot] for shot in frames])          # K, F, H, W, 3
+        clip = {"frames": torch.from_numpy(stack).permute(0, 1, 4, 2, 3).contiguous(),
+                "video": torch.tensor(index), "shots": torch.tensor(shots),
+                "frame_index": torch.tensor(frames)}
+        if self.detections is not None:
+            clip.update(self.detections.boxes(video.key, frames, crop, self.config.max_boxes))
+        return clip
+
+    seed: int = 0   # set by the loader; part of every sample's random stream
+
+    def _fit(self, image: np.ndarray) -> tuple[np.ndarray, tuple[float, float, float, float]]:
+        """Resize the shorter side to ``size`` and centre-crop; return the crop as normalised (x0, y0, x1, y1)."""
+        size = self.config.size
+        h, w = image.shape[:2]
+        if size is None:
+            return image, (0.0, 0.0, 1.0, 1.0)
+        scale = size / min(h, w)
+        rh, rw = max(size, round(h * scale)), max(size, round(w * scale))
+        if (rh, rw) != (h, w):
+            image = cv2.resize(image, (rw, rh), interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
+        y, x = (rh - size) // 2, (rw - size) // 2
+        return image[y:y + size, x:x + size], (x / rw, y / rh, (x + size) / rw, (y + size) / rh)
+
+
+class VideoSampler(Sampler):
+    """Yields ``(video, draw)`` for one rank: a seeded, epoch-wise shuffled stream of videos.
+
+    The global stream is epoch 0's permutation of all videos, then epoch 1's, and so on; rank r
+    of W takes the positions p with p % W == r, so ranks never share a position and, within an
+    epoch, never a video. ``infinite=False`` stops after one epoch (every video exactly once over
+    all ranks and workers); ``start`` skips the first ``start`` samples of this rank (resume).
+    """
+
+    def __init__(self, num_videos: int, *, seed: int = 0, shuffle: bool = True, infinite: bool = True,
+                 rank: int | None = None, world_size: int | None = None, start: int = 0):
+        if rank is None or world_size is None:
+            initialized = dist.is_available() and dist.is_initialized()
+            rank = dist.get_rank() if initialized else 0
+            world_size = dist.get_world_size() if initialized else 1
+        self.num_videos, self.seed, self.shuffle, self.infinite = num_videos, seed, shuffle, infinite
+        self.rank, self.world_size, self.start = rank, world_size, start
+
+    def _epoch(self, epoch: int) -> np.ndarray:
+        if not self.shuffle:
+            return np.arange(self.num_videos)
+        return np.random.default_rng([self.seed, epoch]).permutation(self.num_videos)
+
+    def __iter__(self):
+        position = self.rank + self.start * self.world_size
+        order, order_epoch = None, -1
+        while self.infinite or position < self.num_videos:
+            epoch = position // self.num_videos
+            if epoch != order_epoch:
+                order, order_epoch = self._epoch(epoch), epoch
+            yield int(order[position % self.num_videos]), position
+            position += self.world_size
+
+    def __len__(self) -> int:
+        if self.infinite:
+            raise TypeError("an infinite VideoSampler has no length")
+        return max(0, math.ceil((self.num_videos - self.rank) / self.world_size) - self.start)
+
+
+def make_loader(root: str | Path, config: ClipConfig, *, batch_size: int, seed: int = 0, workers: int = 2,
+                infinite: bool = True, shuffle: bool = True, start_batch: int = 0, rank: int | None = None,
+                world_size: int | None = None, drop_last: bool | None = None) -> DataLoader:
+    """A DataLoader of clip batches for this rank (``batch_size`` videos per rank and step).
+
+    ``start_batch`` skips that many batches of this rank's stream (to resume training exactly).
+    """
+    dataset = VideoClipDataset(root, config)
+    dataset.seed = seed
+    sampler = VideoSampler(len(dataset), seed=seed, shuffle=shuffle, infinite=infinite, rank=rank,
+                           world_size=world_size, start=start_batch * batch_size)
+    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers,
+                      drop_last=infinite if drop_last is None else drop_last,
+                      persistent_workers=workers > 0 and infinite, pin_memory=torch.cuda.is_available(),
+                      prefetch_factor=4 if workers > 0 else None)
+
+
+def iterate_videos(root: str | Path, config: ClipConfig, seed: int = 0) -> Iterator[dict[str, torch.Tensor]]:
+    """Every eligible video once, in order, each as one clip (for evaluation and inspection)."""
+    dataset = VideoClipDataset(root, config)
+    dataset.seed = seed
+    return (dataset[(i, i)] for i in range(len(dataset)))

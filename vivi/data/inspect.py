@@ -1,0 +1,104 @@
+"""``vivi inspect``: statistics of an ingested dataset and a contact sheet to look at.
+
+The contact sheet draws one row per shot (its sampled frames left to right) and a thick rule
+between videos, so a person sees at a glance whether the cuts fall where the content changes.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from ..ingest.pipeline import collect
+from .reader import VideoDataset
+
+
+def dataset_stats(root: str | Path) -> dict:
+    """Statistics of the dataset at ``root`` as a JSON-able dict.
+
+    Keys: ``videos``, ``shots``, ``frames``, ``failed``, ``complete``, ``duration_s`` (total),
+    ``videos_with_at_least_k_shots`` ({k: count} for k in 1, 2, 4, 8), ``frames_per_shot`` and
+    ``shots_per_video`` (min/median/mean/max), and ``per_video``: a list of ``{key, source,
+    duration_s, fps, frames, shots, shot_starts_s}``.
+    """
+    manifest = collect(root)
+    per_video = manifest["per_video"]
+    shots_per_video = [v["shots"] for v in per_video]
+    frames_per_shot = _frames_per_shot(root)
+    return {
+        "root": str(root), "complete": manifest["complete"],
+        "shards": f'{manifest["shards_done"]}/{manifest["shards_planned"]}',
+        "videos": manifest["videos"], "failed": manifest["failed"],
+        "shots": manifest["shots"], "frames": manifest["frames"],
+        "duration_s": round(sum(v["duration_s"] for v in per_video), 3),
+        "videos_with_at_least_k_shots": {k: sum(n >= k for n in shots_per_video) for k in (1, 2, 4, 8)},
+        "shots_per_video": _summary(shots_per_video),
+        "frames_per_shot": _summary(frames_per_shot),
+        "per_video": [{k: v[k] for k in ("key", "source", "duration_s", "fps", "frames", "shots", "shot_starts_s")}
+                      for v in per_video],
+        "failures": manifest["failures"],
+    }
+
+
+def _frames_per_shot(root) -> list[int]:
+    return [len(f) for video in VideoDataset(root).videos for f in video.shot_frames()]
+
+
+def _summary(values: list[int]) -> dict:
+    if not values:
+        return {"min": 0, "median": 0, "mean": 0, "max": 0}
+    a = np.asarray(values)
+    return {"min": int(a.min()), "median": float(np.median(a)), "mean": round(float(a.mean()), 3),
+            "max": int(a.max())}
+
+
+def format_stats(stats: dict) -> str:
+    """A human-readable summary of :func:`dataset_stats`."""
+    at_least = ", ".join(f"≥{k}: {n}" for k, n in stats["videos_with_at_least_k_shots"].items())
+    spv, fps_ = stats["shots_per_video"], stats["frames_per_shot"]
+    lines = [
+        f"dataset {stats['root']} ({'complete' if stats['complete'] else 'INCOMPLETE'}, shards {stats['shards']})",
+        f"  videos  {stats['videos']:>8}   ({stats['duration_s'] / 3600:.2f} h)   failed {stats['failed']}",
+        f"  shots   {stats['shots']:>8}   per video min {spv['min']} median {spv['median']:g} max {spv['max']}",
+        f"  frames  {stats['frames']:>8}   per shot  min {fps_['min']} median {fps_['median']:g} max {fps_['max']}",
+        f"  videos with k shots: {at_least}",
+    ]
+    for failure in stats["failures"][:10]:
+        lines.append(f"  failed: {failure['source']}: {failure['reason']}")
+    if len(stats["failures"]) > 10:
+        lines.append(f"  ... {len(stats['failures']) - 10} more failures in failures.jsonl")
+    return "\n".join(lines)
+
+
+def render_contact_sheet(root: str | Path, out: str | Path, *, videos: int = 6, max_frames: int = 12,
+                         tile: int = 64) -> Path:
+    """Draw the first ``videos`` videos, one row per shot, to the PNG ``out``."""
+    dataset = VideoDataset(root)
+    if not len(dataset):
+        raise ValueError(f"{root} holds no ingested video to draw")
+    label_w, gap, rule = 150, 2, 6
+    rows: list[np.ndarray] = []
+    width = label_w + max_frames * (tile + gap)
+    for video in dataset.videos[:videos]:
+        for shot, frames in enumerate(video.shot_frames()):
+            row = np.full((tile + gap, width, 3), 255, np.uint8)
+            text = f"{video.key} shot {shot} @{video.shot_starts_s[shot]:.1f}s"
+            cv2.putText(row, text, (4, tile // 2 + 4), cv2.FONT_HERSHEY_SIMPLEX, 0.38, (0, 0, 0), 1, cv2.LINE_AA)
+            for col, frame in enumerate(frames[:max_frames]):
+                image = _fit(dataset.read_frame(video, frame), tile)
+                x = label_w + col * (tile + gap)
+                row[:tile, x:x + image.shape[1]] = image
+            rows.append(row)
+        rows.append(np.full((rule, width, 3), (40, 40, 200), np.uint8))   # rule between videos
+    sheet = np.concatenate(rows[:-1])
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    cv2.imwrite(str(out), cv2.cvtColor(sheet, cv2.COLOR_RGB2BGR))
+    return out
+
+
+def _fit(image: np.ndarray, tile: int) -> np.ndarray:
+    h, w = image.shape[:2]
+    scale = tile / max(h, w)
+    return cv2.resize(image, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA)

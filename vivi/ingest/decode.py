@@ -1,0 +1,139 @@
+"""One decode pass over a video with PyAV: shot cuts at the native frame rate, frames sampled in shots.
+
+Every frame has to be decoded once (the cut detector looks at all of them, so that short shots are
+not lost); everything else is kept off the per-frame path. The detector sees a small RGB thumbnail
+that libswscale makes during the colour conversion, and only the frames sampled for the dataset
+(1 Hz by default) are resized to the stored size and JPEG-encoded.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import av
+import cv2
+import numpy as np
+
+from .shots import CutDetectorConfig, HistogramCutDetector
+
+
+class VideoError(Exception):
+    """A video that cannot be ingested; the message says why (written to the failures report)."""
+
+
+@dataclass(frozen=True)
+class SamplingConfig:
+    sample_fps: float = 1.0        # frames kept per second inside each shot (VIVI: 1 Hz)
+    short_side: int = 256          # stored frames are resized so the shorter side is this (never upscaled)
+    jpeg_quality: int = 90         # JPEG quality of stored frames
+    thumb_width: int = 64          # width of the thumbnail the cut detector sees (histograms need few pixels)
+    cuts: CutDetectorConfig = field(default_factory=CutDetectorConfig)
+
+
+@dataclass
+class DecodedVideo:
+    """What one pass over a video produced: the record of the dataset and the JPEG bytes of its frames."""
+    fps: float
+    width: int
+    height: int
+    num_native_frames: int
+    duration_s: float
+    shot_starts: list[int]           # native frame index where each shot starts (first is 0)
+    shot_starts_s: list[float]       # the same in seconds from the first frame
+    frame_times_s: list[float]       # time of every sampled frame, seconds from the first frame
+    frame_native_index: list[int]    # native frame index of every sampled frame
+    frame_shot: list[int]            # shot index of every sampled frame
+    frame_size: tuple[int, int]      # (height, width) of the stored frames
+    jpegs: list[bytes]
+
+
+def stored_size(width: int, height: int, short_side: int) -> tuple[int, int]:
+    """(height, width) after resizing the shorter side to ``short_side`` (no upscaling), even sizes."""
+    scale = min(1.0, short_side / min(width, height))
+    return max(2, round(height * scale / 2) * 2), max(2, round(width * scale / 2) * 2)
+
+
+def decode_video(path: str | Path, config: SamplingConfig = SamplingConfig()) -> DecodedVideo:
+    """Decode ``path`` once, find its shots and sample frames inside each shot.
+
+    Sampling: inside a shot starting at time s, the frames kept are the first frames at or after
+    s, s + 1/r, s + 2/r, ... (r = ``sample_fps``) that lie before the next cut. Raises
+    :class:`VideoError` naming the problem for anything that is not a decodable video.
+    """
+    try:
+        container = av.open(str(path), metadata_errors="ignore")
+    except FileNotFoundError:
+        raise VideoError("file not found") from None
+    except (av.error.FFmpegError, UnicodeDecodeError) as error:
+        raise VideoError(f"not a readable video container ({error.__class__.__name__}: {error})") from None
+    with container:
+        if not container.streams.video:
+            raise VideoError("no video stream in the file")
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"   # frame + slice threads inside libavcodec
+        rate = stream.average_rate or stream.guessed_rate or stream.base_rate
+        if not rate or float(rate) <= 0:
+            raise VideoError("video stream has no frame rate")
+        fps = float(rate)
+        width, height = stream.codec_context.width, stream.codec_context.height
+        if not width or not height:
+            raise VideoError("video stream has no frame size")
+        out_h, out_w = stored_size(width, height, config.short_side)
+        thumb_w = min(config.thumb_width, width)
+        thumb_h = max(1, round(height * thumb_w / width))
+        period = 1.0 / config.sample_fps
+        encode = [int(cv2.IMWRITE_JPEG_QUALITY), int(config.jpeg_quality)]
+
+        detector = HistogramCutDetector(config.cuts)
+        shot_starts_s: list[float] = []
+        times, native, shots, jpegs = [], [], [], []
+        t0 = None
+        next_sample = 0.0
+        index = -1
+        last_t = 0.0
+        try:
+            for index, frame in enumerate(container.decode(stream)):
+                t = _frame_time(frame, index, fps)
+                if t0 is None:
+                    t0 = t
+                t = t - t0
+                if detector.push(frame.to_ndarray(width=thumb_w, height=thumb_h, format="rgb24")):
+                    shot_starts_s.append(t)
+                    next_sample = t
+                if t >= next_sample - 1e-6:
+                    bgr = frame.to_ndarray(width=out_w, height=out_h, format="bgr24", interpolation="AREA")
+                    ok, data = cv2.imencode(".jpg", bgr, encode)
+                    if not ok:
+                        raise VideoError(f"JPEG encoding failed at frame {index}")
+                    times.append(round(t, 6))
+                    native.append(index)
+                    shots.append(len(shot_starts_s) - 1)
+                    jpegs.append(data.tobytes())
+                    while next_sample <= t + 1e-6:
+                        next_sample += period
+                last_t = t
+        except av.error.FFmpegError as error:
+            raise VideoError(f"decoding failed after {index + 1} frames "
+                             f"({error.__class__.__name__}: {error}); the file may be truncated or corrupt") from None
+        if index < 0:
+            raise VideoError("zero-length video: no frame could be decoded")
+    return DecodedVideo(
+        fps=fps, width=width, height=height, num_native_frames=index + 1,
+        duration_s=round(last_t + 1.0 / fps, 6),
+        shot_starts=list(detector.shot_starts), shot_starts_s=[round(s, 6) for s in shot_starts_s],
+        frame_times_s=times, frame_native_index=native, frame_shot=shots,
+        frame_size=(out_h, out_w), jpegs=jpegs)
+
+
+def _frame_time(frame: av.VideoFrame, index: int, fps: float) -> float:
+    """Presentation time in seconds; streams without timestamps fall back to index / fps."""
+    t = frame.time
+    return float(t) if t is not None else index / fps
+
+
+def decode_jpeg(data: bytes) -> np.ndarray:
+    """RGB (H, W, 3) uint8 from JPEG bytes."""
+    bgr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    if bgr is None:
+        raise ValueError("not a decodable JPEG image")
+    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)

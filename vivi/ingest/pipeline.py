@@ -1,0 +1,266 @@
+"""``ingest``: a collection of videos -> a sharded dataset of shots and frames.
+
+The run is planned before anything is decoded: the inputs are expanded to a sorted list of
+files, video i gets the key ``v{i:07d}`` and shard j holds videos ``[j*P, (j+1)*P)``. Because the
+plan depends only on the inputs, any number of processes or machines can work on one dataset
+(``part=(i, n)`` takes the shards j with j % n == i), an interrupted run is resumed by running it
+again (complete shards are skipped, see ``shards.py``), and the result does not depend on how the
+work was split.
+"""
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+from . import shards
+from .decode import SamplingConfig, VideoError, decode_video
+
+VIDEO_EXTENSIONS = {".mp4", ".m4v", ".mkv", ".webm", ".avi", ".mov", ".mpg", ".mpeg",
+                    ".ts", ".flv", ".wmv", ".3gp", ".ogv"}
+LIST_EXTENSIONS = {".txt", ".lst", ".list"}
+PLAN_VERSION = 1
+
+
+@dataclass(frozen=True)
+class IngestConfig:
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)  # decoding, cuts, frame sampling
+    videos_per_shard: int = 32    # videos per tar shard; a shard is the unit of resumption
+    min_shots: int = 2            # videos with fewer shots are kept but counted (the loader filters)
+
+
+@dataclass
+class IngestSummary:
+    out: Path
+    videos_planned: int
+    shards_planned: int
+    shards_done: int              # complete shards in the dataset
+    shards_written: int           # by this run
+    shards_skipped: int           # already complete from an earlier run
+    videos: int                   # ingested videos in the dataset (all complete shards)
+    failed: int
+    shots: int
+    frames: int
+    few_shots: int                # ingested videos with fewer than ``min_shots`` shots
+    min_shots: int
+    complete: bool                # every planned shard is done
+    seconds: float
+    failure_reasons: dict[str, int]
+
+    def __str__(self) -> str:
+        lines = [f"dataset {self.out}: {self.videos} videos, {self.shots} shots, {self.frames} frames "
+                 f"({self.shards_done}/{self.shards_planned} shards)"]
+        lines.append(f"this run: {self.shards_written} shards written, {self.shards_skipped} already done, "
+                     f"{self.seconds:.1f} s")
+        if self.failed:
+            reasons = "; ".join(f"{n}x {r}" for r, n in sorted(self.failure_reasons.items(), key=lambda x: -x[1]))
+            lines.append(f"skipped {self.failed} videos that could not be ingested (see {self.out / 'failures.jsonl'}): {reasons}")
+        if self.few_shots:
+            lines.append(f"{self.few_shots} videos have fewer than {self.min_shots} shots "
+                         "(kept; the loader skips videos with fewer shots than it needs)")
+        if not self.complete:
+            lines.append("not complete: other parts are missing or were interrupted; run the same command again")
+        return "\n".join(lines)
+
+
+def expand_inputs(inputs: list[str | Path]) -> list[Path]:
+    """Video files from files, folders (recursive, by extension) and text files listing paths.
+
+    A list file holds one path per line (blank lines and lines starting with # are ignored);
+    relative paths are taken relative to the list file. Returns sorted, de-duplicated absolute paths.
+    """
+    found: set[Path] = set()
+    for item in inputs:
+        path = Path(item).expanduser()
+        if path.is_dir():
+            found.update(p.resolve() for p in path.rglob("*")
+                         if p.is_file() and p.suffix.lower() in VIDEO_EXTENSIONS)
+        elif path.suffix.lower() in LIST_EXTENSIONS and path.is_file():
+            for line in path.read_text().splitlines():
+                line = line.strip()
+                if line and not line.startswith("#"):
+                    listed = Path(line).expanduser()
+                    found.add((listed if listed.is_absolute() else path.parent / listed).resolve())
+        elif path.exists():
+            found.add(path.resolve())
+        else:
+            raise FileNotFoundError(f"input {item!s} does not exist: pass video files, folders of videos, "
+                                    "or a .txt file listing video paths")
+    return sorted(found)
+
+
+def _check_plan(out: Path, plan: dict) -> None:
+    path = out / "plan.json"
+    if path.exists():
+        existing = json.loads(path.read_text())
+        if existing != plan:
+            what = "input videos" if existing.get("inputs") != plan["inputs"] else "ingest settings"
+            raise ValueError(f"{out} already holds a dataset planned with other {what}; "
+                             "pass a new --out folder (or delete this one) to ingest a different collection")
+    else:
+        out.mkdir(parents=True, exist_ok=True)
+        shards.write_json_atomic(path, plan)
+
+
+def _ingest_one(job: tuple[int, str, SamplingConfig]) -> tuple[int, dict | None, list[bytes], str | None]:
+    index, source, sampling = job
+    try:
+        video = decode_video(source, sampling)
+    except VideoError as error:
+        return index, None, [], str(error)
+    except Exception as error:  # a decoder bug must not take down a whole collection's ingest
+        return index, None, [], f"unexpected {error.__class__.__name__}: {error}"
+    record = {
+        "key": shards.video_key(index), "source": source, "fps": video.fps,
+        "width": video.width, "height": video.height, "num_native_frames": video.num_native_frames,
+        "duration_s": video.duration_s, "shot_starts": video.shot_starts, "shot_starts_s": video.shot_starts_s,
+        "frame_size": list(video.frame_size), "frame_times_s": video.frame_times_s,
+        "frame_native_index": video.frame_native_index, "frame_shot": video.frame_shot,
+    }
+    return index, record, video.jpegs, None
+
+
+def ingest(inputs: list[str | Path], out: str | Path, config: IngestConfig = IngestConfig(), *,
+           workers: int = 1, part: tuple[int, int] = (0, 1), progress: bool = True) -> IngestSummary:
+    """Ingest the videos named by ``inputs`` into the dataset folder ``out`` (see module docstring).
+
+    Resumable: complete shards are kept and skipped. ``workers`` processes decode videos in
+    parallel; ``part=(i, n)`` processes only the i-th of n disjoint parts of the plan.
+    """
+    start = time.perf_counter()
+    out = Path(out)
+    part_index, part_count = part
+    if not (part_count >= 1 and 0 <= part_index < part_count):
+        raise ValueError(f"part {part_index}/{part_count} is not valid: use i/n with 0 <= i < n")
+    sources = [str(p) for p in expand_inputs(inputs)]
+    if not sources:
+        raise ValueError(f"no video files found in {', '.join(map(str, inputs))} "
+                         f"(extensions looked for: {' '.join(sorted(VIDEO_EXTENSIONS))})")
+    plan = {"version": PLAN_VERSION, "config": asdict(config), "inputs": sources}
+    _check_plan(out, plan)
+
+    per_shard = config.videos_per_shard
+    num_shards = (len(sources) + per_shard - 1) // per_shard
+    mine = [j for j in range(num_shards) if j % part_count == part_index]
+    todo = [j for j in mine if shards.read_shard_index(out, j) is None]
+    jobs = [(i, sources[i], config.sampling)
+            for j in todo for i in range(j * per_shard, min((j + 1) * per_shard, len(sources)))]
+
+    bar = tqdm(total=len(jobs), unit="video", desc=f"ingest {out.name}", disable=not progress, dynamic_ncols=True)
+    native_frames = 0
+    pending: dict[int, list] = {j: [] for j in todo}
+    with _pool(workers) as pool:
+        results = pool.imap(_ingest_one, jobs, chunksize=1) if pool else map(_ingest_one, jobs)
+        for index, record, jpegs, reason in results:
+            j = index // per_shard
+            pending[j].append((index, record, jpegs, reason))
+            if record is not None:
+                native_frames += record["num_native_frames"]
+            bar.update(1)
+            bar.set_postfix_str(f"{native_frames / max(bar.format_dict['elapsed'], 1e-9):.0f} frames/s decoded",
+                                refresh=False)
+            if len(pending[j]) == min((j + 1) * per_shard, len(sources)) - j * per_shard:
+                _write_shard(out, j, sorted(pending.pop(j), key=lambda r: r[0]), sources)
+    bar.close()
+    summary = finalize(out, config.min_shots)
+    summary.shards_written, summary.shards_skipped = len(todo), len(mine) - len(todo)
+    summary.seconds = time.perf_counter() - start
+    return summary
+
+
+class _pool:
+    """A process pool for ``workers`` > 1, or None to run in this process."""
+
+    def __init__(self, workers: int):
+        self.workers = workers
+        self.pool = None
+
+    def __enter__(self):
+        if self.workers > 1:
+            # forkserver: workers start from a clean process, safe when the caller has threads or torch.
+            self.pool = multiprocessing.get_context("forkserver").Pool(self.workers, initializer=_worker_init)
+        return self.pool
+
+    def __exit__(self, *exc):
+        if self.pool is not None:
+            self.pool.terminate()
+            self.pool.join()
+
+
+def _worker_init() -> None:
+    import cv2
+    cv2.setNumThreads(1)   # one process per core already; OpenCV's own threads would oversubscribe
+
+
+def _write_shard(out: Path, j: int, results: list, sources: list[str]) -> None:
+    samples = [(record, jpegs) for _, record, jpegs, _ in results if record is not None]
+    failures = [{"key": shards.video_key(index), "source": sources[index], "reason": reason}
+                for index, record, _, reason in results if record is None]
+    shards.write_shard(out, j, samples, failures)
+
+
+def collect(out: str | Path) -> dict:
+    """The manifest of the dataset at ``out``, read from its complete shards (writes nothing)."""
+    out = Path(out)
+    plan_path = out / "plan.json"
+    if not plan_path.exists():
+        raise FileNotFoundError(f"{out} is not a vivi dataset (no plan.json): create one with `vivi ingest VIDEOS --out {out}`")
+    plan = json.loads(plan_path.read_text())
+    per_shard = plan["config"]["videos_per_shard"]
+    done = shards.completed_shard_indices(out)
+    per_video, failures = [], []
+    for shard_index in done:
+        for v in shard_index["videos"]:
+            per_video.append({"key": v["key"], "source": v["source"], "shard": shard_index["shard"],
+                              "duration_s": v["duration_s"], "fps": v["fps"], "frames": len(v["frame_times_s"]),
+                              "shots": len(v["shot_starts"]), "shot_starts_s": v["shot_starts_s"]})
+        failures.extend(shard_index["failures"])
+    num_shards = (len(plan["inputs"]) + per_shard - 1) // per_shard
+    return {
+        "version": PLAN_VERSION, "complete": len(done) == num_shards,
+        "shards_planned": num_shards, "shards_done": len(done), "videos_planned": len(plan["inputs"]),
+        "videos": len(per_video), "failed": len(failures),
+        "shots": sum(v["shots"] for v in per_video), "frames": sum(v["frames"] for v in per_video),
+        "per_video": per_video, "failures": failures,
+    }
+
+
+def finalize(out: str | Path, min_shots: int = IngestConfig.min_shots) -> IngestSummary:
+    """Rebuild ``manifest.json`` and ``failures.jsonl`` from the complete shards of ``out``."""
+    out = Path(out)
+    manifest = collect(out)
+    failures = manifest.pop("failures")
+    shards.write_json_atomic(out / "manifest.json", manifest)
+    shards.write_atomic(out / "failures.jsonl", "".join(json.dumps(f) + "\n" for f in failures).encode())
+    return IngestSummary(
+        out=out, videos_planned=manifest["videos_planned"], shards_planned=manifest["shards_planned"],
+        shards_done=manifest["shards_done"], shards_written=0, shards_skipped=0, videos=manifest["videos"],
+        failed=len(failures), shots=manifest["shots"], frames=manifest["frames"],
+        few_shots=sum(v["shots"] < min_shots for v in manifest["per_video"]), min_shots=min_shots,
+        complete=manifest["complete"], seconds=0.0,
+        failure_reasons=dict(Counter(_reason_kind(f["reason"]) for f in failures)))
+
+
+def _reason_kind(reason: str) -> str:
+    return reason.split(" (")[0]
+
+
+def parse_part(text: str) -> tuple[int, int]:
+    """'i/n' -> (i, n)."""
+    try:
+        i, n = (int(x) for x in text.split("/"))
+    except ValueError:
+        raise ValueError(f"--part {text!r} is not of the form i/n (e.g. 0/4)") from None
+    if not (n >= 1 and 0 <= i < n):
+        raise ValueError(f"--part {text}: need 0 <= i < n")
+    return i, n
+
+
+def default_workers() -> int:
+    return max(1, min(8, os.cpu_count() or 1))
