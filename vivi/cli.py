@@ -11,7 +11,9 @@ def _synth(args: argparse.Namespace) -> None:
     from .synth import make_world
     summary = make_world(args.out, videos=args.videos, seconds=args.seconds, fps=args.fps, size=args.size,
                          seed=args.seed, workers=args.workers, tasks=not args.no_tasks)
-    print(summary)
+    print(f"wrote {summary['videos']} videos ({summary['shots']} shots, {summary['frames']} frames, "
+          f"{summary['boxes']} boxes) and {summary['task_images']} task images to {args.out} "
+          f"in {summary['seconds']:.1f} s")
 
 
 def _ingest(args: argparse.Namespace) -> None:
@@ -48,7 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("out", type=Path, help="output folder")
     p.add_argument("--videos", type=int, default=200, help="number of videos (default 200)")
     p.add_argument("--seconds", type=float, default=20.0, help="length of each video in seconds (default 20)")
-    p.add_argument("--fps", type=float, default=None, help="native frame rate (default: the world's default)")
+    p.add_argument("--fps", type=int, default=10, help="native frame rate (default 10)")
     p.add_argument("--size", type=int, default=64, help="frame width and height in pixels (default 64)")
     p.add_argument("--seed", type=int, default=0, help="random seed; the world is deterministic for a seed")
     p.add_argument("--workers", type=int, default=default_workers(), help="parallel processes")

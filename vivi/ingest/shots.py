@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import cv2
 import numpy as np
 
 
@@ -28,15 +29,14 @@ class CutDetectorConfig:
 
 def color_histogram(rgb: np.ndarray, bits: int = 4) -> np.ndarray:
     """Joint RGB histogram of an (H, W, 3) uint8 image, ``2**(3*bits)`` bins, summing to 1."""
-    q = rgb.reshape(-1, 3) >> (8 - bits)
-    index = (q[:, 0].astype(np.int32) << (2 * bits)) | (q[:, 1].astype(np.int32) << bits) | q[:, 2]
-    hist = np.bincount(index, minlength=1 << (3 * bits)).astype(np.float32)
-    return hist / hist.sum()
+    bins = 1 << bits
+    hist = cv2.calcHist([np.ascontiguousarray(rgb)], [0, 1, 2], None, [bins] * 3, [0, 256] * 3)
+    return hist.ravel() * np.float32(1.0 / (rgb.shape[0] * rgb.shape[1]))
 
 
 def histogram_distance(a: np.ndarray, b: np.ndarray) -> float:
     """Half the L1 distance between two normalised histograms, in [0, 1]."""
-    return 0.5 * float(np.abs(a - b).sum())
+    return 0.5 * cv2.norm(a, b, cv2.NORM_L1)
 
 
 class HistogramCutDetector:

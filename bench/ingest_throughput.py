@@ -1,0 +1,131 @@
+"""Ingest throughput against bare PyAV decoding and against a PySceneDetect two-pass script.
+
+    python bench/ingest_throughput.py [--videos 40] [--seconds 20] [--size 64] [--reps 3]
+
+Every measurement is taken in this run, on the same files, with the same number of processes
+(``--workers``; the two-pass script always runs in one), interleaved over ``--reps`` rounds; the
+ratios are medians over rounds.
+
+* bare:  PyAV decodes every frame and does nothing with it, single-threaded or with FFmpeg's
+         threads, whichever is faster (the physical limit: ingest must decode every frame to find
+         the cuts at the native frame rate);
+* vivi:  ``vivi.ingest.ingest`` with one worker: decode, cut detection, 1 Hz sampling, resize,
+         JPEG, tar shards and indices written to disk;
+* two-pass: what a user would script: ``scenedetect.detect(path, HistogramDetector())`` for the
+         cuts, then a second PyAV pass that samples 1 frame per second inside each scene, resizes
+         and JPEG-encodes it (no shard writing: the baseline is given that for free).
+
+Targets (issue 2): vivi / bare >= 0.75, and vivi faster than two-pass.
+"""
+from __future__ import annotations
+
+import argparse
+import multiprocessing
+import shutil
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import av
+import cv2
+
+from vivi.ingest import IngestConfig, SamplingConfig, ingest
+
+
+def bare_decode_one(path: Path, threaded: bool) -> int:
+    frames = 0
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        if threaded:
+            stream.thread_type = "AUTO"
+        else:
+            stream.thread_count = 1
+        for _ in container.decode(stream):
+            frames += 1
+    return frames
+
+
+def bare_decode(paths: list[Path], workers: int) -> float:
+    """Frames/s of the faster of single-threaded and FFmpeg-threaded decoding, in ``workers`` processes."""
+    best = 0.0
+    for threaded in (False, True):
+        t = time.perf_counter()
+        if workers == 1:
+            n = sum(bare_decode_one(p, threaded) for p in paths)
+        else:
+            with multiprocessing.get_context("forkserver").Pool(workers) as pool:
+                pool.apply(int)   # started before the clock matters as much as for vivi's pool
+                t = time.perf_counter()
+                n = sum(pool.starmap(bare_decode_one, [(p, threaded) for p in paths], chunksize=1))
+        best = max(best, n / (time.perf_counter() - t))
+    return best
+
+
+def two_pass(paths: list[Path], short_side: int) -> int:
+    from scenedetect import HistogramDetector, detect
+    frames = 0
+    for path in paths:
+        scenes = detect(str(path), HistogramDetector(), show_progress=False)
+        starts = [s.seconds for s, _ in scenes] or [0.0]
+        with av.open(str(path)) as container:
+            stream = container.streams.video[0]
+            stream.thread_type = "AUTO"
+            scene, next_sample = 0, 0.0
+            for frame in container.decode(stream):
+                frames += 1
+                t = frame.time
+                if scene + 1 < len(starts) and t >= starts[scene + 1] - 1e-6:
+                    scene, next_sample = scene + 1, starts[scene + 1]
+                if t >= next_sample - 1e-6:
+                    h, w = frame.height, frame.width
+                    scale = min(1.0, short_side / min(h, w))
+                    bgr = frame.to_ndarray(width=round(w * scale), height=round(h * scale), format="bgr24")
+                    cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, 90])
+                    next_sample += 1.0
+    return frames
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--videos", type=int, default=40)
+    parser.add_argument("--seconds", type=float, default=20.0)
+    parser.add_argument("--size", type=int, default=64)
+    parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--workers", type=int, default=1, help="processes for bare decoding and for vivi")
+    args = parser.parse_args()
+
+    from vivi.synth import make_world
+    root = Path(tempfile.mkdtemp(prefix="vivi-bench-"))
+    try:
+        make_world(root / "world", videos=args.videos, seconds=args.seconds, size=args.size, seed=0,
+                   tasks=False, progress=False)
+        paths = sorted((root / "world" / "videos").glob("*.mp4"))
+        config = IngestConfig(sampling=SamplingConfig(short_side=args.size))
+        n = sum(bare_decode_one(p, False) for p in paths)   # also warms the page cache
+        rates: dict[str, list[float]] = {"bare": [], "vivi": [], "two-pass": []}
+        for rep in range(args.reps):
+            rates["bare"].append(bare_decode(paths, args.workers))
+            out = root / f"data{rep}"
+            t = time.perf_counter()
+            summary = ingest(paths, out, config, workers=args.workers, progress=False)
+            rates["vivi"].append(n / (time.perf_counter() - t))
+            assert summary.videos == len(paths)
+            shutil.rmtree(out)
+            t = time.perf_counter()
+            two_pass(paths, args.size)
+            rates["two-pass"].append(n / (time.perf_counter() - t))
+        print(f"{len(paths)} videos x {args.seconds:g} s at {args.size}x{args.size}, {n} frames, "
+              f"{args.workers} process(es), {args.reps} rounds (frames/s, median):")
+        for name, values in rates.items():
+            print(f"  {name:9s} {statistics.median(values):9.0f} frames/s")
+        vs_bare = statistics.median(v / b for v, b in zip(rates["vivi"], rates["bare"]))
+        vs_two = statistics.median(v / b for v, b in zip(rates["vivi"], rates["two-pass"]))
+        print(f"vivi / bare decode      = {vs_bare:.2f}   (target >= 0.75)")
+        print(f"vivi / two-pass script  = {vs_two:.2f}   (target > 1)")
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

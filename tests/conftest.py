@@ -1,0 +1,75 @@
+"""Shared fixtures: a tiny synthetic world (real H.264 videos) and its ingested dataset."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+
+from vivi.ingest import IngestConfig, SamplingConfig, ingest
+
+WORLD = dict(videos=6, seconds=8.0, size=64, seed=7)
+TINY_INGEST = IngestConfig(sampling=SamplingConfig(short_side=64), videos_per_shard=2)
+
+
+@pytest.fixture(scope="session")
+def world(tmp_path_factory) -> Path:
+    from vivi.synth import make_world
+    out = tmp_path_factory.mktemp("world")
+    make_world(out, **WORLD, workers=2, tasks=False, progress=False)
+    return out
+
+
+@pytest.fixture(scope="session")
+def dataset(world, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("data") / "ds"
+    ingest([world / "videos"], out, TINY_INGEST, workers=2, progress=False)
+    return out
+
+
+def ground_truth(world: Path) -> dict[str, dict]:
+    """Ground truth of every video of a world, keyed by the video's absolute path."""
+    return {str((p.with_suffix(".mp4")).resolve()): json.loads(p.read_text())
+            for p in sorted((world / "videos").glob("*.json"))}
+
+
+def write_video(path: Path, frames: np.ndarray, fps: int = 10) -> Path:
+    """Encode (T, H, W, 3) uint8 RGB frames as H.264 with PyAV."""
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=fps)
+        stream.height, stream.width = frames.shape[1:3]
+        stream.pix_fmt = "yuv420p"
+        stream.options = {"preset": "ultrafast"}
+        for frame in frames:
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
+        container.mux(stream.encode())
+    return path
+
+
+def write_bad_inputs(folder: Path, good_video: Path) -> dict[str, str]:
+    """One file for each kind of bad input; returns {file name: words its failure reason must contain}."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "notes.mp4").write_text("this is not a video\n")
+    (folder / "empty.mp4").write_bytes(b"")
+    data = good_video.read_bytes()
+    (folder / "truncated.mp4").write_bytes(data[: len(data) // 2])    # moov atom is at the end: lost
+    mkv = write_video(folder / "full.mkv", np.random.default_rng(0).integers(0, 255, (60, 32, 32, 3), np.uint8))
+    data = mkv.read_bytes()
+    (folder / "truncated.mkv").write_bytes(data[: len(data) // 2])    # header intact, frames cut
+    mkv.unlink()
+    with av.open(str(folder / "zero.mkv"), "w") as container:          # a video stream with no frame
+        stream = container.add_stream("libx264", rate=10)
+        stream.width = stream.height = 32
+        stream.pix_fmt = "yuv420p"
+        container.start_encoding()
+    with av.open(str(folder / "audio.mp4"), "w") as container:         # audio only
+        stream = container.add_stream("aac", rate=16000)
+        for i in range(10):
+            frame = av.AudioFrame.from_ndarray(np.zeros((1, 1024), np.float32), format="fltp", layout="mono")
+            frame.sample_rate, frame.pts = 16000, i * 1024
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode())
+    return {"notes.mp4": "not a readable video", "empty.mp4": "empty file", "truncated.mp4": "truncated",
+            "truncated.mkv": "truncated", "zero.mkv": "zero-length", "audio.mp4": "no video stream"}

@@ -1,0 +1,121 @@
+"""The clip loader: N videos x K consecutive shots x F consecutive frames, seeded, split across ranks."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from vivi.data import ClipConfig, VideoClipDataset, VideoDataset, VideoSampler, make_loader
+
+
+def _batches(loader, n):
+    it = iter(loader)
+    return [next(it) for _ in range(n)]
+
+
+def test_batch_geometry_and_order_inside_shots(dataset):
+    config = ClipConfig(shots=2, frames=3)
+    batch = next(iter(make_loader(dataset, config, batch_size=3, workers=0)))
+    assert batch["frames"].shape == (3, 2, 3, 3, 64, 64) and batch["frames"].dtype == torch.uint8
+    videos = VideoDataset(dataset)
+    clips = VideoClipDataset(dataset, config)
+    for i in range(3):
+        video = clips.videos[int(batch["video"][i])]
+        shots = batch["shots"][i].tolist()
+        assert shots[1] == shots[0] + 1                                # consecutive shots
+        for k, shot in enumerate(shots):
+            frames = batch["frame_index"][i, k].tolist()
+            assert all(video.frame_shot[f] == shot for f in frames)      # every frame is of its shot
+            assert frames == sorted(frames)                              # in order
+            available = video.shot_frames()[shot]
+            if len(available) >= 3:                                      # consecutive when the shot is long enough
+                assert frames == list(range(frames[0], frames[0] + 3))
+            for f_pos, f in enumerate(frames):                           # the pixels are that frame's
+                expected = torch.from_numpy(videos.read_frame(video, f)).permute(2, 0, 1)
+                assert torch.equal(batch["frames"][i, k, f_pos], expected)
+
+
+def test_videos_with_too_few_shots_are_skipped(dataset):
+    videos = VideoDataset(dataset).videos
+    for k in (1, 2, 3):
+        clips = VideoClipDataset(dataset, ClipConfig(shots=k, frames=2))
+        assert len(clips) == sum(v.num_shots >= k for v in videos)
+    with pytest.raises(ValueError, match="no video .* has 99 shots"):
+        VideoClipDataset(dataset, ClipConfig(shots=99))
+
+
+def test_frame_mode_repeats_one_frame(dataset):
+    clip = VideoClipDataset(dataset, ClipConfig(shots=1, frames=4, mode="frame"))[(0, 5)]
+    assert len(set(clip["frame_index"].flatten().tolist())) == 1
+    assert all(torch.equal(clip["frames"][0, 0], clip["frames"][0, f]) for f in range(4))
+    with pytest.raises(ValueError, match="valid modes"):
+        ClipConfig(mode="frames")
+
+
+def test_seeded_and_independent_of_worker_count(dataset):
+    config = ClipConfig(shots=2, frames=2)
+    a = _batches(make_loader(dataset, config, batch_size=2, workers=0, seed=3), 4)
+    b = _batches(make_loader(dataset, config, batch_size=2, workers=2, seed=3), 4)
+    c = _batches(make_loader(dataset, config, batch_size=2, workers=0, seed=4), 4)
+    for x, y in zip(a, b):
+        assert all(torch.equal(x[key], y[key]) for key in x)
+    assert any(not torch.equal(x["frame_index"], z["frame_index"]) or not torch.equal(x["video"], z["video"])
+               for x, z in zip(a, c))
+
+
+def test_resume_continues_the_stream(dataset):
+    config = ClipConfig(shots=1, frames=2)
+    full = _batches(make_loader(dataset, config, batch_size=2, workers=0, seed=1), 7)
+    resumed = _batches(make_loader(dataset, config, batch_size=2, workers=0, seed=1, start_batch=4), 3)
+    for x, y in zip(full[4:], resumed):
+        assert all(torch.equal(x[key], y[key]) for key in x)
+
+
+def test_two_ranks_two_workers_see_every_video_once(dataset):
+    config = ClipConfig(shots=1, frames=1)
+    n = len(VideoClipDataset(dataset, config))
+    seen = []
+    for rank in range(2):
+        loader = make_loader(dataset, config, batch_size=1, workers=2, infinite=False, rank=rank, world_size=2)
+        assert len(loader) == len(loader.sampler)
+        seen += [int(b["video"]) for b in loader]
+    assert sorted(seen) == list(range(n))
+
+
+def test_infinite_sampler_ranks_are_disjoint_within_an_epoch():
+    n, world = 11, 3
+    streams = [VideoSampler(n, seed=0, rank=r, world_size=world) for r in range(world)]
+    draws = [[next(it) for _ in range(8)] for it in map(iter, streams)]
+    positions = sorted(p for stream in draws for _, p in stream)
+    assert positions == list(range(24))
+    epoch0 = [v for stream in draws for v, p in stream if p < n]
+    assert sorted(epoch0) == list(range(n))
+
+
+def test_boxes_are_read_and_follow_the_crop(dataset):
+    from vivi.data import Detections
+    video = VideoDataset(dataset).videos[0]
+    box = [0.25, 0.25, 0.5, 0.75, 3, 0.9]
+    corner = [0.0, 0.0, 0.1, 0.1, 1, 0.95]
+    folder = dataset / "detections" / "unit"
+    folder.mkdir(parents=True)
+    (folder / "detector.json").write_text(json.dumps({"detector": "unit", "coords": "xyxy_normalized",
+                                                      "class_names": [str(i) for i in range(5)]}))
+    (folder / "shard-000000.json").write_text(json.dumps({"videos": {video.key: [[box, corner]] * video.num_frames}}))
+    try:
+        clip = VideoClipDataset(dataset, ClipConfig(shots=1, frames=2, size=32, detector="unit"))[(0, 0)]
+        assert clip["frames"].shape[-2:] == (32, 32)
+        assert clip["box_labels"][0, 0].tolist() == [1, 3, -1, -1, -1]      # highest score first
+        np.testing.assert_allclose(clip["boxes"][0, 0, 1].numpy(), box[:4], atol=1e-6)
+        with pytest.raises(FileNotFoundError, match="available: unit"):
+            VideoClipDataset(dataset, ClipConfig(shots=1, detector="other"))
+    finally:
+        import shutil
+        shutil.rmtree(dataset / "detections")
+    # a centre crop of the middle half in x: boxes are mapped into it, a box centred outside is dropped
+    detections = Detections({"class_names": []}, {"v": [[box, corner]]})
+    out = detections.boxes("v", [[0]], (0.25, 0.0, 0.75, 1.0), max_boxes=3)
+    assert out["box_labels"][0, 0].tolist() == [3, -1, -1]
+    np.testing.assert_allclose(out["boxes"][0, 0, 0].numpy(), [0.0, 0.25, 0.5, 0.75], atol=1e-6)

@@ -1,0 +1,192 @@
+"""Ingest on real H.264 videos of the synthetic world: cuts, sampling, shards, bad input, resume."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import tarfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import TINY_INGEST, ground_truth, write_bad_inputs, write_video
+from vivi.data.inspect import dataset_stats, render_contact_sheet
+from vivi.ingest import IngestConfig, SamplingConfig, decode_video, detect_cuts, ingest
+from vivi.ingest.shards import read_shard_index, shard_name
+
+
+def _decode_rgb(path):
+    import av
+    with av.open(str(path)) as container:
+        return [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
+
+
+def test_cuts_are_frame_exact_on_the_synthetic_world(world):
+    truth = ground_truth(world)
+    assert sum(len(gt["shot_starts"]) > 1 for gt in truth.values()) >= 4
+    for path, gt in truth.items():
+        assert detect_cuts(_decode_rgb(path)) == gt["shot_starts"], path
+        assert decode_video(path).shot_starts == gt["shot_starts"], path
+
+
+def test_no_false_cuts_with_strong_motion_and_lighting_drift(tmp_path):
+    from vivi.synth import make_world
+    make_world(tmp_path, videos=3, seconds=10.0, size=64, seed=3, shots=(1, 1), motion=2.5,
+               lighting_drift=2.5, workers=1, tasks=False, progress=False)
+    for path in sorted((tmp_path / "videos").glob("*.mp4")):
+        assert decode_video(path).shot_starts == [0], path
+
+
+def test_a_short_shot_between_cuts_is_kept(tmp_path):
+    # 30 frames red, 5 frames green (half a second), 30 frames blue: the green shot must survive.
+    colours = [(200, 30, 30)] * 30 + [(30, 200, 30)] * 5 + [(30, 30, 200)] * 30
+    frames = np.array([np.full((32, 32, 3), c, np.uint8) for c in colours])
+    video = decode_video(write_video(tmp_path / "short.mp4", frames))
+    assert video.shot_starts == [0, 30, 35]
+    assert video.frame_shot.count(1) == 1          # the 1 Hz sampler takes the short shot's first frame
+
+
+def test_ingest_inspect_round_trip(world, dataset):
+    truth = ground_truth(world)
+    stats = dataset_stats(dataset)
+    assert stats["videos"] == len(truth) and stats["failed"] == 0 and stats["complete"]
+    assert stats["shots"] == sum(len(gt["shot_starts"]) for gt in truth.values())
+    frames = 0
+    for entry in stats["per_video"]:
+        gt = truth[entry["source"]]
+        fps = gt["fps"]
+        assert entry["fps"] == pytest.approx(fps)
+        assert entry["duration_s"] == pytest.approx(gt["num_frames"] / fps)
+        assert entry["shot_starts_s"] == pytest.approx([s / fps for s in gt["shot_starts"]])
+        assert entry["shot_starts_s"][0] == 0.0
+        # 1 Hz inside each shot: a shot of n frames gives ceil(n / fps) samples
+        bounds = gt["shot_starts"] + [gt["num_frames"]]
+        expected = sum(int(np.ceil((b - a) / fps)) for a, b in zip(bounds, bounds[1:]))
+        assert entry["frames"] == expected
+        frames += expected
+    assert stats["frames"] == frames
+
+
+def test_cli_inspect_json_has_the_documented_keys(dataset):
+    out = subprocess.run([sys.executable, "-m", "vivi.cli", "inspect", str(dataset), "--json"],
+                         capture_output=True, text=True, check=True)
+    stats = json.loads(out.stdout)
+    assert {"videos", "shots", "frames", "per_video"} <= stats.keys()
+    assert {"source", "duration_s", "fps", "frames", "shot_starts_s"} <= stats["per_video"][0].keys()
+
+
+def test_shards_are_webdataset_samples(dataset):
+    import webdataset as wds
+    samples = list(wds.WebDataset(sorted(str(p) for p in (dataset / "shards").glob("*.tar")), shardshuffle=False))
+    index = [v for j in range(3) for v in read_shard_index(dataset, j)["videos"]]
+    assert [s["__key__"] for s in samples] == [v["key"] for v in index]
+    for sample, video in zip(samples, index):
+        record = json.loads(sample["json"])
+        assert record["key"] == video["key"] and record["frame_times_s"] == video["frame_times_s"]
+        jpegs = sorted(k for k in sample if k.endswith(".jpg"))
+        assert len(jpegs) == len(video["frame_times_s"])
+
+
+def test_stored_frames_are_the_sampled_native_frames(world, dataset):
+    from vivi.data import VideoDataset
+    data = VideoDataset(dataset)
+    video = data[0]
+    native = _decode_rgb(video.source)
+    for i, n in enumerate(video.frame_native_index):
+        stored = data.read_frame(video, i).astype(int)
+        assert np.abs(stored - native[n]).mean() < 6, "stored JPEG differs from its native frame"
+
+
+def test_contact_sheet(dataset, tmp_path):
+    import cv2
+    path = render_contact_sheet(dataset, tmp_path / "sheet.png", videos=2)
+    image = cv2.imread(str(path))
+    stats = dataset_stats(dataset)
+    rows = sum(v["shots"] for v in stats["per_video"][:2])
+    assert image.shape[0] >= rows * 64
+
+
+def test_bad_inputs_are_reported_and_the_rest_ingested(world, tmp_path):
+    good = sorted((world / "videos").glob("*.mp4"))[:2]
+    expected = write_bad_inputs(tmp_path / "bad", good[0])
+    summary = ingest([*good, tmp_path / "bad"], tmp_path / "ds", TINY_INGEST, workers=2, progress=False)
+    assert summary.videos == 2 and summary.failed == len(expected) and summary.complete
+    failures = {Path(f["source"]).name: f["reason"]
+                for f in map(json.loads, (tmp_path / "ds" / "failures.jsonl").read_text().splitlines())}
+    assert failures.keys() == expected.keys()
+    for name, words in expected.items():
+        assert words in failures[name], (name, failures[name])
+    assert "could not be ingested" in str(summary)
+
+
+def test_missing_input_and_empty_folder_are_clear_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        ingest([tmp_path / "nope"], tmp_path / "ds", progress=False)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="no video files"):
+        ingest([tmp_path / "empty"], tmp_path / "ds", progress=False)
+
+
+def test_list_file_input_and_changed_plan(world, tmp_path):
+    videos = sorted((world / "videos").glob("*.mp4"))
+    listing = tmp_path / "list.txt"
+    listing.write_text("# videos\n" + "\n".join(str(p) for p in videos[:2]) + "\n\n")
+    summary = ingest([listing], tmp_path / "ds", TINY_INGEST, progress=False)
+    assert summary.videos == 2
+    with pytest.raises(ValueError, match="other input videos"):
+        ingest(videos[:3], tmp_path / "ds", TINY_INGEST, progress=False)
+
+
+def test_parts_together_equal_one_run(world, tmp_path):
+    inputs = [world / "videos"]
+    ingest(inputs, tmp_path / "one", TINY_INGEST, progress=False)
+    for i in range(3):
+        summary = ingest(inputs, tmp_path / "parts", TINY_INGEST, part=(i, 3), progress=False)
+    assert summary.complete
+    _assert_same_dataset(tmp_path / "one", tmp_path / "parts")
+
+
+def test_truncated_shard_is_not_taken_as_complete(dataset, tmp_path):
+    import shutil
+    copy = tmp_path / "ds"
+    shutil.copytree(dataset, copy)
+    tar = copy / "shards" / f"{shard_name(1)}.tar"
+    tar.write_bytes(tar.read_bytes()[:1000])
+    assert read_shard_index(copy, 1) is None
+    summary = ingest([Path(s) for s in json.loads((copy / "plan.json").read_text())["inputs"]], copy,
+                     TINY_INGEST, progress=False)
+    assert summary.shards_written == 1 and summary.shards_skipped == 2
+    _assert_same_dataset(dataset, copy)
+
+
+def test_killed_ingest_resumes_to_the_same_dataset(world, dataset, tmp_path):
+    out = tmp_path / "ds"
+    command = [sys.executable, "-m", "vivi.cli", "ingest", str(world / "videos"), "--out", str(out),
+               "--short-side", "64", "--videos-per-shard", "1", "--workers", "1"]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 60
+    while not (out / "shards" / f"{shard_name(1)}.json").exists():
+        assert time.time() < deadline and process.poll() is None, "ingest did not start"
+        time.sleep(0.002)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    done = len(list((out / "shards").glob("*.json")))
+    assert 2 <= done < 6, "the kill should land mid-run"
+    subprocess.run(command, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    reference = tmp_path / "reference"
+    ingest([world / "videos"], reference, IngestConfig(sampling=SamplingConfig(short_side=64), videos_per_shard=1),
+           progress=False)
+    _assert_same_dataset(reference, out)
+    assert not list(out.rglob("*.tmp"))
+
+
+def _assert_same_dataset(a: Path, b: Path) -> None:
+    files_a = sorted(p.relative_to(a) for p in a.rglob("*") if p.is_file())
+    files_b = sorted(p.relative_to(b) for p in b.rglob("*") if p.is_file())
+    assert files_a == files_b
+    for name in files_a:
+        assert (a / name).read_bytes() == (b / name).read_bytes(), name
