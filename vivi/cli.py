@@ -19,12 +19,13 @@ def _synth(args: argparse.Namespace) -> None:
 def _ingest(args: argparse.Namespace) -> None:
     from .ingest import CutDetectorConfig, IngestConfig, SamplingConfig, ingest
     from .ingest.pipeline import parse_part
+    part = parse_part(args.part)
     config = IngestConfig(
         sampling=SamplingConfig(sample_fps=args.fps, short_side=args.short_side, jpeg_quality=args.jpeg_quality,
                                 cuts=CutDetectorConfig(threshold=args.cut_threshold,
                                                        min_shot_frames=args.min_shot_frames)),
         videos_per_shard=args.videos_per_shard)
-    print(ingest(args.inputs, args.out, config, workers=args.workers, part=parse_part(args.part)))
+    print(ingest(args.inputs, args.out, config, workers=args.workers, part=part))
 
 
 def _inspect(args: argparse.Namespace) -> None:

@@ -17,17 +17,21 @@ from .ingest import IngestConfig, SamplingConfig, ingest
 SCALES = {"quick": (48, 20.0), "default": (200, 20.0)}
 
 
-def run_demo(out: str | Path = "demo", *, quick: bool = False, workers: int = 2, seed: int = 0) -> dict:
+def run_demo(out: str | Path = "demo", *, quick: bool = False, workers: int = 2, seed: int = 0,
+             videos: int | None = None, seconds: float | None = None) -> dict:
+    """Run the demo into ``out``; ``videos`` and ``seconds`` override the world's scale (tests)."""
     from .synth import make_world
     out = Path(out)
-    videos, seconds = SCALES["quick" if quick else "default"]
+    default_videos, default_seconds = SCALES["quick" if quick else "default"]
+    videos, seconds = videos or default_videos, seconds or default_seconds
     timings: dict[str, float] = {}
 
     world = out / "world"
     t = time.perf_counter()
     if not (world / "world.json").exists():
         print(f"[1/3] synth: {videos} videos x {seconds:g} s -> {world}")
-        make_world(world, videos=videos, seconds=seconds, size=64, seed=seed, workers=workers)
+        make_world(world, videos=videos, seconds=seconds, size=64, seed=seed, workers=workers,
+                   task_test_size=500 if quick else 2000)
     else:
         print(f"[1/3] synth: {world} exists, kept")
     timings["synth"] = time.perf_counter() - t

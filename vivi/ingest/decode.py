@@ -1,9 +1,9 @@
 """One decode pass over a video with PyAV: shot cuts at the native frame rate, frames sampled in shots.
 
 Every frame has to be decoded once (the cut detector looks at all of them, so that short shots are
-not lost); everything else is kept off the per-frame path. The detector sees a small RGB thumbnail
-that libswscale makes during the colour conversion, and only the frames sampled for the dataset
-(1 Hz by default) are resized to the stored size and JPEG-encoded.
+not lost); everything else is kept off the per-frame path. The detector reads a histogram straight
+off the decoded Y/Cb/Cr planes (no colour conversion), and only the frames sampled for the
+dataset (1 Hz by default) are converted, resized to the stored size and JPEG-encoded.
 """
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import cv2
 from av.video.reformatter import VideoReformatter
 import numpy as np
 
-from .shots import CutDetectorConfig, HistogramCutDetector
+from .shots import CutDetectorConfig, HistogramCutDetector, frame_histogram
 
 
 class VideoError(Exception):
@@ -27,9 +27,7 @@ class SamplingConfig:
     sample_fps: float = 1.0        # frames kept per second inside each shot (VIVI: 1 Hz)
     short_side: int = 256          # stored frames are resized so the shorter side is this (never upscaled)
     jpeg_quality: int = 90         # JPEG quality of stored frames
-    thumb_width: int = 32          # width of the thumbnail the cut detector sees (histograms need few pixels)
-    decode_threads: int = 0        # 0: one thread for small frames (<= 320x240, where FFmpeg's threads
-                                   # cost more than they give; measured 2x at 64x64), automatic above
+    histogram_width: int = 32      # colour samples per row for the cut detector's histogram (few are enough)
     cuts: CutDetectorConfig = field(default_factory=CutDetectorConfig)
 
 
@@ -56,12 +54,16 @@ def stored_size(width: int, height: int, short_side: int) -> tuple[int, int]:
     return max(2, round(height * scale / 2) * 2), max(2, round(width * scale / 2) * 2)
 
 
-def decode_video(path: str | Path, config: SamplingConfig = SamplingConfig()) -> DecodedVideo:
+def decode_video(path: str | Path, config: SamplingConfig = SamplingConfig(), threads: int = 0) -> DecodedVideo:
     """Decode ``path`` once, find its shots and sample frames inside each shot.
 
     Sampling: inside a shot starting at time s, the frames kept are the first frames at or after
     s, s + 1/r, s + 2/r, ... (r = ``sample_fps``) that lie before the next cut. Raises
     :class:`VideoError` naming the problem for anything that is not a decodable video.
+
+    ``threads``: decoder threads; 0 chooses one thread for small frames (up to 128x128, where
+    FFmpeg's threads cost more than they give: 2x slower at 64x64) and FFmpeg's frame and slice
+    threads above. Ingest passes 1 when its worker processes already occupy every core.
     """
     path = Path(path)
     if not path.is_file():
@@ -85,14 +87,12 @@ def decode_video(path: str | Path, config: SamplingConfig = SamplingConfig()) ->
         width, height = stream.codec_context.width, stream.codec_context.height
         if not width or not height:
             raise VideoError("video stream has no frame size")
-        threads = config.decode_threads or (1 if width * height <= 320 * 240 else 0)
+        threads = threads or (1 if width * height <= 128 * 128 else 0)
         if threads == 1:
             stream.thread_count = 1
         else:
             stream.thread_type, stream.thread_count = "AUTO", threads
         out_h, out_w = stored_size(width, height, config.short_side)
-        thumb_w = min(config.thumb_width, width)
-        thumb_h = max(1, round(height * thumb_w / width))
         period = 1.0 / config.sample_fps
         encode = [int(cv2.IMWRITE_JPEG_QUALITY), int(config.jpeg_quality)]
 
@@ -112,8 +112,8 @@ def decode_video(path: str | Path, config: SamplingConfig = SamplingConfig()) ->
                 if t0 is None:
                     t0 = t
                 t = t - t0
-                thumb = to_thumb.reformat(frame, thumb_w, thumb_h, "rgb24", threads=1).to_ndarray()
-                if detector.push(thumb):
+                hist = frame_histogram(frame, config.cuts.bits, config.histogram_width, to_thumb)
+                if detector.push(hist):
                     shot_starts_s.append(t)
                     next_sample = t
                 if t >= next_sample - 1e-6:

@@ -108,10 +108,10 @@ def _check_plan(out: Path, plan: dict) -> None:
         shards.write_json_atomic(path, plan)
 
 
-def _ingest_one(job: tuple[int, str, SamplingConfig]) -> tuple[int, dict | None, list[bytes], str | None]:
-    index, source, sampling = job
+def _ingest_one(job: tuple[int, str, SamplingConfig, int]) -> tuple[int, dict | None, list[bytes], str | None]:
+    index, source, sampling, threads = job
     try:
-        video = decode_video(source, sampling)
+        video = decode_video(source, sampling, threads)
     except VideoError as error:
         return index, None, [], str(error)
     except Exception as error:  # a decoder bug must not take down a whole collection's ingest
@@ -149,7 +149,9 @@ def ingest(inputs: list[str | Path], out: str | Path, config: IngestConfig = Ing
     num_shards = (len(sources) + per_shard - 1) // per_shard
     mine = [j for j in range(num_shards) if j % part_count == part_index]
     todo = [j for j in mine if shards.read_shard_index(out, j) is None]
-    jobs = [(i, sources[i], config.sampling)
+    # With a process per core, FFmpeg's own threads only add overhead.
+    threads = 1 if workers >= (os.cpu_count() or 1) else 0
+    jobs = [(i, sources[i], config.sampling, threads)
             for j in todo for i in range(j * per_shard, min((j + 1) * per_shard, len(sources)))]
 
     bar = tqdm(total=len(jobs), unit="video", desc=f"ingest {out.name}", disable=not progress, dynamic_ncols=True)

@@ -1,0 +1,36 @@
+"""The `vivi` command: thin subcommands over the library, clear errors on bad input."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+
+def vivi(*args, check=True):
+    result = subprocess.run([sys.executable, "-m", "vivi.cli", *map(str, args)], capture_output=True, text=True)
+    if check:
+        assert result.returncode == 0, result.stderr
+    return result
+
+
+def test_synth_ingest_inspect(tmp_path):
+    vivi("synth", tmp_path / "world", "--videos", 3, "--seconds", 5, "--no-tasks", "--workers", 1)
+    assert len(list((tmp_path / "world" / "videos").glob("*.mp4"))) == 3
+    for part in ("0/2", "1/2"):
+        out = vivi("ingest", tmp_path / "world" / "videos", "--out", tmp_path / "data", "--short-side", 64,
+                   "--videos-per-shard", 1, "--part", part, "--workers", 1)
+    assert "3 videos" in out.stdout
+    stats = json.loads(vivi("inspect", tmp_path / "data", "--json", "--render", tmp_path / "sheet.png").stdout)
+    assert stats["videos"] == 3 and stats["complete"]
+    assert (tmp_path / "sheet.png").stat().st_size > 0
+
+
+def test_errors_name_the_problem_and_the_fix(tmp_path):
+    result = vivi("ingest", tmp_path / "missing", "--out", tmp_path / "data", check=False)
+    assert result.returncode == 2 and "does not exist" in result.stderr and "Traceback" not in result.stderr
+    result = vivi("ingest", tmp_path, "--out", tmp_path / "data", "--part", "3/2", check=False)
+    assert result.returncode == 2 and "part" in result.stderr
+    result = vivi("inspect", tmp_path, check=False)
+    assert result.returncode == 2 and "vivi ingest" in result.stderr
+    result = vivi("ingest", check=False)
+    assert result.returncode == 2 and "usage" in result.stderr
