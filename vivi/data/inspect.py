@@ -11,6 +11,7 @@ import cv2
 import numpy as np
 
 from ..ingest.pipeline import collect
+from .boxes import load_detections
 from .reader import VideoDataset
 
 
@@ -72,14 +73,21 @@ def format_stats(stats: dict) -> str:
 
 
 def render_contact_sheet(root: str | Path, out: str | Path, *, videos: int = 6, max_frames: int = 12,
-                         tile: int = 64) -> Path:
-    """Draw the first ``videos`` videos, one row per shot, to the PNG ``out``."""
+                         tile: int = 64, detector: str | None = None) -> Path:
+    """Draw the first ``videos`` videos, one row per shot, to the PNG ``out``.
+
+    With ``detector``, the boxes of those detections are drawn with their class names.
+    """
     dataset = VideoDataset(root)
     if not len(dataset):
         raise ValueError(f"{root} holds no ingested video to draw")
+    detections = load_detections(root, detector) if detector else None
+    if detections is not None:
+        tile = max(tile, 128)   # room for the boxes' labels
     label_w, gap, rule = 150, 2, 6
     rows: list[np.ndarray] = []
-    width = label_w + max_frames * (tile + gap)
+    columns = min(max_frames, max(len(f) for v in dataset.videos[:videos] for f in v.shot_frames()))
+    width = label_w + columns * (tile + gap)
     for video in dataset.videos[:videos]:
         for shot, frames in enumerate(video.shot_frames()):
             row = np.full((tile + gap, width, 3), 255, np.uint8)
@@ -87,6 +95,8 @@ def render_contact_sheet(root: str | Path, out: str | Path, *, videos: int = 6, 
             cv2.putText(row, text, (4, tile // 2 + 4), cv2.FONT_HERSHEY_SIMPLEX, 0.38, (0, 0, 0), 1, cv2.LINE_AA)
             for col, frame in enumerate(frames[:max_frames]):
                 image = _fit(dataset.read_frame(video, frame), tile)
+                if detections is not None:
+                    _draw_boxes(image, detections.frame_boxes(video.key, frame), detections.class_names)
                 x = label_w + col * (tile + gap)
                 row[:tile, x:x + image.shape[1]] = image
             rows.append(row)
@@ -96,6 +106,20 @@ def render_contact_sheet(root: str | Path, out: str | Path, *, videos: int = 6, 
     out.parent.mkdir(parents=True, exist_ok=True)
     cv2.imwrite(str(out), cv2.cvtColor(sheet, cv2.COLOR_RGB2BGR))
     return out
+
+
+def _draw_boxes(image: np.ndarray, boxes: np.ndarray, class_names: list[str]) -> None:
+    h, w = image.shape[:2]
+    for x0, y0, x1, y1, label, score in boxes:
+        colour = tuple(int(c) for c in _COLOURS[int(label) % len(_COLOURS)])
+        p0, p1 = (int(x0 * w), int(y0 * h)), (max(int(x0 * w), int(x1 * w) - 1), max(int(y0 * h), int(y1 * h) - 1))
+        cv2.rectangle(image, p0, p1, colour, 1)
+        cv2.putText(image, class_names[int(label)][:6], (p0[0], max(7, p0[1] - 1)), cv2.FONT_HERSHEY_PLAIN,
+                    0.55, colour, 1, cv2.LINE_AA)
+
+
+_COLOURS = np.array([(255, 64, 64), (64, 255, 64), (64, 160, 255), (255, 255, 64), (255, 64, 255),
+                     (64, 255, 255), (255, 160, 64), (160, 64, 255), (255, 255, 255), (0, 0, 0)], np.uint8)
 
 
 def _fit(image: np.ndarray, tile: int) -> np.ndarray:

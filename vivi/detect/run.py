@@ -1,0 +1,94 @@
+"""``detect_dataset``: run a detector over every sampled frame and store the boxes beside the shards.
+
+Output (read by ``vivi.data.boxes``)::
+
+    DATA/detections/NAME/detector.json       detector name, class names, coordinate convention,
+                                             max_per_frame, min_score and the detector's settings
+    DATA/detections/NAME/shard-000000.json   {"videos": {key: [[[x0, y0, x1, y1, class, score], ...]
+                                                                # one list per sampled frame
+                                                                ]}}
+
+One file per shard, written atomically once the whole shard is done: a re-run skips finished
+shards (resumable) and an interrupted one leaves no partial file. ``detector.json`` is written
+first; a re-run with other settings under the same name stops with an error instead of mixing
+two detectors' boxes.
+"""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from ..data.boxes import DETECTIONS_DIR
+from ..data.reader import VideoDataset
+from ..ingest.shards import write_json_atomic
+from .base import Detector, keep_top
+
+
+@dataclass
+class DetectSummary:
+    name: str
+    folder: Path
+    shards_written: int
+    shards_skipped: int
+    frames: int
+    boxes: int
+    seconds: float
+
+    def __str__(self) -> str:
+        rate = self.frames / self.seconds if self.seconds > 0 else 0.0
+        return (f"detections '{self.name}' in {self.folder}: {self.shards_written} shards written, "
+                f"{self.shards_skipped} already done; {self.frames} frames, {self.boxes} boxes "
+                f"({rate:.0f} frames/s)")
+
+
+def detect_dataset(root: str | Path, detector: Detector, *, max_per_frame: int = 5, min_score: float = 0.05,
+                   progress: bool = True) -> DetectSummary:
+    """Annotate every sampled frame of the dataset at ``root`` with ``detector``."""
+    start = time.perf_counter()
+    dataset = VideoDataset(root)
+    folder = Path(root) / DETECTIONS_DIR / detector.name
+    meta = {"detector": detector.name, "coords": "xyxy_normalized", "class_names": list(detector.class_names),
+            "max_per_frame": max_per_frame, "min_score": min_score, "settings": detector.settings()}
+    meta_path = folder / "detector.json"
+    if meta_path.exists():
+        existing = json.loads(meta_path.read_text())
+        if existing != meta:
+            changed = sorted(k for k in meta if existing.get(k) != meta[k])
+            raise ValueError(f"{folder} holds detections made with other settings ({', '.join(changed)}); "
+                             "use another detector name, or delete that folder to redo them")
+    else:
+        folder.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(meta_path, meta)
+
+    by_shard: dict[str, list] = {}
+    for video in dataset.videos:
+        by_shard.setdefault(video.shard, []).append(video)
+    todo = {shard: videos for shard, videos in by_shard.items() if not (folder / _sidecar(shard)).exists()}
+    frames = boxes = 0
+    bar = tqdm(total=sum(v.num_frames for videos in todo.values() for v in videos), unit="frame",
+               desc=f"detect {detector.name}", disable=not progress, dynamic_ncols=True)
+    for shard, videos in todo.items():
+        out = {}
+        for video in videos:
+            detections = detector.detect(video, dataset)
+            if len(detections) != video.num_frames:
+                raise RuntimeError(f"detector {detector.name} returned {len(detections)} frames of detections "
+                                   f"for {video.key}, which has {video.num_frames} sampled frames")
+            kept = [keep_top(np.asarray(d, np.float32).reshape(-1, 6), max_per_frame, min_score) for d in detections]
+            out[video.key] = [np.round(k, 5).tolist() for k in kept]
+            frames += video.num_frames
+            boxes += sum(len(k) for k in kept)
+            bar.update(video.num_frames)
+        write_json_atomic(folder / _sidecar(shard), {"videos": out})
+    bar.close()
+    return DetectSummary(detector.name, folder, len(todo), len(by_shard) - len(todo), frames, boxes,
+                         time.perf_counter() - start)
+
+
+def _sidecar(shard: str) -> str:
+    return Path(shard).with_suffix(".json").name
