@@ -1,0 +1,574 @@
+"""Losses and heads against plain loops written from the papers' definitions and closed forms."""
+
+from __future__ import annotations
+
+import math
+from fractions import Fraction
+
+import pytest
+import torch
+
+from vivi.losses import (
+    ExemplarLoss,
+    ObjectClassificationLoss,
+    ObjectLoss,
+    ObjectTripletLoss,
+    RotationLoss,
+    SemiHardTripletLoss,
+    ShotOrderLoss,
+    VideoInfoNCELoss,
+    ablate_objects,
+    box_grid_cells,
+    extract_box_features,
+    reverse_shots_randomly,
+    rotate_batch,
+    semi_hard_triplet_loss,
+    shot_labels,
+)
+from vivi.models.heads import (
+    BilinearCritic,
+    ExemplarHead,
+    LSTMPredictor,
+    MLPCritic,
+    ObjectClassHead,
+    RotationHead,
+    ShotOrderHead,
+    ShotProjection,
+    prediction_pairs,
+)
+
+# --------------------------------------------------------------------------------------
+# Plain-loop references, written from the definitions (SPEC §1, §2)
+# --------------------------------------------------------------------------------------
+
+
+def triplet_loop(emb: torch.Tensor, labels, margin: float) -> torch.Tensor:
+    """SPEC §2 literally: per positive pair, the closest farther negative, else the farthest."""
+    b = emb.shape[0]
+    labels = [int(x) for x in labels]
+    total, count = emb.new_zeros(()), 0
+    for a in range(b):
+        negs = [n for n in range(b) if labels[n] != labels[a]]
+        if not negs:
+            continue  # documented choice: no triplet without a negative
+        for p in range(b):
+            if p == a or labels[p] != labels[a]:
+                continue
+            d_ap = ((emb[a] - emb[p]) ** 2).sum()
+            d_an = [((emb[a] - emb[n]) ** 2).sum() for n in negs]
+            farther = [d for d in d_an if d.item() > d_ap.item()]
+            d_neg = min(farther, key=lambda d: d.item()) if farther else max(d_an, key=lambda d: d.item())
+            total = total + torch.clamp(margin + d_ap - d_neg, min=0.0)
+            count += 1
+    return total / max(count, 1)
+
+
+def infonce_loop(queries, keys, target_shot) -> torch.Tensor:
+    """Eq. (4) with footnote 2: true shot vs every shot of every other video, explicit softmax."""
+    n, p, _ = queries.shape
+    k = keys.shape[1]
+    losses = []
+    for i in range(n):
+        for pair in range(p):
+            q = queries[i, pair]
+            true = torch.exp(q @ keys[i, int(target_shot[pair])])
+            denom = true
+            for j in range(n):
+                if j == i:
+                    continue
+                for s in range(k):
+                    denom = denom + torch.exp(q @ keys[j, s])
+            losses.append(-torch.log(true / denom))
+    return torch.stack(losses).mean()
+
+
+# --------------------------------------------------------------------------------------
+# Semi-hard triplet
+# --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("num_classes", [2, 5])
+def test_triplet_matches_loop_value_and_gradient(seed, num_classes):
+    g = torch.Generator().manual_seed(seed)
+    emb = torch.randn(20, 6, generator=g, dtype=torch.float64)
+    labels = torch.randint(num_classes, (20,), generator=g)
+    for margin in (0.5, 3.0):
+        e1 = emb.clone().requires_grad_(True)
+        e2 = emb.clone().requires_grad_(True)
+        loss, diag = semi_hard_triplet_loss(e1, labels, margin)
+        ref = triplet_loop(e2, labels, margin)
+        torch.testing.assert_close(loss, ref)
+        loss.backward()
+        ref.backward()
+        torch.testing.assert_close(e1.grad, e2.grad)
+        same = labels[:, None] == labels[None, :]
+        assert diag["num_positive_pairs"].item() == same.sum().item() - 20
+
+
+def test_triplet_fallback_closed_form():
+    # 1-D: positives at 0 and 2, the negative at 1 is closer than the positive for both
+    # anchors, so no farther negative exists: fallback to the largest d(a, n) = 1.
+    emb = torch.tensor([[0.0], [2.0], [1.0]], requires_grad=True)
+    loss, diag = semi_hard_triplet_loss(emb, torch.tensor([0, 0, 1]), margin=0.5)
+    assert loss.item() == pytest.approx(0.5 + 4.0 - 1.0)
+    assert diag["frac_semi_hard"].item() == 0.0
+    loss.backward()
+    assert torch.isfinite(emb.grad).all()
+
+
+def test_triplet_picks_closest_farther_negative():
+    # anchor 0, positive 1 (d = 1); negatives at d = 0.25 (closer, skipped), 4 and 9:
+    # the semi-hard negative is the one at 4 -> loss 5 + 1 - 4 = 2 for pair (0, 1).
+    emb = torch.tensor([[0.0], [1.0], [-0.5], [2.0], [3.0]])
+    labels = torch.tensor([0, 0, 1, 1, 1])
+    loss, _ = semi_hard_triplet_loss(emb, labels, margin=5.0)
+    torch.testing.assert_close(loss, triplet_loop(emb, labels, 5.0))
+    # pair (0, 1) alone: remove every other positive pair by giving negatives distinct labels
+    loss01, _ = semi_hard_triplet_loss(emb, torch.tensor([0, 0, 1, 2, 3]), margin=5.0)
+    # pair (1, 0): d_ap = 1, d(1, n) = 2.25, 1, 4 -> closest farther = 2.25 -> 5 + 1 - 2.25
+    assert loss01.item() == pytest.approx(((5 + 1 - 4) + (5 + 1 - 2.25)) / 2)
+
+
+def test_triplet_ties_are_not_farther():
+    # d(a, n) == d(a, p) exactly is not "strictly farther": the fallback (largest) is used.
+    emb = torch.tensor([[0.0, 0.0], [1.0, 0.0], [0.0, 1.0]])
+    loss, diag = semi_hard_triplet_loss(emb, torch.tensor([0, 0, 1]), margin=0.5)
+    # pair (0,1): d_ap = 1, only negative d = 1 (tie) -> fallback 1 -> 0.5
+    # pair (1,0): d_ap = 1, d(1, 2) = 2 > 1 -> 0.5 + 1 - 2 < 0 -> 0
+    assert loss.item() == pytest.approx(0.25)
+    assert diag["frac_semi_hard"].item() == 0.5
+
+
+def test_triplet_identical_embeddings_give_margin():
+    emb = torch.ones(12, 4, requires_grad=True)
+    loss, _ = SemiHardTripletLoss(margin=0.5)(emb, torch.arange(12) % 3)
+    assert loss.item() == pytest.approx(0.5)
+
+
+def test_triplet_perfectly_separated_is_zero():
+    centres = torch.eye(4) * 10
+    labels = torch.arange(4).repeat_interleave(3)
+    loss, diag = semi_hard_triplet_loss(centres[labels], labels, margin=0.5)
+    assert loss.item() == 0.0 and diag["frac_active"].item() == 0.0
+
+
+def test_triplet_without_positive_pairs_is_zero_with_grad():
+    emb = torch.randn(5, 3, requires_grad=True)
+    loss, diag = semi_hard_triplet_loss(emb, torch.arange(5))
+    assert loss.item() == 0.0 and diag["num_positive_pairs"].item() == 0
+    loss.backward()
+    assert torch.equal(emb.grad, torch.zeros_like(emb))
+
+
+def test_triplet_anchor_without_negatives_is_dropped():
+    emb = torch.randn(4, 3, requires_grad=True)
+    loss, diag = semi_hard_triplet_loss(emb, torch.zeros(4, dtype=torch.long))
+    assert loss.item() == 0.0 and diag["num_positive_pairs"].item() == 0
+    loss.backward()
+    assert torch.isfinite(emb.grad).all()
+
+
+def test_triplet_agrees_with_pytorch_metric_learning_when_mining_coincides():
+    """pytorch-metric-learning mines *all* semi-hard triplets and averages over them; SPEC §2
+    takes *one* negative per positive pair (the closest farther one, else the farthest) and
+    averages over pairs. They agree when every positive pair has exactly one negative and it
+    is semi-hard (d_ap < d_an < d_ap + margin), as here: 2 pairs, loss 0.5 + 1 - 1.25."""
+    pytest.importorskip("pytorch_metric_learning")
+    from pytorch_metric_learning.distances import LpDistance
+    from pytorch_metric_learning.losses import TripletMarginLoss
+    from pytorch_metric_learning.miners import TripletMarginMiner
+    from pytorch_metric_learning.reducers import MeanReducer
+
+    emb = torch.tensor([[0.0, 0.0], [1.0, 0.0], [0.5, 1.0]])
+    labels = torch.tensor([0, 0, 1])
+    dist = LpDistance(power=2, normalize_embeddings=False)
+    miner = TripletMarginMiner(margin=0.5, type_of_triplets="semihard", distance=dist)
+    pml_loss = TripletMarginLoss(margin=0.5, distance=dist, reducer=MeanReducer())(
+        emb, labels, miner(emb, labels)
+    )
+    ours, _ = semi_hard_triplet_loss(emb, labels, 0.5)
+    assert ours.item() == pytest.approx(0.25)
+    torch.testing.assert_close(ours, pml_loss)
+
+
+def test_triplet_memory_is_quadratic_only():
+    # A B x B x B tensor at B = 1024 would be 4 GiB; this must run at once.
+    emb = torch.nn.functional.normalize(torch.randn(1024, 32), dim=1)
+    loss, _ = semi_hard_triplet_loss(emb, torch.arange(1024) // 8)
+    assert torch.isfinite(loss)
+
+
+# --------------------------------------------------------------------------------------
+# Exemplar
+# --------------------------------------------------------------------------------------
+
+
+def test_shot_labels_layout():
+    labels = shot_labels(2, 3, 2)
+    assert labels.tolist() == [0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5]
+
+
+def test_exemplar_is_triplet_on_l2_normalised_with_shot_labels():
+    g = torch.Generator().manual_seed(0)
+    emb = torch.randn(3, 2, 4, 10, generator=g, dtype=torch.float64)
+    loss, _ = ExemplarLoss()(emb)
+    flat = emb.reshape(-1, 10)
+    ref = triplet_loop(flat / flat.norm(dim=1, keepdim=True), shot_labels(3, 2, 4), 0.5)
+    torch.testing.assert_close(loss, ref)
+    # scale invariance from the L2 normalisation; explicit labels give the same loss
+    loss_scaled, _ = ExemplarLoss()(7.0 * flat, shot_labels(3, 2, 4))
+    torch.testing.assert_close(loss_scaled, loss)
+
+
+def test_exemplar_closed_forms():
+    # every frame of a shot identical, shots orthonormal: d_ap = 0, d_an = 2 -> 0
+    emb = torch.eye(6)[shot_labels(3, 2, 4)]
+    assert ExemplarLoss()(emb, shot_labels(3, 2, 4))[0].item() == 0.0
+    # all frames identical: d = 0 everywhere -> margin
+    same = torch.ones(24, 10)
+    assert ExemplarLoss()(same, shot_labels(3, 2, 4))[0].item() == pytest.approx(0.5)
+
+
+# --------------------------------------------------------------------------------------
+# Rotation
+# --------------------------------------------------------------------------------------
+
+
+def test_rotate_batch_by_construction():
+    img = torch.arange(2 * 3 * 3, dtype=torch.float32).reshape(1, 2, 3, 3)  # asymmetric
+    img = torch.cat([img, -img])  # B = 2
+    out, labels = rotate_batch(img)
+    assert out.shape == (8, 2, 3, 3)
+    assert labels.tolist() == [0, 0, 1, 1, 2, 2, 3, 3]
+
+    def rot_ccw(x):  # one counter-clockwise quarter turn as displayed (row 0 on top)
+        h, w = x.shape[-2:]
+        y = torch.empty(x.shape[:-2] + (w, h))
+        for r in range(w):
+            for c in range(h):
+                y[..., r, c] = x[..., c, w - 1 - r]
+        return y
+
+    expected = img
+    for k in range(4):
+        torch.testing.assert_close(out[2 * k : 2 * k + 2], expected)
+        expected = rot_ccw(expected)
+    # the top-right pixel of the original moves to the top-left after 90 degrees
+    assert out[2, 0, 0, 0] == img[0, 0, 0, 2]
+
+
+def test_rotate_batch_rejects_non_square():
+    with pytest.raises(ValueError, match="square"):
+        rotate_batch(torch.zeros(1, 3, 4, 5))
+
+
+def test_rotation_loss_matches_loop():
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(12, 4, generator=g)
+    labels = torch.arange(4).repeat_interleave(3)
+    loss, diag = RotationLoss()(logits, labels)
+    ref = sum(-math.log(math.exp(logits[i, labels[i]]) / sum(math.exp(v) for v in logits[i])) for i in range(12)) / 12
+    assert loss.item() == pytest.approx(ref, rel=1e-5)
+    assert diag["accuracy"].item() == pytest.approx(
+        sum(int(logits[i].argmax() == labels[i]) for i in range(12)) / 12
+    )
+
+
+# --------------------------------------------------------------------------------------
+# Video level: InfoNCE
+# --------------------------------------------------------------------------------------
+
+
+def test_prediction_pairs():
+    assert [tuple(t.tolist()) for t in prediction_pairs(2)] == [(0,), (1,)]
+    ctx, tgt = prediction_pairs(4)
+    assert list(zip(ctx.tolist(), tgt.tolist())) == [(0, 1), (0, 2), (0, 3), (1, 2), (1, 3), (2, 3)]
+
+
+@pytest.mark.parametrize(
+    "make_predictor, k",
+    [
+        (lambda: MLPCritic(12, hidden=8, out_dim=6), 2),
+        (lambda: BilinearCritic(12), 2),
+        (lambda: LSTMPredictor(12, hidden=8, max_offset=3), 4),
+        (lambda: LSTMPredictor(12, hidden=8, max_offset=3, shared_head=True), 4),
+    ],
+)
+def test_infonce_matches_loop_value_and_gradient(make_predictor, k):
+    torch.manual_seed(0)
+    predictor = make_predictor().double()
+    shots = torch.randn(5, k, 12, dtype=torch.float64)
+    s1 = shots.clone().requires_grad_(True)
+    s2 = shots.clone().requires_grad_(True)
+    p1, p2 = predictor(s1), predictor(s2)
+    assert p1.queries.shape[:2] == (5, k * (k - 1) // 2)
+    loss, diag = VideoInfoNCELoss()(p1.queries, p1.keys, p1.target_shot)
+    ref = infonce_loop(p2.queries, p2.keys, p2.target_shot)
+    torch.testing.assert_close(loss, ref)
+    assert diag["num_candidates"].item() == 1 + 4 * k
+    loss.backward()
+    ref.backward()
+    torch.testing.assert_close(s1.grad, s2.grad)
+
+
+def test_infonce_closed_form_uniform_scores():
+    # identical keys: every candidate has the same score -> log(number of candidates)
+    n, k, p = 6, 4, 6
+    keys = torch.ones(n, k, 3)
+    queries = torch.randn(n, p, 3)
+    _, tgt = prediction_pairs(k)
+    loss, diag = VideoInfoNCELoss()(queries, keys, tgt)
+    assert loss.item() == pytest.approx(math.log(1 + (n - 1) * k), rel=1e-5)
+    assert diag["num_candidates"].item() == 1 + (n - 1) * k
+
+
+def test_infonce_own_video_other_shots_are_not_negatives():
+    # Video 0: shot 0 scores 10, its target shot 1 scores 5; every shot of videos 1, 2 is 0.
+    # Candidates of video 0 = its target + the 4 shots of the other videos (footnote 2), so
+    # its loss is -log(e^5 / (e^5 + 4)); had its own shot 0 been a negative it would be ~5.
+    keys = torch.zeros(3, 2, 3)
+    keys[0, 0, 0], keys[0, 1, 0] = 10.0, 5.0
+    queries = torch.zeros(3, 1, 3)
+    queries[0, 0, 0] = 1.0  # videos 1, 2: zero queries, all 5 candidates tie -> log 5
+    loss, _ = VideoInfoNCELoss()(queries, keys, torch.tensor([1]))
+    loss0 = -math.log(math.exp(5) / (math.exp(5) + 4))
+    assert loss.item() == pytest.approx((loss0 + 2 * math.log(5)) / 3, rel=1e-6)
+    torch.testing.assert_close(loss, infonce_loop(queries, keys, torch.tensor([1])))
+
+
+def test_infonce_pair_reduction_and_gather_flag():
+    torch.manual_seed(1)
+    q, keys = torch.randn(4, 6, 5), torch.randn(4, 4, 5)
+    _, tgt = prediction_pairs(4)
+    mean, _ = VideoInfoNCELoss()(q, keys, tgt)
+    total, _ = VideoInfoNCELoss(pair_reduction="sum")(q, keys, tgt)
+    local, _ = VideoInfoNCELoss(gather=False)(q, keys, tgt)
+    torch.testing.assert_close(total, 6 * mean)
+    torch.testing.assert_close(local, mean)  # one process: gathering changes nothing
+
+
+def test_lstm_predictor_is_causal():
+    torch.manual_seed(0)
+    predictor = LSTMPredictor(8, hidden=6, max_offset=3)
+    shots = torch.randn(3, 4, 8)
+    changed = shots.clone()
+    changed[:, 2] += 1.0  # change shot 2
+    a, b = predictor(shots), predictor(changed)
+    seen_before = a.context_shot < 2
+    torch.testing.assert_close(a.queries[:, seen_before], b.queries[:, seen_before])
+    assert not torch.allclose(a.queries[:, ~seen_before], b.queries[:, ~seen_before])
+    with pytest.raises(ValueError):
+        LSTMPredictor(8, max_offset=1)(shots)
+
+
+# --------------------------------------------------------------------------------------
+# Video level: shot order
+# --------------------------------------------------------------------------------------
+
+
+def test_reverse_shots_randomly():
+    shots = torch.randn(64, 2, 5)
+    out, labels = reverse_shots_randomly(shots, generator=torch.Generator().manual_seed(0))
+    assert set(labels.tolist()) == {0, 1}
+    for i in range(64):
+        expected = shots[i].flip(0) if labels[i] == 1 else shots[i]
+        assert torch.equal(out[i], expected)
+    # reproducible with the same generator
+    _, labels2 = reverse_shots_randomly(shots, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(labels, labels2)
+
+
+def test_shot_order_loss_matches_loop():
+    torch.manual_seed(0)
+    head = ShotOrderHead(dim=5, num_shots=2, hidden=7)
+    shots, labels = reverse_shots_randomly(torch.randn(10, 2, 5))
+    logits = head(shots)
+    assert logits.shape == (10, 2)
+    loss, diag = ShotOrderLoss()(logits, labels)
+    ref = torch.stack([-torch.log_softmax(logits[i], 0)[labels[i]] for i in range(10)]).mean()
+    torch.testing.assert_close(loss, ref)
+    # the head sees the concatenation [shot 0, shot 1]
+    x = torch.randn(1, 2, 5)
+    torch.testing.assert_close(head(x), head.mlp(torch.cat([x[0, 0], x[0, 1]])[None]))
+
+
+# --------------------------------------------------------------------------------------
+# Object level
+# --------------------------------------------------------------------------------------
+
+
+def coordinate_grid(b, gh, gw):
+    """(B, 3, H', W') grid whose columns hold (frame, row, col)."""
+    grid = torch.zeros(b, 3, gh, gw)
+    grid[:, 0] = torch.arange(b, dtype=torch.float32)[:, None, None]
+    grid[:, 1] = torch.arange(gh, dtype=torch.float32)[None, :, None]
+    grid[:, 2] = torch.arange(gw, dtype=torch.float32)[None, None, :]
+    return grid
+
+
+def cell_loop(box_px, h, w, gh, gw):
+    """The paper's formula with exact fractions: box (x0, y0, x1, y1), centre pixel (i, j) with
+    i the row (from y) and j the column (from x), cell floor(i H'/H), floor(j W'/W)."""
+    i = min(max(math.floor(Fraction(box_px[1] + box_px[3]) / 2), 0), h - 1)
+    j = min(max(math.floor(Fraction(box_px[0] + box_px[2]) / 2), 0), w - 1)
+    return math.floor(Fraction(i * gh, h)), math.floor(Fraction(j * gw, w))
+
+
+def test_box_features_by_construction_pixel_and_normalised():
+    h, w, gh, gw = 224, 200, 7, 9  # non-integer ratio for the width on purpose
+    boxes_px = torch.tensor(  # (x0, y0, x1, y1) in pixels of the H x W input
+        [
+            [[0, 0, 200, 224], [20, 90, 46, 110], [199, 223, 200, 224], [0, 0, 22, 31]],
+            [[0, 32, 10, 64], [150, 10, 199, 50], [0, 0, 0, 0], [100, 100, 100, 100]],
+        ],
+        dtype=torch.float32,
+    )
+    grid = coordinate_grid(2, gh, gw)
+    feats = extract_box_features(grid, boxes_px, (h, w), normalized=False)
+    assert feats.shape == (2, 4, 3)
+    for b in range(2):
+        for m in range(4):
+            row, col = cell_loop([int(v) for v in boxes_px[b, m]], h, w, gh, gw)
+            assert feats[b, m].tolist() == [b, row, col]
+    # known values: whole image -> centre pixel (i, j) = (112, 100) -> (3, 4); box x 20..46,
+    # y 90..110 -> centre (i, j) = (100, 33) -> (100*7//224, 33*9//200) = (3, 1); corner box ->
+    # last cell
+    assert feats[0, 0, 1:].tolist() == [3, 4]
+    assert feats[0, 1, 1:].tolist() == [3, 1]
+    assert feats[0, 2, 1:].tolist() == [gh - 1, gw - 1]
+    # normalised coordinates give the same cells
+    scale = torch.tensor([w, h, w, h], dtype=torch.float32)
+    feats_n = extract_box_features(grid, boxes_px / scale, (h, w), normalized=True)
+    torch.testing.assert_close(feats_n, feats)
+    rows, cols = box_grid_cells(boxes_px, (h, w), (gh, gw), normalized=False)
+    assert rows.tolist() == feats[..., 1].long().tolist() and cols.tolist() == feats[..., 2].long().tolist()
+
+
+def test_box_convention_is_x0_y0_x1_y1():
+    # A box in the top-right corner of a wide 32 x 64 input (H x W): x near 1, y near 0 ->
+    # grid row 0 (top), last column. A (ymin, xmin, ymax, xmax) reading would give the opposite.
+    grid = coordinate_grid(1, 4, 8)
+    top_right = torch.tensor([[[0.80, 0.05, 0.95, 0.20]]])  # x0, y0, x1, y1 normalised
+    assert extract_box_features(grid, top_right, (32, 64))[0, 0].tolist() == [0, 0, 7]
+    rows, cols = box_grid_cells(top_right * torch.tensor([64, 32, 64, 32]), (32, 64), (4, 8), normalized=False)
+    assert (rows.item(), cols.item()) == (0, 7)
+
+
+def test_box_features_padding_and_gradient():
+    grid = torch.randn(2, 4, 3, 3, requires_grad=True)
+    boxes = torch.tensor([[[0.1, 0.1, 0.3, 0.3], [float("nan")] * 4]] * 2)
+    valid = torch.tensor([[True, False], [True, False]])
+    feats = extract_box_features(grid, boxes, (32, 32), valid=valid)
+    assert torch.isfinite(feats).all()
+    torch.testing.assert_close(feats[:, 0], grid[:, :, 0, 0])  # centre 0.2 * 32 = 6.4 -> cell 0
+    feats[:, 0].sum().backward()
+    assert grid.grad[:, :, 0, 0].eq(1).all() and grid.grad.sum() == 2 * 4
+
+
+def test_object_triplet_uses_valid_boxes_and_normalises():
+    g = torch.Generator().manual_seed(0)
+    feats = torch.randn(4, 5, 6, generator=g, dtype=torch.float64)
+    labels = torch.randint(3, (4, 5), generator=g)
+    valid = torch.rand(4, 5, generator=g) > 0.3
+    loss, _ = ObjectTripletLoss()(feats, labels, valid)
+    kept = feats[valid]
+    ref = triplet_loop(kept / kept.norm(dim=1, keepdim=True), labels[valid], 0.5)
+    torch.testing.assert_close(loss, ref)
+    raw, _ = ObjectTripletLoss(normalize=False)(feats, labels, valid)
+    torch.testing.assert_close(raw, triplet_loop(kept, labels[valid], 0.5))
+    # padded boxes never matter, whatever they hold
+    feats2 = feats.clone()
+    feats2[~valid] = 1e6
+    torch.testing.assert_close(ObjectTripletLoss()(feats2, labels, valid)[0], loss)
+    empty, _ = ObjectTripletLoss()(feats.requires_grad_(True), labels, torch.zeros_like(valid))
+    assert empty.item() == 0.0
+    empty.backward()
+
+
+def test_object_classification_loss_matches_loop():
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(2, 3, 7, generator=g, dtype=torch.float64)
+    labels = torch.randint(7, (2, 3), generator=g)
+    valid = torch.tensor([[True, True, False], [True, False, True]])
+    loss, _ = ObjectClassificationLoss()(logits, labels, valid)
+    total, count = 0.0, 0
+    for b in range(2):
+        for m in range(3):
+            if not valid[b, m]:
+                continue
+            for c in range(7):
+                z, y = logits[b, m, c].item(), float(c == labels[b, m])
+                sig = 1 / (1 + math.exp(-z))
+                total += -(y * math.log(sig) + (1 - y) * math.log(1 - sig))
+            count += 1
+    assert loss.item() == pytest.approx(total / count)
+
+
+def test_object_loss_terms():
+    g = torch.Generator().manual_seed(0)
+    feats = torch.randn(3, 5, 8, generator=g)
+    labels = torch.randint(4, (3, 5), generator=g)
+    valid = torch.ones(3, 5, dtype=torch.bool)
+    head = ObjectClassHead(8, num_classes=4)
+    logits = head(feats)
+    trip, _ = ObjectTripletLoss()(feats, labels, valid)
+    cls, _ = ObjectClassificationLoss()(logits, labels, valid)
+    assert ObjectLoss()(feats, labels, valid)[0].item() == pytest.approx(trip.item())
+    both, diag = ObjectLoss(("triplet", "classification"), classification_weight=2.0)(feats, labels, valid, logits)
+    assert both.item() == pytest.approx(trip.item() + 2 * cls.item())
+    assert {"triplet", "classification", "triplet/frac_semi_hard", "classification/accuracy"} <= diag.keys()
+    only, _ = ObjectLoss(("classification",))(feats, labels, valid, logits)
+    assert only.item() == pytest.approx(cls.item())
+    with pytest.raises(ValueError, match="valid"):
+        ObjectLoss(("boxes",))
+    with pytest.raises(ValueError, match="class_logits"):
+        ObjectLoss(("classification",))(feats, labels, valid)
+
+
+def test_ablate_objects():
+    g = torch.Generator().manual_seed(0)
+    boxes = torch.tensor([[[0.1, 0.2, 0.3, 0.6]] * 50])
+    labels = torch.full((1, 50), 7)
+    same_b, same_l = ablate_objects(boxes, labels, "detector")
+    assert same_b is boxes and same_l is labels
+    rb, rl = ablate_objects(boxes, labels, "random_boxes", generator=g)
+    assert torch.equal(rl, labels)
+    centre = (rb[..., :2] + rb[..., 2:]) / 2
+    assert ((centre >= 0) & (centre <= 1)).all() and centre.std(dim=1).min() > 0.1
+    torch.testing.assert_close(rb[..., 2:] - rb[..., :2], boxes[..., 2:] - boxes[..., :2])  # size kept
+    rb2, rl2 = ablate_objects(boxes, labels, "random_boxes_and_labels", num_classes=600, generator=g)
+    assert rl2.min() >= 0 and rl2.max() < 600 and len(set(rl2.flatten().tolist())) > 10
+    # pixels of an H x W = 100 x 50 input: centre x within the width, y within the height
+    px, _ = ablate_objects(boxes * 40, labels, "random_boxes", normalized=False, image_size=(100, 50), generator=g)
+    c = (px[..., :2] + px[..., 2:]) / 2
+    assert (c[..., 0] <= 50).all() and (c[..., 1] <= 100).all() and c[..., 1].max() > 50
+    torch.testing.assert_close(px[..., 2:] - px[..., :2], 40 * (boxes[..., 2:] - boxes[..., :2]))
+    with pytest.raises(ValueError, match="detector"):
+        ablate_objects(boxes, labels, "shuffle")
+
+
+# --------------------------------------------------------------------------------------
+# Heads
+# --------------------------------------------------------------------------------------
+
+
+def test_head_shapes_and_defaults():
+    x = torch.randn(3, 2048)
+    assert ExemplarHead()(x).shape == (3, 1000)
+    assert RotationHead()(x).shape == (3, 4)
+    assert ObjectClassHead()(x).shape == (3, 600)
+    frames = torch.randn(2, 4, 8, 2048)
+    proj = ShotProjection()
+    shots = proj(frames)
+    assert shots.shape == (2, 4, 512)
+    torch.testing.assert_close(shots, proj.proj(frames.mean(dim=2)))  # average, then project
+    crit = MLPCritic()
+    pred = crit(shots[:, :2])
+    assert pred.queries.shape == (2, 1, 128) and pred.keys.shape == (2, 2, 128)
+    assert [m.out_features for m in crit.phi if isinstance(m, torch.nn.Linear)] == [256, 128]
+    lstm = LSTMPredictor()
+    assert (lstm.lstm.hidden_size, lstm.lstm.num_layers) == (256, 2)
+    pred = lstm(shots)
+    assert pred.queries.shape == (2, 6, 512) and pred.keys is shots
+    assert [m.out_features for m in ShotOrderHead().mlp if isinstance(m, torch.nn.Linear)] == [512, 2]
