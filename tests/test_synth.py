@@ -1,0 +1,238 @@
+"""Tests of the synthetic video world (vivi.synth): determinism, real decodable videos, ground
+truth that a colour-histogram cut detector and a box check confirm, and the task folders."""
+import dataclasses
+import json
+from pathlib import Path
+
+import av
+import cv2
+import numpy as np
+import pytest
+
+from vivi.ingest.shots import detect_cuts
+from vivi.synth import CLASS_NAMES, TASKS, WorldConfig, make_world
+from vivi.synth.render import render
+from vivi.synth.tasks import TRAIN_SIZE, render_task_image, split_labels, task_scene
+from vivi.synth.world import (TASK_DOMAIN, THEME_DOMAIN, VIDEO_DOMAIN, make_themes, plan_shots,
+                              rng_for, sample_object, sample_shot)
+
+TINY = dict(videos=3, seconds=6.0, fps=10, size=64, seed=0, progress=False)
+TEST_SIZE = 300
+FRAME_KEYS = {"boxes", "class_ids", "class_names", "object_ids"}
+VIDEO_KEYS = {"video", "file", "index", "seed", "fps", "num_frames", "width", "height", "theme",
+              "shot_starts", "frames"}
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    out = tmp_path_factory.mktemp("world")
+    summary = make_world(out, workers=2, tasks=True, task_test_size=TEST_SIZE, **TINY)
+    return out, summary
+
+
+@pytest.fixture(scope="module")
+def single_shot_world(tmp_path_factory):
+    """Strong motion and lighting drift in one shot per video; the generator's own within-shot
+    check is switched off (max_shot_distance=1) so the detector is tested, not the redraws."""
+    out = tmp_path_factory.mktemp("single")
+    make_world(out, workers=2, tasks=False, shots=(1, 1), motion=2.5, lighting_drift=2.5,
+               max_shot_distance=1.0, **TINY)
+    return out
+
+
+def decode(path: Path):
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        rate = stream.average_rate
+        frames = list(container.decode(stream))
+    return frames, rate
+
+
+def decoded_rgb(out: Path, index: int) -> np.ndarray:
+    frames, _ = decode(out / "videos" / f"video_{index:05d}.mp4")
+    return np.stack([f.to_ndarray(format="rgb24") for f in frames])
+
+
+def truth(out: Path, index: int) -> dict:
+    return json.loads((out / "videos" / f"video_{index:05d}.json").read_text())
+
+
+# ---- determinism --------------------------------------------------------------------------------
+
+def test_same_seed_gives_same_world_for_any_worker_count(world, tmp_path):
+    out, _ = world
+    make_world(tmp_path, workers=1, tasks=False, **TINY)
+    for i in range(TINY["videos"]):
+        assert truth(tmp_path, i) == truth(out, i)
+        np.testing.assert_array_equal(decoded_rgb(tmp_path, i), decoded_rgb(out, i))
+        name = f"videos/video_{i:05d}.mp4"
+        assert (tmp_path / name).read_bytes() == (out / name).read_bytes()   # same PyAV build
+    config = WorldConfig(**{k: v for k, v in TINY.items() if k != "progress"})
+    for task_index in range(len(TASKS)):
+        a = render_task_image(config, make_themes(config), task_index, "test", 7, 0)
+        b = render_task_image(config, make_themes(config), task_index, "test", 7, 0)
+        np.testing.assert_array_equal(a, b)
+
+
+def test_other_seed_gives_other_world(world, tmp_path):
+    out, _ = world
+    make_world(tmp_path, workers=1, tasks=False, **{**TINY, "videos": 1, "seed": 1})
+    assert truth(tmp_path, 0)["frames"] != truth(out, 0)["frames"]
+    assert not np.array_equal(decoded_rgb(tmp_path, 0), decoded_rgb(out, 0))
+
+
+# ---- videos and ground truth -------------------------------------------------------------------
+
+def test_videos_decode_and_match_ground_truth(world):
+    out, summary = world
+    config = WorldConfig(**{k: v for k, v in TINY.items() if k != "progress"})
+    world_json = json.loads((out / "world.json").read_text())
+    assert world_json["classes"] == list(CLASS_NAMES) and len(CLASS_NAMES) >= 10
+    assert world_json["config"]["seed"] == 0 and len(world_json["themes"]) == config.themes
+    for i in range(TINY["videos"]):
+        gt = truth(out, i)
+        assert set(gt) == VIDEO_KEYS
+        frames, rate = decode(out / "videos" / gt["file"])
+        assert len(frames) == gt["num_frames"] == len(gt["frames"]) == config.frames_per_video
+        assert rate == gt["fps"] == TINY["fps"]
+        assert (frames[0].width, frames[0].height) == (gt["width"], gt["height"]) == (64, 64)
+        assert frames[0].format.name == "yuv420p"
+        starts = gt["shot_starts"]
+        assert starts[0] == 0 and np.all(np.diff(starts + [gt["num_frames"]]) >= config.min_shot_frames)
+        assert 0 <= gt["theme"] < config.themes
+        for frame in gt["frames"]:
+            assert set(frame) == FRAME_KEYS
+            assert len(frame["boxes"]) == len(frame["class_ids"]) == len(frame["class_names"])
+            assert len(frame["boxes"]) <= config.objects_per_shot[1]
+            assert [CLASS_NAMES[c] for c in frame["class_ids"]] == frame["class_names"]
+            theme_classes = world_json["themes"][gt["theme"]]["classes"]
+            assert set(frame["class_ids"]) <= set(theme_classes)
+            for x0, y0, x1, y1 in frame["boxes"]:
+                assert 0 <= x0 < x1 <= gt["width"] and 0 <= y0 < y1 <= gt["height"]
+    assert summary["unmet_setups"] == 0 and summary["boxes"] > 0
+
+
+def test_detector_finds_ground_truth_cuts_exactly(world):
+    out, summary = world
+    assert summary["shots"] > TINY["videos"]            # there are cuts to find
+    for i in range(TINY["videos"]):
+        assert detect_cuts(decoded_rgb(out, i)) == truth(out, i)["shot_starts"]
+
+
+def test_no_false_cuts_with_strong_motion_and_lighting_drift(single_shot_world):
+    out = single_shot_world
+    for i in range(TINY["videos"]):
+        gt = truth(out, i)
+        assert gt["shot_starts"] == [0]
+        rgb = decoded_rgb(out, i)
+        assert detect_cuts(rgb) == [0]
+        # the motion and drift are real: the brightness swings and the objects travel
+        brightness = rgb.reshape(len(rgb), -1).mean(1)
+        assert brightness.max() - brightness.min() > 10
+        centres = {}
+        for frame in gt["frames"]:
+            for object_id, (x0, y0, x1, y1) in zip(frame["object_ids"], frame["boxes"]):
+                centres.setdefault(object_id, []).append(((x0 + x1) / 2, (y0 + y1) / 2))
+        travel = max(np.ptp(np.array(c), axis=0).max() for c in centres.values())
+        assert travel > 16                              # pixels, in a 64-pixel frame
+
+
+def test_boxes_cover_the_pixels_of_their_object():
+    """Render each frame with and without one object. What the object changes lies in its box
+    (up to the anti-aliased fringe of thin parts), the box of the front-most object is tight
+    around the changed pixels, and an object without a box changes next to nothing."""
+    config = WorldConfig(size=64)
+    themes = make_themes(config)
+    checked = 0
+    for video in range(6):
+        rng = rng_for(123, VIDEO_DOMAIN, video)
+        shot = sample_shot(rng, themes[video], config, 12)
+        full = render(shot, config.size)
+        for k in range(len(shot.objects)):
+            without = dataclasses.replace(shot, objects=shot.objects[:k] + shot.objects[k + 1:])
+            diff = np.abs(full.rgb.astype(int) - render(without, config.size).rgb).max(-1)
+            for t in range(shot.num_frames):
+                ys, xs = np.nonzero(diff[t] > 12)
+                if not full.visible[k, t]:
+                    assert len(xs) < 30
+                    continue
+                x0, y0, x1, y1 = full.boxes[k, t]
+                inside = diff[t, max(0, y0 - 1):y1 + 1, max(0, x0 - 1):x1 + 1].sum()
+                assert inside >= 0.97 * diff[t].sum()
+                if k == len(shot.objects) - 1:           # front-most: nothing hides it
+                    cy, cx = np.nonzero(diff[t] > 0)
+                    assert x0 >= cx.min() - 1 and x1 <= cx.max() + 2 and y0 >= cy.min() - 1 and y1 <= cy.max() + 2
+                    sy, sx = np.nonzero(diff[t] > 0.5 * diff[t].max())
+                    assert sx.min() >= x0 - 1 and sx.max() < x1 + 1 and sy.min() >= y0 - 1 and sy.max() < y1 + 1
+                checked += 1
+    assert checked > 50
+
+
+def test_objects_outside_the_frame_get_no_box():
+    config = WorldConfig(size=64)
+    rng = rng_for(5, VIDEO_DOMAIN, 0)
+    shot = sample_shot(rng, make_themes(config)[0], config, 1)
+    gone = sample_object(rng, 99, 0, np.ones((2, 3)), shot.camera, np.zeros(1), 0.0,
+                         screen_center=(3.0, 0.0), screen_radius=0.3)
+    edge = sample_object(rng, 98, 0, np.ones((2, 3)), shot.camera, np.zeros(1), 0.0,
+                         screen_center=(1.0, 0.0), screen_radius=0.3)
+    frames = render(dataclasses.replace(shot, objects=[gone, edge]), 64)
+    assert not frames.visible[0, 0]
+    assert frames.visible[1, 0] and frames.boxes[1, 0, 2] == 64        # clipped at the right edge
+
+
+def test_shot_plans():
+    config = WorldConfig(seconds=20, fps=10)
+    for i in range(50):
+        lengths = plan_shots(rng_for(0, VIDEO_DOMAIN, i), config)
+        assert sum(lengths) == 200 and min(lengths) >= config.min_shot_frames
+        assert config.shots[0] <= len(lengths) <= config.shots[1]
+    assert plan_shots(rng_for(0, VIDEO_DOMAIN, 0), WorldConfig(seconds=2, fps=10)) == [20]
+
+
+# ---- downstream tasks --------------------------------------------------------------------------
+
+def test_task_folders(world):
+    out, summary = world
+    suite = json.loads((out / "tasks" / "suite.json").read_text())["tasks"]
+    assert [t["name"] for t in suite] == [t.name for t in TASKS]
+    assert {t["group"] for t in suite} == {"natural", "specialized", "structured"}
+    assert summary["task_images"] == len(TASKS) * (TRAIN_SIZE + TEST_SIZE)
+    expected = {"train800": 800, "val200": 200, "train800val200": 1000, "test": TEST_SIZE}
+    for entry in suite:
+        task_dir = out / "tasks" / entry["name"]
+        info = json.loads((task_dir / "task.json").read_text())
+        assert info["num_classes"] == len(info["class_names"]) == entry["num_classes"]
+        lists = {}
+        for split, count in expected.items():
+            lines = (task_dir / f"{split}.txt").read_text().splitlines()
+            assert len(lines) == count
+            lists[split] = [(path, int(label)) for path, label in (line.split() for line in lines)]
+        assert lists["train800"] + lists["val200"] == lists["train800val200"]
+        assert not {p for p, _ in lists["train800val200"]} & {p for p, _ in lists["test"]}
+        for split in ("train800", "test"):
+            labels = {label for _, label in lists[split]}
+            assert labels == set(range(info["num_classes"]))          # every class occurs
+        for path, _ in lists["val200"][:5] + lists["test"][:5]:
+            image = cv2.imread(str(task_dir / path))
+            assert image is not None and image.shape == (64, 64, 3)
+
+
+def test_task_images_are_held_out_from_the_videos():
+    """Videos, themes and tasks draw from different seed domains, so no task image shares its
+    random stream with any video (by construction; written into the JSON files as well)."""
+    assert len({THEME_DOMAIN, VIDEO_DOMAIN, TASK_DOMAIN}) == 3
+    video_keys = {(0, VIDEO_DOMAIN, i) for i in range(1000)}
+    task_keys = {(0, TASK_DOMAIN, t, s, 1, i) for t in range(len(TASKS)) for s in range(2)
+                 for i in range(1000)}
+    assert not {k[:3] for k in task_keys} & video_keys
+
+
+def test_count_task_label_matches_visible_objects():
+    config = WorldConfig(size=64)
+    themes = make_themes(config)
+    task_index = [t.name for t in TASKS].index("count")
+    labels = split_labels(0, task_index, "test", 60)
+    for position, label in enumerate(labels):
+        scene = task_scene(config, themes, task_index, "test", position, label)
+        assert render(scene, 64).visible[:, 0].sum() == label + 1

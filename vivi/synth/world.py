@@ -1,0 +1,274 @@
+"""The synthetic video world: configuration, themes, seeds, and how shots are set up and move.
+
+The world is built so that every level of the VIVI hierarchy carries its own signal:
+
+* video -> a THEME: a set of object classes, a colour palette and a background family, shared by
+  all shots of the video (what the video-level losses can predict from one shot to the next);
+* shot -> a camera SET-UP: a background instance, camera position and zoom, lighting, and the
+  objects; frames of one shot look alike (what the shot-level exemplar loss uses) and a cut
+  changes the set-up abruptly (what the colour-histogram cut detector finds);
+* frame -> the set-up at one instant: objects move, rotate, scale and deform smoothly, the
+  camera pans and zooms, the lighting drifts;
+* object -> a shape class (``shapes.py``) painted with the theme's palette, so that only shape
+  tells the class (what the object-level loss of the object-centric paper uses).
+
+Everything random is drawn from numpy generators seeded by :func:`rng_for`, one independent stream
+per (seed, domain, index). Videos, themes and downstream-task images use different domains, so
+the task images are held out from the videos by construction, and the output does not depend on
+the number of worker processes.
+"""
+from __future__ import annotations
+
+import colorsys
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .backgrounds import BACKGROUND_FAMILIES, BackgroundInstance, sample_background
+from .shapes import CLASS_NAMES
+
+# Seed domains: the first entropy word after the user seed. Never reuse one for another purpose.
+THEME_DOMAIN = 0
+VIDEO_DOMAIN = 1
+TASK_DOMAIN = 2
+
+
+def rng_for(seed: int, domain: int, *index: int) -> np.random.Generator:
+    """Independent generator for one (seed, domain, index...) key (numpy SeedSequence)."""
+    return np.random.default_rng(np.random.SeedSequence([seed, domain, *index]))
+
+
+@dataclass(frozen=True)
+class WorldConfig:
+    """Generator settings; ``world.json`` stores them with the output."""
+    videos: int = 200               # number of videos
+    seconds: float = 20.0           # length of every video
+    fps: int = 10                   # frame rate: 10 is enough for smooth motion (the cut detector
+                                    # needs small change between frames) and gives the 1 Hz frame
+                                    # sampler of ingest 10 candidates per second, at 1/3 the cost of 30
+    size: int = 64                  # frame width = height in pixels; even, for yuv420p
+    seed: int = 0                   # the world seed; every random choice derives from it
+    shots: tuple[int, int] = (2, 8)         # min and max shots per video (fewer if too short)
+    min_shot_seconds: float = 1.5           # no shot is shorter: the detector needs >= 4 frames,
+                                            # and the 1 Hz sampler needs >= 1 frame per shot
+    themes: int = 32                        # number of themes; videos draw one uniformly
+    classes_per_theme: tuple[int, int] = (3, 4)     # object classes a theme uses (min, max)
+    palette_size: int = 5                   # colours per theme: 2 for the background, the rest
+                                            # for objects, so objects contrast with the background
+    objects_per_shot: tuple[int, int] = (1, 5)      # objects in a shot (min, max); 5 is the cap
+                                                    # of boxes per frame in the object-centric paper
+    motion: float = 1.0             # scales object and camera speeds; ~2.5 is "strong motion"
+    lighting_drift: float = 1.0     # scales within-shot lighting change; ~2.5 is "strong"
+    min_cut_distance: float = 0.6   # a new shot is redrawn until the half-L1 colour-histogram
+                                    # distance across the cut exceeds this (detector threshold 0.4)
+    max_shot_distance: float = 0.16 # ...and until no two consecutive frames of it exceed this
+    min_visible_area: float = 0.002 # objects with less visible area (fraction of the frame) get no
+                                    # box: a detector would not see them either
+    crf: int = 20                   # x264 constant rate factor: visually clean at 64 px
+    preset: str = "ultrafast"       # x264 speed preset: coding is then a small part of the cost
+
+    def __post_init__(self):
+        if self.size % 2 or self.size < 16:
+            raise ValueError(f"size must be even and >= 16 (yuv420p), got {self.size}")
+        if not 1 <= self.shots[0] <= self.shots[1]:
+            raise ValueError(f"shots must be (min, max) with 1 <= min <= max, got {self.shots}")
+        if self.palette_size < 3:
+            raise ValueError(f"palette_size must be >= 3 (2 background colours + objects), got {self.palette_size}")
+        if not 1 <= self.objects_per_shot[0] <= self.objects_per_shot[1]:
+            raise ValueError(f"objects_per_shot must be (min, max) with min >= 1, got {self.objects_per_shot}")
+
+    @property
+    def frames_per_video(self) -> int:
+        return max(1, round(self.seconds * self.fps))
+
+    @property
+    def min_shot_frames(self) -> int:
+        return max(4, math.ceil(self.min_shot_seconds * self.fps))
+
+
+@dataclass(frozen=True)
+class Theme:
+    """What all shots of a video share."""
+    classes: tuple[int, ...]        # object class ids that appear in the video
+    palette: np.ndarray             # (palette_size, 3) RGB in [0, 1]
+    background: int                 # background family id
+
+    def to_json(self) -> dict:
+        return {"classes": list(self.classes), "class_names": [CLASS_NAMES[c] for c in self.classes],
+                "palette": np.round(self.palette * 255).astype(int).tolist(),
+                "background": BACKGROUND_FAMILIES[self.background]}
+
+
+def sample_palette(rng: np.random.Generator, size: int) -> np.ndarray:
+    """``size`` distinct colours around a random base hue (analogous plus one complementary hue),
+    with varied saturation and value, so palettes of different themes are told apart."""
+    base = rng.uniform()
+    while True:
+        hues = (base + rng.choice([-0.08, 0.0, 0.08, 0.5], size) + rng.normal(0, 0.03, size)) % 1.0
+        colors = np.array([colorsys.hsv_to_rgb(h, rng.uniform(0.3, 0.95), rng.uniform(0.3, 0.95))
+                           for h in hues], np.float32)
+        gaps = np.linalg.norm(colors[:, None] - colors[None], axis=-1) + np.eye(size) * 9
+        if gaps.min() > 0.25:       # no two palette colours alike
+            return colors
+
+
+def make_themes(config: WorldConfig) -> list[Theme]:
+    rng = rng_for(config.seed, THEME_DOMAIN)
+    themes = []
+    for _ in range(config.themes):
+        k = int(rng.integers(config.classes_per_theme[0], config.classes_per_theme[1] + 1))
+        classes = tuple(sorted(int(c) for c in rng.choice(len(CLASS_NAMES), k, replace=False)))
+        themes.append(Theme(classes=classes, palette=sample_palette(rng, config.palette_size),
+                            background=int(rng.integers(len(BACKGROUND_FAMILIES)))))
+    return themes
+
+
+# ---- shots --------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Camera:
+    """Per-frame camera: the world point at the screen centre and the zoom (screen units per world
+    unit). The screen spans [-1, 1] on both axes, y down."""
+    center: np.ndarray              # (T, 2)
+    zoom: np.ndarray                # (T,)
+
+
+@dataclass(frozen=True)
+class Lighting:
+    """Per-frame lighting, multiplied onto the rendered colours:
+    ``gain * tint * (1 + gradient . screen_xy)``."""
+    gain: np.ndarray                # (T,) overall brightness
+    tint: np.ndarray                # (3,) colour of the light
+    gradient: np.ndarray            # (T, 2) brightness slope across the screen (a light direction)
+
+
+@dataclass(frozen=True)
+class ObjectTrack:
+    """One object through a shot, per frame, in world coordinates."""
+    object_id: int                  # unique within its video
+    class_id: int
+    center: np.ndarray              # (T, 2)
+    radius: np.ndarray              # (T,) world units; the shape fits in a disc of this radius
+    angle: np.ndarray               # (T,) rotation in radians
+    stretch: np.ndarray             # (T, 2) anisotropic scale of the shape axes (deformation)
+    shear: np.ndarray               # (T,) shear of the shape (deformation)
+    colors: np.ndarray              # (2, 3) RGB in [0, 1]
+    texture: int                    # 0 plain, 1 stripes, 2 two-tone, 3 rings (in object coordinates)
+    texture_frequency: float        # cycles per unit object radius
+
+
+@dataclass(frozen=True)
+class Shot:
+    """One camera set-up and everything that happens in it."""
+    background: BackgroundInstance
+    camera: Camera
+    lighting: Lighting
+    objects: list[ObjectTrack] = field(default_factory=list)   # back to front
+
+    @property
+    def num_frames(self) -> int:
+        return len(self.camera.zoom)
+
+
+def plan_shots(rng: np.random.Generator, config: WorldConfig) -> list[int]:
+    """Shot lengths in frames: a random count in ``config.shots`` (fewer when the video is too
+    short for them all to reach ``min_shot_frames``) and a random split of the rest."""
+    total, shortest = config.frames_per_video, config.min_shot_frames
+    most = max(1, min(config.shots[1], total // shortest))
+    count = int(rng.integers(min(config.shots[0], most), most + 1))
+    extra = total - count * shortest
+    if extra < 0:                   # a video shorter than one shot: a single shot
+        return [total]
+    splits = np.sort(rng.integers(0, extra + 1, count - 1))
+    return [shortest + int(n) for n in np.diff(np.concatenate([[0], splits, [extra]]))]
+
+
+def _wobble(rng, times, amplitude, rate):
+    """A smooth random oscillation: amplitude * sin(w t + phase) with w around ``rate`` rad/s."""
+    return amplitude * np.sin(rng.uniform(0.6, 1.4) * rate * times + rng.uniform(0, 2 * np.pi))
+
+
+def sample_lighting(rng, times, drift: float) -> Lighting:
+    """Light of one shot: a random gain, tint and direction, then a slow brightness swing and a
+    turning light direction (``drift`` scales both; 0 freezes them)."""
+    gain = rng.uniform(0.65, 1.2) * (1 + _wobble(rng, times, rng.uniform(0.03, 0.08) * drift, 0.8))
+    direction = rng.uniform(0, 2 * np.pi) + rng.uniform(-0.25, 0.25) * drift * times
+    strength = rng.uniform(0.15, 0.4)
+    tint = np.exp(rng.normal(0, 0.1, 3))
+    return Lighting(gain=gain.astype(np.float32), tint=(tint / tint.mean()).astype(np.float32),
+                    gradient=(strength * np.stack([np.cos(direction), np.sin(direction)], 1)).astype(np.float32))
+
+
+def sample_camera(rng, times, motion: float) -> Camera:
+    """Camera of one shot: a random place in the (infinite) background and a zoom, then a steady
+    pan and a slow push in / pull out (``motion`` scales both; 0 freezes them)."""
+    zoom0 = math.exp(rng.uniform(math.log(0.75), math.log(1.4)))
+    # push in and pull out rather than zoom without end, so that long shots keep textures and
+    # objects at sizes the frame can resolve
+    push = _wobble(rng, times, rng.uniform(0.0, min(0.35, 0.1 * motion)), 0.5)
+    zoom = zoom0 * np.exp(push - push[0])
+    start = rng.uniform(-3, 3, 2)
+    pan = rng.normal(0, 0.05 * motion, 2)
+    center = start + pan * times[:, None]
+    return Camera(center=center.astype(np.float32), zoom=zoom.astype(np.float32))
+
+
+def sample_object(rng, object_id: int, class_id: int, colors: np.ndarray, camera: Camera, times,
+                  motion: float, *, screen_center=None, screen_radius=None, angle=None,
+                  deformation: float = 0.15) -> ObjectTrack:
+    """An object that wanders around a screen position of the shot's first frame.
+
+    Position (an oscillation plus a drift), rotation (a steady spin), size and deformation
+    (oscillations) change smoothly, so the object moves continuously, now and then partly leaves
+    the frame, and often comes back. Keyword arguments pin the first frame's attributes (used by
+    the downstream tasks, which draw one still frame); ``motion`` scales all the changes.
+    """
+    if screen_center is None:
+        screen_center = rng.uniform(-0.75, 0.75, 2)
+    if screen_radius is None:
+        screen_radius = math.exp(rng.uniform(math.log(0.16), math.log(0.4)))
+    zoom0 = float(camera.zoom[0])
+    center0 = camera.center[0] + np.asarray(screen_center) / zoom0
+    wander = np.stack([_wobble(rng, times, rng.uniform(0.1, 0.45) * motion / zoom0, 1.0)
+                       for _ in range(2)], axis=1)
+    drift = rng.normal(0, 0.04 * motion / zoom0, 2) * times[:, None]
+    center = center0 + wander - wander[:1] + drift          # the first frame sits at screen_center
+    size = 1 + _wobble(rng, times, 0.12 * min(motion, 2.0), 1.2)
+    radius = screen_radius / zoom0 * size / size[0]
+    if angle is None:
+        angle = rng.uniform(0, 2 * np.pi)
+    spin = rng.choice([-1, 1]) * rng.uniform(0.1, 0.8) * motion
+    angles = angle + spin * times
+    squash = _wobble(rng, times, rng.uniform(0, deformation), 2.0)
+    stretch = np.stack([1 + squash, 1 - squash], axis=1)
+    shear = _wobble(rng, times, rng.uniform(0, deformation), 1.6)
+    return ObjectTrack(
+        object_id=object_id, class_id=int(class_id), center=center.astype(np.float32),
+        radius=radius.astype(np.float32), angle=angles.astype(np.float32),
+        stretch=stretch.astype(np.float32), shear=shear.astype(np.float32),
+        colors=np.asarray(colors, np.float32), texture=int(rng.integers(4)),
+        texture_frequency=float(rng.uniform(1.0, 2.5)))
+
+
+def sample_shot(rng: np.random.Generator, theme: Theme, config: WorldConfig, num_frames: int,
+                first_object_id: int = 0) -> Shot:
+    """A random camera set-up of ``theme`` with objects moving for ``num_frames`` frames.
+
+    The background takes two palette colours and the objects the others, so objects stand out;
+    the object classes come from the theme, with repeats (several objects of one class in a shot
+    are positives for the object-level loss).
+    """
+    times = np.arange(num_frames, dtype=np.float64) / config.fps
+    order = rng.permutation(len(theme.palette))
+    background_colors, object_colors = theme.palette[order[:2]], theme.palette[order[2:]]
+    background = sample_background(rng, theme.background, background_colors)
+    camera = sample_camera(rng, times, config.motion)
+    lighting = sample_lighting(rng, times, config.lighting_drift)
+    count = int(rng.integers(config.objects_per_shot[0], config.objects_per_shot[1] + 1))
+    objects = []
+    for i in range(count):
+        colors = object_colors[rng.integers(len(object_colors), size=2)]
+        objects.append(sample_object(rng, first_object_id + i, rng.choice(theme.classes), colors,
+                                     camera, times, config.motion))
+    return Shot(background=background, camera=camera, lighting=lighting, objects=objects)
