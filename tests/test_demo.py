@@ -12,6 +12,7 @@ def test_demo_produces_every_stage(tmp_path):
     assert (tmp_path / "world" / "tasks" / "suite.json").exists()
     assert json.loads((tmp_path / "data" / "manifest.json").read_text())["videos"] == 4
     assert (tmp_path / "report" / "contact_sheet.png").stat().st_size > 0
+    assert (tmp_path / "data" / "detections" / "groundtruth" / "detector.json").exists()
     assert result["stats"]["videos"] == 4
     again = run_demo(tmp_path, quick=True, workers=2, videos=4, seconds=6.0)    # resumes: nothing redone
     assert again["stats"] == result["stats"]
