@@ -5,3 +5,13 @@ shards) -> ``vivi.data`` (batches of N videos x K shots x F frames) -> ``vivi.mo
 ``vivi.losses`` (training) -> evaluation.
 """
 __version__ = "0.1.0"
+
+__all__ = ["__version__", "embed", "load_encoder"]
+
+
+def __getattr__(name):
+    # vivi.load_encoder / vivi.embed, imported on first use so that `import vivi` stays light
+    if name in ("embed", "load_encoder"):
+        from vivi import api
+        return getattr(api, name)
+    raise AttributeError(f"module 'vivi' has no attribute {name!r}")

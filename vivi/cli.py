@@ -28,18 +28,52 @@ def _ingest(args: argparse.Namespace) -> None:
     print(ingest(args.inputs, args.out, config, workers=args.workers, part=part))
 
 
+def _detect(args: argparse.Namespace) -> None:
+    from .detect import build_detector, detect_dataset
+    print(detect_dataset(args.data, build_detector(args.detector), max_per_frame=args.max_per_frame,
+                         min_score=args.min_score))
+
+
 def _inspect(args: argparse.Namespace) -> None:
     from .data.inspect import dataset_stats, format_stats, render_contact_sheet
     stats = dataset_stats(args.data)
     print(json.dumps(stats, indent=1) if args.json else format_stats(stats))
     if args.render:
-        path = render_contact_sheet(args.data, args.render, videos=args.render_videos)
+        path = render_contact_sheet(args.data, args.render, videos=args.render_videos, detector=args.detector)
         print(f"contact sheet written to {path}", file=sys.stderr if args.json else sys.stdout)
 
 
 def _demo(args: argparse.Namespace) -> None:
     from .demo import run_demo
     run_demo(args.out, quick=args.quick, workers=args.workers)
+
+
+def _train(args: argparse.Namespace) -> None:
+    from .train.config import list_presets
+    if args.list_presets:
+        presets = list_presets()
+        width = max(map(len, presets))
+        for name, description in presets.items():
+            print(f"{name:<{width}}  {description}")
+        return
+    if not (args.config and args.data and args.out):
+        raise ValueError("vivi train needs --config PRESET_OR_FILE --data DATA --out RUN (or --list-presets)")
+    from .train.loop import train
+    result = train(args.config, args.data, args.out, resume=args.resume, overrides=args.overrides)
+    print(f"trained {result['step']} steps; run folder {result['run']}")
+
+
+def _export(args: argparse.Namespace) -> None:
+    from .api import export
+    print(f"encoder written to {export(args.run, args.out)}")
+
+
+def _embed(args: argparse.Namespace) -> None:
+    import numpy as np
+    from .api import embed, load_encoder
+    features = embed(load_encoder(args.checkpoint), args.images, size=args.size, batch_size=args.batch_size)
+    np.save(args.out, features)
+    print(f"{features.shape[0]} embeddings of size {features.shape[1]} written to {args.out}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -71,11 +105,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--part", default="0/1", help="process only part i of n (i/n), e.g. one task of a Slurm array")
     p.set_defaults(func=_ingest)
 
+    from .detect import DETECTORS
+    p = sub.add_parser("detect", help="offline object boxes for every sampled frame, stored beside the shards")
+    p.add_argument("data", type=Path, help="dataset folder written by `vivi ingest`")
+    p.add_argument("--detector", required=True,
+                   help="detector spec: " + "; ".join(f"{k} ({v})" for k, v in DETECTORS.items()))
+    p.add_argument("--max-per-frame", type=int, default=5, help="boxes kept per frame, highest score first (default 5)")
+    p.add_argument("--min-score", type=float, default=0.05, help="boxes below this score are dropped (default 0.05)")
+    p.set_defaults(func=_detect)
+
     p = sub.add_parser("inspect", help="dataset statistics and a contact sheet")
     p.add_argument("data", type=Path, help="dataset folder written by `vivi ingest`")
     p.add_argument("--json", action="store_true", help="print statistics as JSON")
     p.add_argument("--render", type=Path, metavar="OUT.png", help="draw a contact sheet (a row per shot)")
     p.add_argument("--render-videos", type=int, default=6, help="videos on the contact sheet (default 6)")
+    p.add_argument("--detector", default=None, help="draw the boxes of these detections on the contact sheet")
     p.set_defaults(func=_inspect)
 
     p = sub.add_parser("demo", help="the whole pipeline on the synthetic world, on this machine")
@@ -83,6 +127,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="a smaller world for a first look")
     p.add_argument("--workers", type=int, default=default_workers(), help="parallel processes")
     p.set_defaults(func=_demo)
+
+    p = sub.add_parser("train", help="train a VIVI model (a preset of the papers' tables or a YAML config)")
+    p.add_argument("--config", help="preset name (see --list-presets) or a YAML file")
+    p.add_argument("--data", type=Path, help="dataset folder written by `vivi ingest`")
+    p.add_argument("--out", type=Path, help="run folder (config, metrics, TensorBoard, checkpoints)")
+    p.add_argument("--resume", action="store_true", help="continue exactly from the newest checkpoint in --out")
+    p.add_argument("--list-presets", action="store_true", help="list the presets with a one-line description")
+    p.add_argument("overrides", nargs="*", metavar="section.field=value",
+                   help="config overrides, e.g. optim.steps=1000 data.workers=8 (type-checked)")
+    p.set_defaults(func=_train)
+
+    p = sub.add_parser("export", help="write the encoder of a run or checkpoint alone (.safetensors or .pt)")
+    p.add_argument("run", type=Path, help="run folder or checkpoint file")
+    p.add_argument("--out", type=Path, required=True, help="encoder.safetensors or encoder.pt")
+    p.set_defaults(func=_export)
+
+    p = sub.add_parser("embed", help="pre-logit embeddings of images with a trained encoder -> .npy")
+    p.add_argument("images", nargs="+", help="image files or folders (searched recursively)")
+    p.add_argument("--checkpoint", type=Path, required=True, help="run folder, checkpoint or exported encoder")
+    p.add_argument("--out", type=Path, required=True, help="output .npy file (n, D)")
+    p.add_argument("--size", type=int, default=None, help="resize images to size x size (default: training size)")
+    p.add_argument("--batch-size", type=int, default=64, help="images per forward pass (default 64)")
+    p.set_defaults(func=_embed)
     return parser
 
 
@@ -90,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         args.func(args)
-    except (FileNotFoundError, ValueError) as error:
+    except (FileNotFoundError, ValueError, KeyError, TypeError, FloatingPointError) as error:
         print(f"vivi {args.command}: error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -1,0 +1,131 @@
+"""Cost of a training step against the bare encoder, and the loader against the trainer.
+
+Prints, measured in one run on the same frames:
+
+* the time of a full training step (augmentation on the device, encoder forward, heads, losses,
+  backward, SGD update) and of the bare encoder forward + backward (+ the same SGD update) on
+  the augmented frames flattened to (N·K·F, 3, S, S); target: step <= 1.10 x encoder;
+* loader batches/s with the preset's worker count against training steps/s.
+
+Usage (a synthetic dataset: `vivi synth W && vivi ingest W/videos --out D --short-side 64`)::
+
+    python bench/train_step.py --data D [--config tiny-vivi-ex4] [--steps 10] [section.field=value ...]
+"""
+from __future__ import annotations
+
+import argparse
+import itertools
+import statistics
+import time
+
+import torch
+
+from vivi.data import ClipConfig, make_loader
+from vivi.train.augment import build_augmentation
+from vivi.train.config import load_config
+from vivi.train.loop import build_optimizer, train_step
+from vivi.train.model import VIVIModel
+
+
+def timed(fn, repeats: int, sync) -> list[float]:
+    out = []
+    for _ in range(repeats):
+        sync()
+        t = time.perf_counter()
+        fn()
+        sync()
+        out.append(time.perf_counter() - t)
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", required=True, help="an ingested dataset")
+    parser.add_argument("--config", default="tiny-vivi-ex4", help="preset or YAML (default tiny-vivi-ex4)")
+    parser.add_argument("--steps", type=int, default=10, help="timed repeats of each measurement")
+    parser.add_argument("overrides", nargs="*")
+    args = parser.parse_args()
+    config = load_config(args.config, args.overrides)
+    device = torch.device("cuda" if torch.cuda.is_available() and config.run.device != "cpu" else "cpu")
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    autocast = device.type == "cuda" and config.run.precision == "bf16"
+    d = config.data
+    clip = ClipConfig(shots=d.shots, frames=d.frames, mode=d.mode, size=d.size, detector=d.detector,
+                      max_boxes=d.max_boxes)
+
+    # ---- loader alone
+    loader = make_loader(args.data, clip, batch_size=d.videos, seed=0, workers=d.workers)
+    it = iter(loader)
+    batch = next(it)                                   # workers started, first batch ready
+    time.sleep(1.0)                                    # let the prefetch queue fill, then drain it
+    for _ in range(4 * max(1, d.workers)):
+        next(it)
+    t = time.perf_counter()
+    n_loader = max(5 * args.steps, 8 * max(1, d.workers))
+    for _ in range(n_loader):
+        next(it)
+    loader_rate = n_loader / (time.perf_counter() - t)
+    del it, loader
+
+    # ---- full training step on one in-memory batch
+    torch.manual_seed(0)
+    model = VIVIModel(config).to(device)
+    if config.run.channels_last:
+        model.encoder.to(memory_format=torch.channels_last)
+        model.encoder_channels_last = True
+    if config.run.compile:
+        model.compile_encoder()
+    optimizer = build_optimizer(model, config)
+    augment = build_augmentation(config.augment.preset, size=config.augment.size).to(device)
+    cotrain_augment = build_augmentation(config.augment.cotrain_preset, size=config.augment.size).to(device)
+    if config.loss.cotrain_weight > 0:
+        from vivi.data.images import LabeledImages
+        source = LabeledImages(config.loss.cotrain_source, size=d.size or config.augment.size)
+        batch["images"], batch["image_labels"] = source.batch(config.loss.cotrain_images, [0])
+    lr = 1e-3
+    counter = itertools.count()
+
+    def step():
+        train_step(model, optimizer, batch, config=config, augment=augment, cotrain_augment=cotrain_augment,
+                   lr=lr, step=next(counter), rank=0, device=device, autocast=autocast)
+
+    # ---- bare encoder on the same (augmented) frames
+    frames, _, _ = augment(batch["frames"].to(device), seed=0)
+    flat = frames.flatten(0, 2)
+    if config.loss.frame == "rotation":
+        flat = torch.cat([flat] * 4)
+    if config.run.channels_last:
+        flat = flat.contiguous(memory_format=torch.channels_last)
+
+    def encoder_only():
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
+            loss = model.encoder(flat).float().square().mean()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    for _ in range(3):                                  # warm-up (allocator, compile)
+        step()
+        encoder_only()
+    step_times, encoder_times = [], []
+    for _ in range(args.steps):                         # interleaved: both see the same machine load
+        step_times += timed(step, 1, sync)
+        encoder_times += timed(encoder_only, 1, sync)
+    s, e = statistics.median(step_times), statistics.median(encoder_times)
+    frames_per_step = flat.shape[0]
+    print(f"config {config.name} on {device}: {d.videos} videos x {d.shots} shots x {d.frames} frames "
+          f"-> {frames_per_step} images of {config.augment.size} px, encoder {config.model.encoder}")
+    print(f"training step (augment + encoder + heads + losses + update): median {s * 1e3:.1f} ms, "
+          f"min {min(step_times) * 1e3:.1f} ms")
+    print(f"bare encoder forward + backward + update:                    median {e * 1e3:.1f} ms, "
+          f"min {min(encoder_times) * 1e3:.1f} ms")
+    print(f"ratio step / encoder: median {s / e:.3f}, min/min {min(step_times) / min(encoder_times):.3f} "
+          f"(target <= 1.10)")
+    print(f"loader ({d.workers} workers): {loader_rate:.2f} batches/s; training: {1 / s:.2f} steps/s "
+          f"-> {'loader-bound' if loader_rate < 1 / s else 'compute-bound'}")
+
+
+if __name__ == "__main__":
+    main()

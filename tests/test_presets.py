@@ -1,0 +1,119 @@
+"""Presets and the config: every YAML parses and builds; overrides are type-checked; errors list valid values."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from vivi.train.config import TrainConfig, list_presets, load_config
+from vivi.train.model import VIVIModel
+
+PAPER_ROWS = ["ex-yt-f", "ex-yt-s", "vivi-ex2", "vivi-ex4", "vivi-ex2-ord", "rot-yt-f", "vivi-rot2", "vivi-rot4",
+              "vivi-ex4-big", "vivi-ex4-aa", "vivi-ex4-co10", "vivi-ex4-co100", "vivi-ex4-co100-big",
+              "objcentric-vivi", "objcentric", "objcentric-random-boxes", "objcentric-random-boxes-labels",
+              "objcentric-extra-class-head", "objcentric-class-head-only", "objcentric-co100"]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """One intra-op thread: the 2-core CI machine is shared, and OpenMP's spinning threads
+    under oversubscription made these steps 10x slower; restored afterwards."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_every_paper_row_has_a_preset_with_a_description():
+    presets = list_presets()
+    for name in PAPER_ROWS:
+        assert name in presets and presets[name], name
+    assert all(description for description in presets.values())
+
+
+@pytest.mark.parametrize("name", sorted(list_presets()))
+def test_preset_parses_validates_and_builds(name, tmp_path):
+    source = tmp_path / "images.npz"
+    source.write_bytes(b"")                       # existence is all validation checks
+    config = load_config(name, validate=False)
+    if config.loss.cotrain_weight > 0:
+        config = load_config(config, [f"loss.cotrain_source={source}"])
+    else:
+        config.validate()
+    assert config.name == name
+    big = not config.model.encoder.startswith("resnet_tiny")
+    # R50 models are built on the meta device: shapes and heads without memory or compute
+    with torch.device("meta") if big else torch.device("cpu"):
+        model = VIVIModel(config)
+    heads = {n for n, _ in model.named_children()}
+    assert ("frame_head" in heads) == (config.loss.frame != "none")
+    assert ("shot_projection" in heads) == (config.loss.video != "none")
+    assert ("object_loss" in heads) == (config.loss.object_weight > 0)
+    assert ("image_class_head" in heads) == (config.loss.cotrain_weight > 0)
+    if config.loss.object_weight > 0:
+        assert ("object_class_head" in heads) == ("classification" in config.loss.object_terms)
+    if not big:                                   # a real forward of the tiny model
+        d = config.data
+        k = d.shots
+        frames = torch.rand(2, k, d.frames, 3, 32, 32)
+        boxes = torch.tensor([0.1, 0.1, 0.6, 0.6]).expand(2, k, d.frames, 2, 4).clone()
+        labels = torch.randint(0, 3, (2, k, d.frames, 2))
+        images, image_labels = torch.rand(4, 3, 32, 32), torch.randint(0, 4, (4,))
+        terms, _ = model(frames, boxes, labels, images, image_labels, generator=torch.Generator().manual_seed(0))
+        assert all(torch.isfinite(t) for t in terms.values())
+
+
+def test_paper_hyper_parameters():
+    ex4 = load_config("vivi-ex4")
+    assert (ex4.data.shots, ex4.data.frames, ex4.data.videos) == (4, 8, 512)
+    assert (ex4.optim.lr, ex4.optim.steps, ex4.optim.decay_steps, ex4.optim.warmup_steps) == \
+        (0.8, 120000, [90000, 110000], 5000)
+    assert ex4.model.encoder == "resnet50_v2" and ex4.model.norm == "bn" and ex4.loss.predictor == "lstm"
+    f = load_config("ex-yt-f")
+    assert f.data.mode == "frame" and f.optim.warmup_steps == 17000 and f.loss.video == "none"
+    assert load_config("vivi-ex4-aa").loss.video_weight == pytest.approx(ex4.loss.video_weight / 2)
+    obj = load_config("objcentric")
+    assert obj.loss.object_weight == 5.0 and obj.loss.video_weight == 0.04 and obj.data.detector
+    co = load_config("vivi-ex4-co10", validate=False)
+    assert co.model.norm == "gnws" and co.optim.steps == 100000 and co.loss.cotrain_images == 256
+    assert load_config("vivi-ex4-big").model.encoder == "resnet50x3_v2"
+
+
+def test_overrides_are_type_checked():
+    config = load_config("tiny-vivi-ex4", ["optim.lr=0.5", "data.videos=3", "run.compile=true",
+                                           "optim.decay_steps=[10, 20]", "data.detector=null", "optim.lr=1e-3"])
+    assert config.optim.lr == 1e-3 and config.data.videos == 3 and config.run.compile is True
+    assert config.optim.decay_steps == [10, 20] and config.data.detector is None
+    with pytest.raises(TypeError, match="data.videos expects an integer"):
+        load_config("tiny-vivi-ex4", ["data.videos=many"])
+    with pytest.raises(TypeError, match="run.compile expects true/false"):
+        load_config("tiny-vivi-ex4", ["run.compile=3"])
+    with pytest.raises(TypeError, match="optim.decay_steps expects a list"):
+        load_config("tiny-vivi-ex4", ["optim.decay_steps=5"])
+
+
+def test_unknown_names_list_the_valid_ones():
+    with pytest.raises(KeyError, match="optim.lr"):
+        load_config("tiny-vivi-ex4", ["optim.learning_rate=0.1"])
+    with pytest.raises(KeyError, match="valid: .*optim.steps"):
+        load_config("tiny-vivi-ex4", ["steps=3"])
+    with pytest.raises(KeyError, match="valid: name, description, data, model"):
+        load_config("tiny-vivi-ex4", {"optimizer": {"lr": 1}})
+    with pytest.raises(ValueError, match="unknown preset 'vivi-ex9'; valid: .*vivi-ex4"):
+        load_config("vivi-ex9")
+    with pytest.raises(ValueError, match="loss.frame='triplet' is not valid; valid: exemplar, rotation, none"):
+        load_config("tiny-vivi-ex4", ["loss.frame=triplet"])
+    with pytest.raises(ValueError, match="model.encoder=.*valid: .*resnet50_v2"):
+        load_config("tiny-vivi-ex4", ["model.encoder=vgg"])
+    with pytest.raises(ValueError, match="needs data.shots >= 2"):
+        load_config("tiny-vivi-ex4", ["data.shots=1"])
+    with pytest.raises(ValueError, match="needs data.detector"):
+        load_config("tiny-vivi-ex4", ["loss.object_weight=1.0"])
+
+
+def test_yaml_file_round_trip(tmp_path):
+    from vivi.train.config import dump_config
+    config = load_config("vivi-rot4", ["optim.steps=7"])
+    path = tmp_path / "c.yaml"
+    path.write_text(dump_config(config))
+    again = load_config(path)
+    assert again == config and isinstance(again, TrainConfig)

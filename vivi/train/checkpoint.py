@@ -1,0 +1,145 @@
+"""Checkpoints that load safely: tensors in safetensors, everything else as JSON metadata.
+
+A training checkpoint is one file ``RUN/checkpoints/step-XXXXXXX.safetensors``:
+
+* tensors ``model.<name>`` (parameters and buffers of :class:`vivi.train.model.VIVIModel`) and
+  ``optim.<name>.momentum_buffer`` (SGD state by parameter name);
+* metadata (strings): ``kind = "vivi-checkpoint"``, ``config`` (the resolved config, JSON),
+  ``encoder`` (name + overrides that rebuild the encoder), ``step`` (steps done).
+
+An exported encoder (``vivi export``) is ``encoder.safetensors`` (tensors = the encoder's state
+dict; metadata ``kind = "vivi-encoder"``, ``encoder``, ``config``) or ``encoder.pt`` (a dict of
+the same, readable with ``torch.load(weights_only=True)``).
+
+Files are written to a temporary name in the same folder and renamed (atomic on POSIX), so a
+crash leaves either the old or the new checkpoint, never half of one.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+__all__ = ["CHECKPOINT_DIR", "CHECKPOINT_KIND", "ENCODER_KIND", "checkpoint_path", "export_encoder",
+           "latest_checkpoint", "read_checkpoint", "read_encoder_file", "write_checkpoint"]
+
+CHECKPOINT_DIR = "checkpoints"
+CHECKPOINT_KIND = "vivi-checkpoint"
+ENCODER_KIND = "vivi-encoder"
+_STEP = re.compile(r"step-(\d+)\.safetensors$")
+
+
+def checkpoint_path(run: str | Path, step: int) -> Path:
+    return Path(run) / CHECKPOINT_DIR / f"step-{step:07d}.safetensors"
+
+
+def latest_checkpoint(run: str | Path) -> Path | None:
+    """The checkpoint with the most steps in a run folder, or None."""
+    folder = Path(run) / CHECKPOINT_DIR
+    found = [(int(m.group(1)), p) for p in folder.glob("step-*.safetensors") if (m := _STEP.search(p.name))]
+    return max(found)[1] if found else None
+
+
+def _atomic_save(tensors: dict[str, torch.Tensor], metadata: dict[str, str], path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp), metadata=metadata)
+    os.replace(tmp, path)
+
+
+def write_checkpoint(run: str | Path, step: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                     config_json: str, encoder: dict, keep: int = 3) -> Path:
+    """Write the checkpoint after ``step`` steps; keep the newest ``keep`` checkpoints."""
+    tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
+    names = {id(p): n for n, p in model.named_parameters()}
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            buf = optimizer.state.get(p, {}).get("momentum_buffer")
+            if buf is not None:
+                tensors[f"optim.{names[id(p)]}.momentum_buffer"] = buf
+    metadata = {"kind": CHECKPOINT_KIND, "config": config_json, "encoder": json.dumps(encoder), "step": str(step)}
+    path = checkpoint_path(run, step)
+    _atomic_save(tensors, metadata, path)
+    old = sorted(Path(run, CHECKPOINT_DIR).glob("step-*.safetensors"))
+    for stale in old[:-keep] if keep > 0 else []:
+        stale.unlink(missing_ok=True)
+    return path
+
+
+def _read(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            metadata = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as error:  # safetensors raises its own error types for foreign files
+        raise ValueError(f"{path} is not a safetensors file written by vivi ({error})") from None
+    return tensors, metadata
+
+
+def read_checkpoint(path: str | Path) -> dict:
+    """A training checkpoint (file or run folder) -> dict(step, config, encoder, model, optim)."""
+    path = Path(path)
+    if path.is_dir():
+        found = latest_checkpoint(path)
+        if found is None:
+            raise FileNotFoundError(f"no checkpoint in {path / CHECKPOINT_DIR}")
+        path = found
+    tensors, metadata = _read(path)
+    if metadata.get("kind") != CHECKPOINT_KIND:
+        raise ValueError(f"{path} is not a vivi training checkpoint (kind={metadata.get('kind')!r}); "
+                         f"an exported encoder is loaded with vivi.load_encoder")
+    model = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
+    optim = {k[len("optim."):-len(".momentum_buffer")]: v for k, v in tensors.items() if k.startswith("optim.")}
+    return {"path": path, "step": int(metadata["step"]), "config": json.loads(metadata["config"]),
+            "encoder": json.loads(metadata["encoder"]), "model": model, "optim": optim}
+
+
+def read_encoder_file(path: str | Path) -> dict:
+    """Any of: a run folder, a training checkpoint, an exported encoder (.safetensors / .pt)
+    -> dict(encoder spec, state_dict of the encoder, config or None)."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path} does not exist")
+    if path.is_dir() or (path.suffix == ".safetensors" and _read(path)[1].get("kind") == CHECKPOINT_KIND):
+        ckpt = read_checkpoint(path)
+        state = {k[len("encoder."):]: v for k, v in ckpt["model"].items() if k.startswith("encoder.")}
+        return {"encoder": ckpt["encoder"], "state_dict": state, "config": ckpt["config"]}
+    if path.suffix == ".safetensors":
+        tensors, metadata = _read(path)
+        if metadata.get("kind") != ENCODER_KIND:
+            raise ValueError(f"{path} is not a vivi encoder or checkpoint (kind={metadata.get('kind')!r})")
+        return {"encoder": json.loads(metadata["encoder"]), "state_dict": tensors,
+                "config": json.loads(metadata.get("config", "null"))}
+    if path.suffix in (".pt", ".pth"):
+        try:
+            blob = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as error:
+            raise ValueError(f"{path} cannot be loaded safely as a vivi encoder ({error})") from None
+        if not isinstance(blob, dict) or blob.get("kind") != ENCODER_KIND:
+            raise ValueError(f"{path} is not a vivi encoder export (no kind={ENCODER_KIND!r})")
+        return {"encoder": json.loads(blob["encoder"]), "state_dict": blob["state_dict"],
+                "config": json.loads(blob.get("config", "null"))}
+    raise ValueError(f"{path}: expected a run folder, a .safetensors checkpoint/encoder or an encoder .pt")
+
+
+def export_encoder(source: str | Path, out: str | Path) -> Path:
+    """Write the encoder of a run folder or checkpoint alone to ``out`` (.safetensors or .pt)."""
+    out = Path(out)
+    blob = read_encoder_file(source)
+    encoder, config = json.dumps(blob["encoder"]), json.dumps(blob["config"])
+    if out.suffix == ".safetensors":
+        _atomic_save(blob["state_dict"], {"kind": ENCODER_KIND, "encoder": encoder, "config": config}, out)
+    elif out.suffix in (".pt", ".pth"):
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+        torch.save({"kind": ENCODER_KIND, "encoder": encoder, "config": config,
+                    "state_dict": {k: v.contiguous() for k, v in blob["state_dict"].items()}}, tmp)
+        os.replace(tmp, out)
+    else:
+        raise ValueError(f"export to .safetensors or .pt, got {out}")
+    return out

@@ -1,0 +1,303 @@
+"""The training configuration: typed sections with a comment on every field (nanoGPT style).
+
+A run is described by a :class:`TrainConfig`. Presets live as YAML files in
+``vivi/train/presets/``, one per row of the papers' tables (plus tiny CPU versions); a preset
+only lists the fields that differ from the defaults below. Command-line overrides
+``section.field=value`` are parsed as YAML scalars and type-checked against the field.
+
+Defaults are the VIVI recipe (papers/vivi-cvpr2020.txt §4, Table 5; SPEC §3): ResNet-50 v2
+with BatchNorm, N·K = 2048 shots per step, SGD momentum 0.9, learning rate 0.8 at batch 2048,
+120k steps, ×0.1 at 90k and 110k.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+__all__ = ["AugmentSection", "DataConfig", "LossConfig", "ModelConfig", "OptimConfig", "PRESET_DIR",
+           "RunConfig", "TrainConfig", "UnknownKeyError", "apply_overrides", "config_from_dict", "config_to_dict",
+           "list_presets", "load_config", "preset_path"]
+
+PRESET_DIR = Path(__file__).parent / "presets"
+
+FRAME_LOSSES = ("exemplar", "rotation", "none")
+VIDEO_LOSSES = ("infonce", "shot_order", "none")
+PREDICTORS = ("mlp", "bilinear", "lstm")
+OBJECT_MODES = ("detector", "random_boxes", "random_boxes_and_labels")
+OBJECT_TERMS = ("triplet", "triplet+classification", "classification")
+PRECISIONS = ("bf16", "fp32")
+
+
+@dataclass
+class DataConfig:
+    shots: int = 4                   # K: consecutive shots per video (VIVI: 2 or 4; Ex-YT-S / Rot: 1)
+    frames: int = 8                  # F: consecutive frames per shot (exemplar 8, rotation 4; SPEC §1)
+    mode: str = "shots"              # "shots" (K x F frames) or "frame" (Ex-YT-F / Rot-YT-F: one frame, F copies)
+    videos: int = 512                # N: videos per step over all ranks (N·K = 2048 in VIVI); split over ranks
+    size: int | None = 256           # loader resizes the shorter side and centre-crops to size², so videos of
+                                     # any aspect batch (None: as stored, all videos must share one size);
+                                     # 256 = ingest's default short side, before the 224 inception crop
+    workers: int = 4                 # DataLoader worker processes per rank (the batches do not depend on it)
+    detector: str | None = None      # detections to read boxes from (DATA/detections/NAME); needed by the object loss
+    max_boxes: int = 5               # boxes kept per frame (object-centric paper: at most 5)
+
+
+@dataclass
+class ModelConfig:
+    encoder: str = "resnet50_v2"     # name in vivi.models.ENCODERS (resnet50x3_v2 for the "Big" rows)
+    norm: str = "bn"                 # "bn" (VIVI) or "gnws" (GroupNorm + weight standardisation: co-training)
+    width: int | None = None         # width multiplier override (None: the encoder's own, 3 for resnet50x3_v2)
+    exemplar_dim: int = 1000         # exemplar head outputs (VIVI app. A)
+    shot_dim: int = 512              # shot projection size for the video-level losses (VIVI app. A)
+    predictor_hidden: int = 256      # LSTM units / MLP-critic hidden units (VIVI app. A: 256)
+    order_hidden: int = 512          # hidden units of the shot-order MLP (VIVI app. A: 512)
+    object_classes: int = 600        # detector classes (OpenImages V4: 600); random labels are drawn from these
+    image_classes: int = 1000        # co-training classifier outputs (ImageNet: 1000)
+
+
+@dataclass
+class AugmentSection:
+    preset: str = "inception"        # frame augmentation, name in vivi.train.augment.AUGMENTATIONS (SPEC §3)
+    size: int = 224                  # output frames are size x size (papers: 224)
+    cotrain_preset: str = "cotrain_images"  # augmentation of the co-training images (VIVI §4: + HSV noise)
+
+
+@dataclass
+class LossConfig:
+    frame: str = "exemplar"          # frame/shot-level loss: "exemplar" (triplet over shots), "rotation" or "none"
+    video: str = "infonce"           # video-level loss: "infonce" (predict later shots), "shot_order" or "none"
+    predictor: str = "lstm"          # InfoNCE critic: "mlp" (K = 2), "lstm" (K = 4) or "bilinear" (object-centric)
+    video_weight: float = 0.04       # λ (β in paper 2): weight of the video-level loss (0.04 quoted by paper 2)
+    margin: float = 0.5              # triplet margin of the exemplar and object losses (VIVI app. A)
+    object_weight: float = 0.0       # ω: weight of the object loss (paper 2: 5); 0 disables it
+    object_mode: str = "detector"    # boxes: "detector", or ablations "random_boxes", "random_boxes_and_labels"
+    object_terms: str = "triplet"    # "triplet" (eq. 2), "triplet+classification" (extra 600-way BCE head)
+                                     # or "classification" (the head replacing the triplet)
+    cotrain_weight: float = 0.0      # γ: weight of the supervised image loss; 0 disables co-training
+    cotrain_source: str | None = None  # labelled images: a folder with one sub-folder per class, or .npz/.npy
+    cotrain_images: int = 2048       # labelled images per step over all ranks (VIVI Table 5: 2048 or 256)
+    cotrain_fraction: float = 1.0    # class-balanced fraction of the source used (Co(10%): 0.1)
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 0.8                  # peak learning rate at batch base_batch (VIVI: 0.8 at 2048)
+    base_batch: int = 2048           # batch (N·K shots, all ranks) at which lr applies; lr scales linearly
+    momentum: float = 0.9            # SGD momentum (VIVI §4)
+    weight_decay: float = 1e-4       # on conv/linear weights only; VIVI Table 5 does not state it (guess,
+                                     # the value of the exemplar/rotation baselines of Kolesnikov et al. 2019)
+    warmup_steps: int = 5000         # linear warm-up from 0 (5k shot/video models, 17k frame baselines)
+    steps: int = 120000              # total optimisation steps
+    decay_steps: list[int] = field(default_factory=lambda: [90000, 110000])  # lr ×decay_factor at each
+    decay_factor: float = 0.1        # multiplicative decay at each of decay_steps
+
+
+@dataclass
+class RunConfig:
+    seed: int = 0                    # seeds the initialisation, the data stream and the augmentation
+    device: str = "auto"             # "auto" (cuda if available), "cpu" or "cuda"
+    precision: str = "bf16"          # "bf16" autocast on CUDA (CPU always runs fp32) or "fp32"
+    channels_last: bool = True       # NHWC memory format for the encoder (faster convolutions on GPU)
+    compile: bool = False            # torch.compile the encoder (first steps are slower)
+    log_every: int = 10              # steps between metrics.jsonl / TensorBoard records
+    ckpt_every: int = 5000           # steps between checkpoints (one is always written at the end)
+    keep_checkpoints: int = 3        # newest checkpoints kept (older ones are deleted)
+
+
+@dataclass
+class TrainConfig:
+    name: str = "custom"             # preset name (the paper row), recorded in the run folder
+    description: str = ""            # one line shown by `vivi train --list-presets`
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    augment: AugmentSection = field(default_factory=AugmentSection)
+    loss: LossConfig = field(default_factory=LossConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+    def validate(self) -> None:
+        """Check the choices between fields; raises ValueError naming the field and the valid values."""
+        def one_of(value, valid, name):
+            if value not in valid:
+                raise ValueError(f"{name}={value!r} is not valid; valid: {', '.join(valid)}")
+        one_of(self.data.mode, ("shots", "frame"), "data.mode")
+        one_of(self.model.norm, ("bn", "gnws"), "model.norm")
+        one_of(self.loss.frame, FRAME_LOSSES, "loss.frame")
+        one_of(self.loss.video, VIDEO_LOSSES, "loss.video")
+        one_of(self.loss.predictor, PREDICTORS, "loss.predictor")
+        one_of(self.loss.object_mode, OBJECT_MODES, "loss.object_mode")
+        one_of(self.loss.object_terms, OBJECT_TERMS, "loss.object_terms")
+        one_of(self.run.precision, PRECISIONS, "run.precision")
+        one_of(self.run.device, ("auto", "cpu", "cuda"), "run.device")
+        from vivi.models import ENCODERS
+        from vivi.train.augment import AUGMENTATIONS
+        one_of(self.model.encoder, tuple(ENCODERS), "model.encoder")
+        one_of(self.augment.preset, tuple(AUGMENTATIONS), "augment.preset")
+        one_of(self.augment.cotrain_preset, tuple(AUGMENTATIONS), "augment.cotrain_preset")
+        if self.loss.video != "none" and self.data.shots < 2:
+            raise ValueError(f"loss.video={self.loss.video!r} needs data.shots >= 2, got {self.data.shots}")
+        if self.loss.video == "shot_order" and self.data.shots != 2:
+            raise ValueError("loss.video='shot_order' is defined for data.shots=2 (VIVI §4)")
+        if self.loss.frame == "none" and self.loss.video == "none" and self.loss.object_weight == 0:
+            raise ValueError("no loss is enabled: set loss.frame, loss.video or loss.object_weight")
+        if self.loss.object_weight > 0 and not self.data.detector:
+            raise ValueError("loss.object_weight > 0 needs data.detector (the detections to read boxes from)")
+        if self.loss.cotrain_weight > 0 and not self.loss.cotrain_source:
+            raise ValueError("loss.cotrain_weight > 0 needs loss.cotrain_source (an image folder or .npz/.npy)")
+        if self.loss.cotrain_weight > 0 and not Path(self.loss.cotrain_source).exists():
+            raise FileNotFoundError(f"co-training source {self.loss.cotrain_source} does not exist")
+        if sorted(self.optim.decay_steps) != list(self.optim.decay_steps):
+            raise ValueError(f"optim.decay_steps must be increasing, got {self.optim.decay_steps}")
+        for name in ("videos", "workers", "frames", "shots"):
+            if getattr(self.data, name) < (0 if name == "workers" else 1):
+                raise ValueError(f"data.{name} must be positive, got {getattr(self.data, name)}")
+        if self.optim.steps < 1 or self.run.log_every < 1 or self.run.ckpt_every < 1:
+            raise ValueError("optim.steps, run.log_every and run.ckpt_every must be positive")
+
+
+class UnknownKeyError(KeyError):
+    """An unknown config key; the message lists the valid ones (printed without KeyError's quotes)."""
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+def _hints(cls) -> dict[str, object]:
+    return typing.get_type_hints(cls)
+
+
+def _check_value(value, hint, key: str):
+    """``value`` converted to the field type ``hint``; a clear TypeError otherwise."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _check_value(value, inner[0], key)
+    if origin is list:
+        if not isinstance(value, (list, tuple)):
+            raise TypeError(f"{key} expects a list of {args[0].__name__}, got {value!r}")
+        return [_check_value(v, args[0], f"{key}[{i}]") for i, v in enumerate(value)]
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise TypeError(f"{key} expects true/false, got {value!r}")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise TypeError(f"{key} expects an integer, got {value!r}")
+        return value
+    if hint is float:
+        if isinstance(value, str):   # YAML 1.1 reads "1e30" (no dot) as a string
+            try:
+                value = float(value)
+            except ValueError:
+                pass
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise TypeError(f"{key} expects a number, got {value!r}")
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise TypeError(f"{key} expects a string, got {value!r}")
+        return value
+    raise TypeError(f"{key}: unsupported field type {hint}")
+
+
+def config_from_dict(raw: dict, base: TrainConfig | None = None) -> TrainConfig:
+    """A TrainConfig from nested dicts (a YAML preset); unknown keys and wrong types raise."""
+    config = base or TrainConfig()
+    top = _hints(TrainConfig)
+    for section, values in raw.items():
+        if section not in top:
+            raise UnknownKeyError(f"unknown config key {section!r}; valid: {', '.join(top)}")
+        if section in ("name", "description"):
+            setattr(config, section, _check_value(values, top[section], section))
+            continue
+        if not isinstance(values, dict):
+            raise TypeError(f"config section {section!r} must be a mapping, got {values!r}")
+        target = getattr(config, section)
+        hints = _hints(type(target))
+        for key, value in values.items():
+            if key not in hints:
+                raise UnknownKeyError(f"unknown config key {section}.{key}; valid: "
+                               + ", ".join(f"{section}.{k}" for k in hints))
+            setattr(target, key, _check_value(value, hints[key], f"{section}.{key}"))
+    return config
+
+
+def config_to_dict(config: TrainConfig) -> dict:
+    return dataclasses.asdict(config)
+
+
+def apply_overrides(config: TrainConfig, overrides: list[str] | dict | None) -> TrainConfig:
+    """Apply ``section.field=value`` strings (values parsed as YAML scalars) or a nested dict."""
+    if not overrides:
+        return config
+    if isinstance(overrides, dict):
+        return config_from_dict(overrides, config)
+    nested: dict = {}
+    for item in overrides:
+        if "=" not in item:
+            raise ValueError(f"override {item!r} must look like section.field=value")
+        key, text = item.split("=", 1)
+        value = yaml.safe_load(text) if text.strip() else None
+        parts = key.strip().split(".")
+        if len(parts) == 1 and parts[0] in ("name", "description"):
+            nested[parts[0]] = str(text)
+            continue
+        if len(parts) != 2:
+            valid = ", ".join(f"{s}.{k}" for s, t in _hints(TrainConfig).items()
+                              if s not in ("name", "description") for k in _hints(t))
+            raise UnknownKeyError(f"unknown config key {key!r}; valid: {valid}")
+        nested.setdefault(parts[0], {})[parts[1]] = value
+    return config_from_dict(nested, config)
+
+
+def list_presets() -> dict[str, str]:
+    """{preset name: one-line description} of the YAML files in :data:`PRESET_DIR`."""
+    out = {}
+    for path in sorted(PRESET_DIR.glob("*.yaml")):
+        raw = yaml.safe_load(path.read_text()) or {}
+        out[path.stem] = raw.get("description", "")
+    return out
+
+
+def preset_path(name: str) -> Path:
+    path = PRESET_DIR / f"{name}.yaml"
+    if not path.exists():
+        raise ValueError(f"unknown preset {name!r}; valid: {', '.join(list_presets())}")
+    return path
+
+
+def load_config(preset_or_file: str | Path | TrainConfig, overrides: list[str] | dict | None = None,
+                validate: bool = True) -> TrainConfig:
+    """The config of a preset name, a YAML file (a preset or a run's ``config.yaml``) or a TrainConfig,
+    with ``overrides`` applied and the result validated."""
+    if isinstance(preset_or_file, TrainConfig):
+        config = config_from_dict(config_to_dict(preset_or_file))
+    else:
+        path = Path(preset_or_file)
+        if not (path.suffix in (".yaml", ".yml", ".json") and path.exists()):
+            path = preset_path(str(preset_or_file))
+        raw = yaml.safe_load(path.read_text()) or {}
+        config = config_from_dict(raw)
+        if config.name == "custom" and path.parent == PRESET_DIR:
+            config.name = path.stem
+    config = apply_overrides(config, overrides)
+    if validate:
+        config.validate()
+    return config
+
+
+def dump_config(config: TrainConfig) -> str:
+    """The resolved config as YAML (the run folder's ``config.yaml``)."""
+    return yaml.safe_dump(config_to_dict(config), sort_keys=False)
+
+
+def config_json(config: TrainConfig) -> str:
+    return json.dumps(config_to_dict(config), sort_keys=True)
