@@ -7,7 +7,6 @@ dataset (1 Hz by default) are converted, resized to the stored size and JPEG-enc
 """
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -101,13 +100,6 @@ def decode_video(path: str | Path, config: SamplingConfig = SamplingConfig(), th
         # one rebuilds it, ~1 ms); one scaling thread, as the frames are small and decoding has the cores.
         to_thumb, to_stored = VideoReformatter(), VideoReformatter()
 
-        def encode_jpeg(frame: av.VideoFrame) -> bytes:
-            bgr = to_stored.reformat(frame, out_w, out_h, "bgr24", interpolation="AREA", threads=1).to_ndarray()
-            ok, data = cv2.imencode(".jpg", bgr, encode)
-            if not ok:
-                raise VideoError(f"JPEG encoding failed at {frame.time} s")
-            return data.tobytes()
-
         detector = HistogramCutDetector(config.cuts)
         shot_starts_s: list[float] = []
         times, native, shots, jpegs = [], [], [], []
@@ -115,30 +107,31 @@ def decode_video(path: str | Path, config: SamplingConfig = SamplingConfig(), th
         next_sample = 0.0
         index = -1
         last_t = 0.0
-        # Sampled frames are resized and JPEG-encoded on a second thread (swscale and libjpeg release
-        # the GIL) while this one decodes and looks for cuts.
-        with ThreadPoolExecutor(1) as encoder:
-            try:
-                for index, frame in enumerate(container.decode(stream)):
-                    t = _frame_time(frame, index, fps)
-                    if t0 is None:
-                        t0 = t
-                    t = t - t0
-                    if detector.push(frame_histogram(frame, config.cuts.bits, config.histogram_width, to_thumb)):
-                        shot_starts_s.append(t)
-                        next_sample = t
-                    if t >= next_sample - 1e-6:
-                        jpegs.append(encoder.submit(encode_jpeg, frame))
-                        times.append(round(t, 6))
-                        native.append(index)
-                        shots.append(len(shot_starts_s) - 1)
-                        while next_sample <= t + 1e-6:
-                            next_sample += period
-                    last_t = t
-            except av.error.FFmpegError as error:
-                raise VideoError(f"decoding failed after {index + 1} frames: the file may be truncated or "
-                                 f"corrupt ({_describe(error)})") from None
-            jpegs = [future.result() for future in jpegs]
+        try:
+            for index, frame in enumerate(container.decode(stream)):
+                t = _frame_time(frame, index, fps)
+                if t0 is None:
+                    t0 = t
+                t = t - t0
+                if detector.push(frame_histogram(frame, config.cuts.bits, config.histogram_width, to_thumb)):
+                    shot_starts_s.append(t)
+                    next_sample = t
+                if t >= next_sample - 1e-6:
+                    bgr = to_stored.reformat(frame, out_w, out_h, "bgr24", interpolation="AREA",
+                                             threads=1).to_ndarray()
+                    ok, data = cv2.imencode(".jpg", bgr, encode)
+                    if not ok:
+                        raise VideoError(f"JPEG encoding failed at frame {index}")
+                    jpegs.append(data.tobytes())
+                    times.append(round(t, 6))
+                    native.append(index)
+                    shots.append(len(shot_starts_s) - 1)
+                    while next_sample <= t + 1e-6:
+                        next_sample += period
+                last_t = t
+        except av.error.FFmpegError as error:
+            raise VideoError(f"decoding failed after {index + 1} frames: the file may be truncated or corrupt "
+                             f"({_describe(error)})") from None
         if index < 0:
             raise VideoError("zero-length video: no frame could be decoded")
         declared = container.duration / av.time_base if container.duration else None

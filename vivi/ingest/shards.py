@@ -52,10 +52,13 @@ def write_json_atomic(path: Path, obj: Any) -> None:
     write_atomic(path, (json.dumps(obj, indent=1) + "\n").encode())
 
 
-def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
+def _add(tar: tarfile.TarFile, name: str, data: bytes) -> list[int]:
+    """Append one member; return [offset of its data, size] in the tar."""
     info = tarfile.TarInfo(name)
     info.size, info.mtime, info.mode = len(data), 0, 0o644
+    offset = tar.offset + len(info.tobuf(tar.format, tar.encoding, tar.errors))
     tar.addfile(info, io.BytesIO(data))
+    return [offset, len(data)]
 
 
 def write_shard(root: Path, index: int, samples: list[tuple[dict, list[bytes]]], failures: list[dict]) -> dict:
@@ -69,25 +72,17 @@ def write_shard(root: Path, index: int, samples: list[tuple[dict, list[bytes]]],
     name = shard_name(index)
     tar_path = folder / f"{name}.tar"
     tmp = tar_path.with_name(tar_path.name + ".tmp")
+    videos = []
     with open(tmp, "wb") as f:
         with tarfile.open(fileobj=f, mode="w", format=tarfile.USTAR_FORMAT) as tar:
             for record, jpegs in samples:
                 key = record["key"]
-                _add(tar, f"{key}.json", json.dumps(record, sort_keys=True).encode())
-                for i, data in enumerate(jpegs):
-                    _add(tar, frame_member(key, i), data)
+                record_member = _add(tar, f"{key}.json", json.dumps(record, sort_keys=True).encode())
+                frame_members = [_add(tar, frame_member(key, i), data) for i, data in enumerate(jpegs)]
+                videos.append({**record, "record_member": record_member, "frame_members": frame_members})
         f.flush()
         os.fsync(f.fileno())
-    # Offsets are read back from the written file: the index then describes the bytes on disk.
-    with tarfile.open(tmp, mode="r") as tar:
-        offsets = {m.name: [m.offset_data, m.size] for m in tar.getmembers()}
     os.replace(tmp, tar_path)
-    videos = []
-    for record, jpegs in samples:
-        key = record["key"]
-        videos.append({**record,
-                       "record_member": offsets[f"{key}.json"],
-                       "frame_members": [offsets[frame_member(key, i)] for i in range(len(jpegs))]})
     shard_index = {"shard": f"{SHARD_DIR}/{name}.tar", "bytes": tar_path.stat().st_size,
                    "videos": videos, "failures": failures}
     write_json_atomic(folder / f"{name}.json", shard_index)
