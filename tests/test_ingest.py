@@ -190,3 +190,14 @@ def _assert_same_dataset(a: Path, b: Path) -> None:
     assert files_a == files_b
     for name in files_a:
         assert (a / name).read_bytes() == (b / name).read_bytes(), name
+
+
+def test_a_crashing_decoder_process_fails_only_its_video(world):
+    from crashing_worker import crash_on_bad
+    from vivi.ingest.pipeline import _run_jobs
+    videos = [str(p) for p in sorted((world / "videos").glob("*.mp4"))[:4]]
+    jobs = [(i, source, TINY_INGEST.sampling, 1) for i, source in enumerate(videos[:2] + ["/x/crash.mp4"] + videos[2:])]
+    results = list(_run_jobs(jobs, workers=2, work=crash_on_bad))
+    assert [r[0] for r in results] == list(range(5))
+    assert [r[1] is None for r in results] == [False, False, True, False, False]
+    assert "crashed" in results[2][3]

@@ -13,7 +13,9 @@ import json
 import multiprocessing
 import os
 import time
-from collections import Counter
+from collections import Counter, deque
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -157,8 +159,8 @@ def ingest(inputs: list[str | Path], out: str | Path, config: IngestConfig = Ing
     bar = tqdm(total=len(jobs), unit="video", desc=f"ingest {out.name}", disable=not progress, dynamic_ncols=True)
     native_frames = 0
     pending: dict[int, list] = {j: [] for j in todo}
-    with _pool(workers) as pool:
-        results = pool.imap(_ingest_one, jobs, chunksize=1) if pool else map(_ingest_one, jobs)
+    results = _run_jobs(jobs, workers) if workers > 1 else map(_ingest_one, jobs)
+    try:
         for index, record, jpegs, reason in results:
             j = index // per_shard
             pending[j].append((index, record, jpegs, reason))
@@ -169,30 +171,51 @@ def ingest(inputs: list[str | Path], out: str | Path, config: IngestConfig = Ing
                                 refresh=False)
             if len(pending[j]) == min((j + 1) * per_shard, len(sources)) - j * per_shard:
                 _write_shard(out, j, sorted(pending.pop(j), key=lambda r: r[0]), sources)
-    bar.close()
+    finally:
+        bar.close()
+        if hasattr(results, "close"):
+            results.close()
     summary = finalize(out, config.min_shots)
     summary.shards_written, summary.shards_skipped = len(todo), len(mine) - len(todo)
     summary.seconds = time.perf_counter() - start
     return summary
 
 
-class _pool:
-    """A process pool for ``workers`` > 1, or None to run in this process."""
+def _run_jobs(jobs: list, workers: int, work=_ingest_one):
+    """Results of ``work`` (``_ingest_one``) over ``jobs`` in order, from ``workers`` processes.
 
-    def __init__(self, workers: int):
-        self.workers = workers
-        self.pool = None
+    At most ``4 * workers`` videos are in flight, so memory stays bounded. A worker that dies
+    (FFmpeg crashing on a corrupt file, say) breaks the pool: the videos in flight are then
+    retried one at a time in a fresh process each, the one that crashes again is reported as a
+    failure, and a new pool takes the rest.
+    """
+    context = multiprocessing.get_context("forkserver")   # clean workers, safe if the caller has threads
+    context.set_forkserver_preload(["vivi.ingest.pipeline"])   # imported once, workers start fast
+    position = 0
+    while position < len(jobs):
+        with ProcessPoolExecutor(workers, mp_context=context, initializer=_worker_init) as pool:
+            window: deque = deque()
+            try:
+                while position < len(jobs) or window:
+                    while position < len(jobs) and len(window) < 4 * workers:
+                        window.append((jobs[position], pool.submit(work, jobs[position])))
+                        position += 1
+                    job, future = window[0]
+                    result = future.result()
+                    window.popleft()
+                    yield result
+            except BrokenProcessPool:
+                pass
+        for job, _ in window:   # the pool broke: isolate the culprit
+            yield _run_isolated(work, job, context)
 
-    def __enter__(self):
-        if self.workers > 1:
-            # forkserver: workers start from a clean process, safe when the caller has threads or torch.
-            self.pool = multiprocessing.get_context("forkserver").Pool(self.workers, initializer=_worker_init)
-        return self.pool
 
-    def __exit__(self, *exc):
-        if self.pool is not None:
-            self.pool.terminate()
-            self.pool.join()
+def _run_isolated(work, job, context):
+    with ProcessPoolExecutor(1, mp_context=context, initializer=_worker_init) as pool:
+        try:
+            return pool.submit(work, job).result()
+        except BrokenProcessPool:
+            return job[0], None, [], "the decoding process crashed on this file (corrupt or unsupported video)"
 
 
 def _worker_init() -> None:
