@@ -14,6 +14,17 @@ WORLD = dict(videos=6, seconds=8.0, size=64, seed=7)
 TINY_INGEST = IngestConfig(sampling=SamplingConfig(short_side=64), videos_per_shard=2)
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """One intra-op thread for a module: the 2-core CI machine is shared, and OpenMP's spinning
+    threads under oversubscription made training steps 10x slower; restored afterwards."""
+    import torch
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def world(tmp_path_factory) -> Path:
     from vivi.synth import make_world

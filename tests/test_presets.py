@@ -13,14 +13,7 @@ PAPER_ROWS = ["ex-yt-f", "ex-yt-s", "vivi-ex2", "vivi-ex4", "vivi-ex2-ord", "rot
               "objcentric-extra-class-head", "objcentric-class-head-only", "objcentric-co100"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One intra-op thread: the 2-core CI machine is shared, and OpenMP's spinning threads
-    under oversubscription made these steps 10x slower; restored afterwards."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_every_paper_row_has_a_preset_with_a_description():

@@ -14,7 +14,7 @@ from safetensors.torch import load_file
 
 import vivi
 from vivi.cli import main as cli_main
-from vivi.data import VideoDataset
+from vivi.detect import build_detector, detect_dataset
 from vivi.train.checkpoint import latest_checkpoint, read_checkpoint
 from vivi.train.config import load_config
 from vivi.train.loop import NonFiniteLossError, learning_rate_schedule, train
@@ -22,35 +22,7 @@ from vivi.train.loop import NonFiniteLossError, learning_rate_schedule, train
 FAST = ["data.videos=4", "data.workers=0", "run.log_every=1", "optim.warmup_steps=2"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One intra-op thread: the 2-core CI machine is shared, and OpenMP's spinning threads
-    under oversubscription made these steps 10x slower; restored afterwards."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def write_ground_truth_detections(world: Path, dataset: Path, name: str = "groundtruth") -> str:
-    """The synthetic world's true boxes as detections of a detector called ``name`` (format of
-    vivi/data/boxes.py): one list per sampled frame, normalised x0, y0, x1, y1, class, score 1.
-    (``vivi detect --detector groundtruth`` does the same; this keeps the test independent of it.)"""
-    from vivi.synth.shapes import CLASS_NAMES
-    folder = dataset / "detections" / name
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "detector.json").write_text(json.dumps(
-        {"detector": name, "coords": "xyxy_normalized", "class_names": list(CLASS_NAMES)}))
-    videos = {}
-    for video in VideoDataset(dataset).videos:
-        truth = json.loads((world / "videos" / Path(video.source).with_suffix(".json").name).read_text())
-        w, h = truth["width"], truth["height"]
-        videos[video.key] = [
-            [[x0 / w, y0 / h, x1 / w, y1 / h, c, 1.0]
-             for (x0, y0, x1, y1), c in zip(truth["frames"][n]["boxes"], truth["frames"][n]["class_ids"])]
-            for n in video.frame_native_index]
-    (folder / "shard-000000.json").write_text(json.dumps({"videos": videos}))
-    return name
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +31,7 @@ def data(world, dataset, tmp_path_factory) -> Path:
     (the tiny object preset's detector), so other test modules see the dataset unchanged."""
     out = tmp_path_factory.mktemp("train") / "ds"
     shutil.copytree(dataset, out)
-    write_ground_truth_detections(world, out)
+    detect_dataset(out, build_detector("groundtruth"), progress=False)
     return out
 
 
