@@ -2,11 +2,9 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
-import tarfile
 import time
 from pathlib import Path
 
