@@ -72,3 +72,43 @@ def test_loader_and_contact_sheet_use_the_boxes(data, tmp_path):
 def test_unknown_detector_lists_the_valid_ones():
     with pytest.raises(ValueError, match="valid detectors: groundtruth"):
         build_detector("yolo")
+
+
+def test_import_jsonl_by_key_and_source(data):
+    video = VideoDataset(data).videos[0]
+    h, w = video.frame_size
+    path = data.parent / "dets.jsonl"
+    path.write_text("\n".join(json.dumps(line) for line in [
+        {"coords": "pixels"},
+        {"video": video.key, "frame": 0, "boxes": [[0, 0, w / 2, h / 4]], "labels": ["cat"], "scores": [0.8]},
+        {"video": video.source, "frame": 1, "boxes": [[w / 4, 0, w, h]], "labels": ["dog"], "scores": [0.6]},
+    ]) + "\n")
+    detect_dataset(data, build_detector(f"import:{path}", data), progress=False)
+    detections = load_detections(data, "dets")
+    assert detections.class_names == ["cat", "dog"]
+    np.testing.assert_allclose(detections.frame_boxes(video.key, 0), [[0, 0, 0.5, 0.25, 0, 0.8]], atol=1e-5)
+    np.testing.assert_allclose(detections.frame_boxes(video.key, 1), [[0.25, 0, 1, 1, 1, 0.6]], atol=1e-5)
+    assert len(detections.frame_boxes(video.key, 2)) == 0
+
+
+def test_import_coco_results(data):
+    video = VideoDataset(data).videos[1]
+    h, w = video.frame_size
+    path = data.parent / "coco.json"
+    path.write_text(json.dumps({
+        "images": [{"id": 7, "file_name": f"{video.key}.f0002.jpg"}],
+        "annotations": [{"image_id": 7, "category_id": 18, "bbox": [w / 4, h / 4, w / 2, h / 2], "score": 0.7}],
+        "categories": [{"id": 1, "name": "person"}, {"id": 18, "name": "dog"}]}))
+    detect_dataset(data, build_detector(f"import:{path}", data), progress=False)
+    detections = load_detections(data, "coco")
+    np.testing.assert_allclose(detections.frame_boxes(video.key, 2), [[0.25, 0.25, 0.75, 0.75, 1, 0.7]], atol=1e-5)
+
+
+def test_import_of_unknown_videos_writes_nothing(data):
+    path = data.parent / "bad.jsonl"
+    path.write_text(json.dumps({"video": "v9999999", "frame": 0, "boxes": [], "labels": [], "scores": []}) + "\n")
+    with pytest.raises(ValueError, match="v9999999 frame 0"):
+        build_detector(f"import:{path}", data)
+    assert not (data / "detections" / "bad").exists()
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        build_detector(f"import:{data.parent / 'missing.jsonl'}", data)

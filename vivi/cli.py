@@ -30,7 +30,7 @@ def _ingest(args: argparse.Namespace) -> None:
 
 def _detect(args: argparse.Namespace) -> None:
     from .detect import build_detector, detect_dataset
-    print(detect_dataset(args.data, build_detector(args.detector), max_per_frame=args.max_per_frame,
+    print(detect_dataset(args.data, build_detector(args.detector, args.data), max_per_frame=args.max_per_frame,
                          min_score=args.min_score))
 
 
@@ -74,6 +74,25 @@ def _embed(args: argparse.Namespace) -> None:
     features = embed(load_encoder(args.checkpoint), args.images, size=args.size, batch_size=args.batch_size)
     np.save(args.out, features)
     print(f"{features.shape[0]} embeddings of size {features.shape[1]} written to {args.out}")
+
+
+def _eval(args: argparse.Namespace) -> None:
+    from .eval import EvalConfig, evaluate
+    defaults = EvalConfig()
+    config = EvalConfig(protocol=args.protocol, repetitions=args.reps, resolution=args.resolution,
+                        batch_size=args.batch_size, steps_scale=args.steps_scale, seed=args.seed,
+                        knn_k=args.knn_k, device=args.device,
+                        eval_batch_size=min(defaults.eval_batch_size, max(args.batch_size, 1)))
+    result = evaluate(args.checkpoint, args.suite, args.out, config, progress=not args.no_progress)
+    groups = ", ".join(f"{g} {100 * v:.1f}" for g, v in result["groups"].items())
+    print(f"{config.protocol}: mean top-1 {100 * result['mean']:.1f} % over {len(result['tasks'])} tasks "
+          f"({groups}); results in {args.out}/results.md")
+
+
+def _report(args: argparse.Namespace) -> None:
+    from .eval import compare
+    compare(args.runs, args.out)
+    print(f"report written to {args.out}/report.md (plots accuracy.png, relative.png)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -150,6 +169,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--size", type=int, default=None, help="resize images to size x size (default: training size)")
     p.add_argument("--batch-size", type=int, default=64, help="images per forward pass (default 64)")
     p.set_defaults(func=_embed)
+
+    p = sub.add_parser("eval", help="transfer evaluation on a task suite (VTAB-1k protocol, linear probe, kNN)")
+    p.add_argument("--checkpoint", required=True,
+                   help="run folder, checkpoint, exported encoder, or random:ENCODER (e.g. random:resnet_tiny_v2)")
+    p.add_argument("--suite", type=Path, required=True,
+                   help="suite file (.json/.yaml), or a synthetic world / its tasks folder")
+    p.add_argument("--out", type=Path, required=True, help="output folder (re-running the same command resumes)")
+    p.add_argument("--protocol", default="vtab1k", choices=("vtab1k", "linear", "knn"),
+                   help="vtab1k: fine-tuning sweep (default); linear: frozen linear probe; knn: frozen cosine kNN")
+    p.add_argument("--reps", type=int, default=3, help="vtab1k repetitions with different seeds (default 3)")
+    p.add_argument("--resolution", type=int, default=224, help="images resized to r x r (default 224)")
+    p.add_argument("--steps-scale", type=float, default=1.0,
+                   help="multiply the sweep's 2500/10000 steps (default 1; e.g. 0.01 for a CPU smoke run)")
+    p.add_argument("--batch-size", type=int, default=512, help="fine-tuning batch size (default 512)")
+    p.add_argument("--knn-k", type=int, default=20, help="neighbours of the kNN protocol (default 20)")
+    p.add_argument("--seed", type=int, default=0, help="base seed of the fine-tuning runs (default 0)")
+    p.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=_eval)
+
+    p = sub.add_parser("report", help="compare evaluation outputs: table with Welch t-tests, PNG plots")
+    p.add_argument("runs", nargs="+", type=Path, help="output folders of `vivi eval` (the first is the baseline)")
+    p.add_argument("--out", type=Path, required=True, help="report folder")
+    p.set_defaults(func=_report)
     return parser
 
 

@@ -1,8 +1,8 @@
 """Detect: offline object boxes for every sampled frame (object-centric paper §3), stored beside the shards.
 
 ``build_detector(spec)`` turns a spec string into a detector; ``detect_dataset`` runs it.
-Specs: ``groundtruth`` (the synthetic world's boxes). More adapters (ONNX models, imported
-COCO results, NanoDet) follow issue 6.
+Specs: ``groundtruth`` (the synthetic world's boxes), ``import:FILE`` (detections computed
+elsewhere, JSON Lines or COCO results). ONNX models and NanoDet follow (issue 6).
 """
 from __future__ import annotations
 
@@ -11,15 +11,24 @@ from .run import DetectSummary, detect_dataset
 
 DETECTORS = {
     "groundtruth": "the synthetic world's ground-truth boxes (an oracle; videos made by `vivi synth`)",
+    "import:FILE": "detections computed elsewhere: JSON Lines or COCO results (docs/detect.md)",
 }
 
 
-def build_detector(spec: str) -> Detector:
-    """A detector from its spec string; an unknown spec lists the valid ones."""
-    kind = spec.split(":", 1)[0]
+def build_detector(spec: str, root: str | None = None) -> Detector:
+    """A detector from its spec string; an unknown spec lists the valid ones.
+
+    ``root`` is the dataset the detector will annotate (imported detections are checked against it).
+    """
+    kind, _, argument = spec.partition(":")
     if kind == "groundtruth":
         from .groundtruth import GroundTruthDetector
         return GroundTruthDetector()
+    if kind == "import" and argument:
+        from .imported import ImportedDetector
+        if root is None:
+            raise ValueError("import:FILE needs the dataset it annotates")
+        return ImportedDetector(argument, root)
     valid = "; ".join(f"{k}: {v}" for k, v in DETECTORS.items())
     raise ValueError(f"unknown detector {spec!r}; valid detectors: {valid}")
 
