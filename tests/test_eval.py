@@ -1,0 +1,326 @@
+"""vivi.eval: VTAB-1k sweep, probes, robustness and object metrics, reports, resume, bad inputs.
+
+Tasks are made here (solid red vs blue images in the VTAB image-folder layout) or come with
+scikit-learn (digits); encoders are the random-init ``resnet_tiny_v2`` at 32 px.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from vivi.cli import main
+from vivi.eval import (EvalConfig, evaluate, fisher_test, load_split, load_suite, nearest_neighbour_hits,
+                       pm_k_accuracy)
+from vivi.eval import protocol
+from vivi.eval.probe import assert_unchanged, frozen_features, knn_classify, linear_probe, state_snapshot
+from vivi.eval.run import load_eval_encoder
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+SIZES = {"train800": 48, "val200": 16, "test": 40}
+
+
+def write_colour_task(root: Path, name: str = "colour", random_labels: bool = False, seed: int = 0) -> Path:
+    """A two-class image-folder task: noisy all-red (0) vs all-blue (1) 8x8 images; with
+    ``random_labels`` the labels are coin flips. Returns the suite file."""
+    rng = np.random.default_rng(seed)
+    folder = root / name
+    (folder / "images").mkdir(parents=True)
+    lines, number = {}, 0
+    for split, count in SIZES.items():
+        rows = []
+        for i in range(count):
+            colour = i % 2
+            image = rng.integers(0, 40, (8, 8, 3)).astype(np.uint8)
+            image[..., 0 if colour == 0 else 2] += 200
+            label = int(rng.integers(2)) if random_labels else colour
+            cv2.imwrite(str(folder / "images" / f"{number:04d}.png"), image[..., ::-1])
+            rows.append(f"images/{number:04d}.png {label}\n")
+            number += 1
+        lines[split] = rows
+    lines["train800val200"] = lines["train800"] + lines["val200"]
+    for split, rows in lines.items():
+        (folder / f"{split}.txt").write_text("".join(rows))
+    (folder / "task.json").write_text(json.dumps({"name": name, "group": "natural", "num_classes": 2}))
+    suite = root / "suite.json"
+    entries = json.loads(suite.read_text())["tasks"] if suite.exists() else []
+    entries.append({"name": name, "group": "natural" if not random_labels else "structured"})
+    suite.write_text(json.dumps({"tasks": entries}))
+    return suite
+
+
+def tiny_encoder(seed: int = 0):
+    return load_eval_encoder("random:resnet_tiny_v2", seed=seed)
+
+
+def splits_of(suite: Path, name: str) -> dict:
+    task = next(t for t in load_suite(suite) if t.name == name)
+    return {s: load_split(task, s) for s in ("train800", "val200", "train800val200", "test")}
+
+
+def test_probe_knn_and_finetune_separate_colours_and_not_random_labels(tmp_path):
+    suite = write_colour_task(tmp_path)
+    write_colour_task(tmp_path, "noise", random_labels=True, seed=1)
+    encoder = tiny_encoder()
+    config = protocol.FinetuneConfig(resolution=32, batch_size=16, eval_batch_size=64)
+    for name, low, high in (("colour", 0.95, 1.0), ("noise", 0.2, 0.8)):
+        splits = splits_of(suite, name)
+        feats = {s: frozen_features(encoder, v, 32) for s, v in splits.items()}
+        labels = {s: v.labels for s, v in splits.items()}
+        probe = linear_probe(feats, labels, cs=(0.1, 1.0))["test_accuracy"]
+        knn = np.mean(knn_classify(feats["train800val200"], labels["train800val200"], feats["test"], k=5) == labels["test"])
+        model = protocol.finetune(encoder, splits["train800val200"], 2, protocol.Setting(0.01, 15), config, seed=0)
+        tuned = protocol.accuracy(model, splits["test"], config)
+        for what, value in (("probe", probe), ("knn", knn), ("finetune", tuned)):
+            assert low <= value <= high, (name, what, value)
+
+
+def test_linear_probe_leaves_the_encoder_bit_identical(tmp_path):
+    suite = write_colour_task(tmp_path)
+    encoder = tiny_encoder().train()           # even in train mode, features must not move BN buffers
+    before = state_snapshot(encoder)
+    splits = splits_of(suite, "colour")
+    feats = {s: frozen_features(encoder, v, 32) for s, v in splits.items()}
+    linear_probe(feats, {s: v.labels for s, v in splits.items()}, cs=(1.0,))
+    assert_unchanged(encoder, before)
+    assert encoder.training                    # mode restored
+    with torch.no_grad():
+        next(encoder.parameters()).add_(1e-7)
+    with pytest.raises(AssertionError, match="changed"):
+        assert_unchanged(encoder, before)
+
+
+def test_finetune_does_not_touch_the_pretrained_encoder_and_head_starts_at_zero(tmp_path):
+    suite = write_colour_task(tmp_path)
+    encoder = tiny_encoder()
+    before = state_snapshot(encoder)
+    config = protocol.FinetuneConfig(resolution=32, batch_size=8)
+    model = protocol.finetune(encoder, splits_of(suite, "colour")["train800"], 2, protocol.Setting(0.1, 0), config, 0)
+    assert_unchanged(encoder, before)
+    assert torch.count_nonzero(model.head.weight) == 0 and torch.count_nonzero(model.head.bias) == 0
+
+
+def test_learning_rate_schedule_decays_at_30_60_90_percent():
+    lrs = [protocol.learning_rate_at(s, 0.1, 100) for s in range(100)]
+    assert lrs[29] == 0.1 and lrs[30] == pytest.approx(0.01) and lrs[59] == pytest.approx(0.01)
+    assert lrs[60] == pytest.approx(0.001) and lrs[90] == pytest.approx(1e-4)
+    assert [s.key for s in protocol.sweep_settings()] == ["lr0.1-steps2500", "lr0.1-steps10000",
+                                                           "lr0.01-steps2500", "lr0.01-steps10000"]
+    assert [s.steps for s in protocol.sweep_settings(steps_scale=0.01)] == [25, 100, 25, 100]
+
+
+def _digits_suite(tmp_path: Path) -> Path:
+    suite = tmp_path / "digits.yaml"
+    suite.write_text("tasks:\n  - name: digits\n    group: natural\n    source: digits\n")
+    return suite
+
+
+class FakeTrainer:
+    """Stands in for protocol.finetune/accuracy: records what each stage sees; val accuracy by setting."""
+
+    VAL = {"lr0.1-steps25": 0.50, "lr0.1-steps100": 0.70, "lr0.01-steps25": 0.90, "lr0.01-steps100": 0.90}
+
+    def __init__(self, fail_after: int | None = None):
+        self.calls, self.fail_after = [], fail_after
+
+    def finetune(self, encoder, train, num_classes, setting, config, seed):
+        if self.fail_after is not None and len(self.calls) >= self.fail_after:
+            raise KeyboardInterrupt("simulated interruption")
+        self.calls.append({"split": train.name, "n": len(train), "ids": list(train.ids), "setting": setting.key,
+                           "seed": seed, "classes": num_classes})
+        return setting
+
+    def accuracy(self, model, split, config):
+        return self.VAL[model.key] if split.name == "val200" else 0.5 + 0.01 * len(self.calls) % 7 / 100
+
+
+def test_sweep_picks_best_val200_then_retrains_on_the_1000_images(tmp_path, monkeypatch):
+    fake = FakeTrainer()
+    monkeypatch.setattr(protocol, "finetune", fake.finetune)
+    monkeypatch.setattr(protocol, "accuracy", fake.accuracy)
+    config = EvalConfig(repetitions=2, steps_scale=0.01, resolution=8)
+    result = evaluate("random:resnet_tiny_v2", _digits_suite(tmp_path), tmp_path / "out", config, progress=False)
+    per_rep = 5
+    assert len(fake.calls) == 2 * per_rep
+    sweep, final = fake.calls[:4], fake.calls[4]
+    assert [c["setting"] for c in sweep] == list(FakeTrainer.VAL)
+    assert all(c["split"] == "train800" and c["n"] == 800 for c in sweep)
+    # best val200 is a tie 0.9/0.9: the first in sweep order wins
+    assert final["setting"] == "lr0.01-steps25" and final["split"] == "train800val200" and final["n"] == 1000
+    assert final["ids"] == sweep[0]["ids"] + load_split(load_suite(_digits_suite(tmp_path))[0], "val200").ids
+    assert fake.calls[per_rep]["seed"] != fake.calls[0]["seed"] and final["classes"] == 10
+    task = result["tasks"]["digits"]
+    assert task["selected"] == [{"lr": 0.01, "steps": 25}] * 2 and len(task["test_accuracy"]) == 2
+    assert (tmp_path / "out" / "results.md").read_text().count("digits") >= 1
+
+
+def test_interrupted_evaluation_resumes_without_redoing_finished_units(tmp_path, monkeypatch):
+    suite = _digits_suite(tmp_path)
+    config = EvalConfig(repetitions=1, steps_scale=0.01, resolution=8)
+    first = FakeTrainer(fail_after=1)
+    monkeypatch.setattr(protocol, "finetune", first.finetune)
+    monkeypatch.setattr(protocol, "accuracy", first.accuracy)
+    with pytest.raises(KeyboardInterrupt):
+        evaluate("random:resnet_tiny_v2", suite, tmp_path / "out", config, progress=False)
+    assert len(first.calls) == 1
+    assert (tmp_path / "out" / "units" / "digits" / "rep0-val-lr0.1-steps25.json").exists()
+    second = FakeTrainer()
+    monkeypatch.setattr(protocol, "finetune", second.finetune)
+    monkeypatch.setattr(protocol, "accuracy", second.accuracy)
+    evaluate("random:resnet_tiny_v2", suite, tmp_path / "out", config, progress=False)
+    assert [c["setting"] for c in second.calls] == ["lr0.1-steps100", "lr0.01-steps25", "lr0.01-steps100",
+                                                    "lr0.01-steps25"]
+    with pytest.raises(ValueError, match="other settings"):
+        evaluate("random:resnet_tiny_v2", suite, tmp_path / "out", EvalConfig(repetitions=2), progress=False)
+
+
+def test_pm_k_on_a_constructed_case():
+    # two videos of 6 frames; video 0: frame 3 wrong; video 1: all right; frame 11 unlabelled
+    labels = np.array([1, 1, 1, 1, 1, 1, 2, 2, 2, 2, 2, -1])
+    predictions = labels.copy()
+    predictions[3] = 0
+    predictions[11] = 5
+    videos = np.array([0] * 6 + [1] * 6)
+    result = pm_k_accuracy(predictions, labels, videos, anchors=[0, 2, 3, 5, 6, 10], k=1)
+    # anchors: 0 ok (nbr 1 ok), 2 ok but nbr 3 wrong, 3 wrong, 5 ok (nbr 4 ok), 6 ok (video 0's frame 5
+    # is not a neighbour), 10 ok (11 unlabelled is ignored)
+    assert result["anchor_accuracy"] == pytest.approx(5 / 6)
+    assert result["pm_k_accuracy"] == pytest.approx(4 / 6)
+    assert result["delta"] == pytest.approx(1 / 6)
+    assert pm_k_accuracy(predictions, labels, videos, anchors=[0, 5], k=2)["pm_k_accuracy"] == pytest.approx(0.5)
+    assert pm_k_accuracy(predictions, labels, videos, anchors=[0, 5], k=3)["pm_k_accuracy"] == pytest.approx(0.0)
+    assert pm_k_accuracy(predictions, labels, videos, anchors=[0, 5], k=0)["pm_k_accuracy"] == pytest.approx(1.0)
+
+
+def test_nearest_neighbour_metric_and_fisher_test():
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(3, 16)) * 10
+    labels = np.repeat(np.arange(3), 20)
+    clustered = centres[labels] + rng.normal(size=(60, 16))
+    assert nearest_neighbour_hits(clustered, labels) == (60, 60)
+    # pairs of identical objects (same video) with alternating classes: every NN is the twin
+    twins = np.repeat(rng.normal(size=(30, 16)), 2, axis=0)
+    twin_labels = np.repeat(np.arange(30) % 2, 2)
+    assert nearest_neighbour_hits(twins, twin_labels) == (60, 60)
+    # excluding the same video (the twin) leaves only other objects: about chance
+    hits, total = nearest_neighbour_hits(twins, twin_labels, groups=np.repeat(np.arange(30), 2))
+    assert total == 60 and 10 <= hits <= 50
+    assert fisher_test(50, 100, 50, 100)["p_value"] == pytest.approx(1.0)
+    assert fisher_test(90, 100, 50, 100)["p_value"] < 1e-6
+    assert fisher_test(66, 100, 60, 100)["p_value"] > 0.05
+
+
+def test_report_compares_two_evaluations(tmp_path, monkeypatch):
+    suite = write_colour_task(tmp_path / "tasks")
+    write_colour_task(tmp_path / "tasks", "noise", random_labels=True, seed=1)
+    outs = []
+    for run, shift in (("a", 0.0), ("b", 0.2)):
+        fake = FakeTrainer()
+        monkeypatch.setattr(protocol, "finetune", fake.finetune)
+        monkeypatch.setattr(protocol, "accuracy",
+                            lambda model, split, config, shift=shift, fake=fake:
+                            0.5 + shift + 0.01 * len(fake.calls) % 3 if split.name == "test" else 0.5)
+        out = tmp_path / run
+        evaluate("random:resnet_tiny_v2", suite, out, EvalConfig(repetitions=3, steps_scale=0.001, resolution=8),
+                 progress=False)
+        outs.append(str(out))
+    assert main(["report", *outs, "--out", str(tmp_path / "report")]) == 0
+    report = json.loads((tmp_path / "report" / "report.json").read_text())
+    b = report["tasks"][0]["runs"][1]
+    assert b["significant"] and b["relative_increase"] > 0.3
+    table = (tmp_path / "report" / "report.md").read_text()
+    assert "| colour | natural |" in table and "| *structured* |" in table and "**mean**" in table
+    assert "p=" in table
+    for png in ("accuracy.png", "relative.png"):
+        assert (tmp_path / "report" / png).read_bytes()[:4] == b"\x89PNG"
+
+
+def test_cli_eval_knn_end_to_end_with_a_random_init_encoder(tmp_path, capsys):
+    suite = write_colour_task(tmp_path)
+    out = tmp_path / "out"
+    args = ["eval", "--checkpoint", "random:resnet_tiny_v2", "--suite", str(suite), "--out", str(out),
+            "--protocol", "knn", "--resolution", "32", "--knn-k", "5", "--no-progress"]
+    assert main(args) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert results["tasks"]["colour"]["median"] >= 0.95 and results["groups"] == {"natural": results["mean"]}
+    assert "colour" in (out / "results.md").read_text()
+
+
+def test_synthetic_world_tasks_folder_is_a_suite(tmp_path):
+    from vivi.synth import make_world
+    make_world(tmp_path / "w", videos=1, seconds=2, tasks=True, task_test_size=12, progress=False, workers=1)
+    tasks = load_suite(tmp_path / "w")
+    assert [t.name for t in tasks][:2] == ["object_class", "background"] and tasks[0].num_classes == 12
+    split = load_split(tasks[0], "test")
+    assert len(split) == 12 and split.batch([0, 1], 32).shape == (2, 3, 32, 32)
+    digits = load_split(load_suite(_digits_suite(tmp_path))[0], "test")
+    assert len(digits) == 797 and digits.batch([0], 16).max() <= 1
+
+
+def _bad(tmp_path: Path, capsys, argv: list[str], *words: str) -> None:
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    for word in words:
+        assert word in err, (word, err)
+
+
+def test_bad_inputs_name_the_file(tmp_path, capsys):
+    suite = write_colour_task(tmp_path)
+    base = ["eval", "--checkpoint", "random:resnet_tiny_v2", "--suite", str(suite), "--protocol", "knn",
+            "--resolution", "32", "--no-progress"]
+    folder = tmp_path / "colour"
+    (folder / "val200.txt").rename(folder / "val.txt")
+    _bad(tmp_path, capsys, base + ["--out", str(tmp_path / "o1")], "val200.txt", "does not exist")
+    (folder / "val.txt").rename(folder / "val200.txt")
+    image = folder / "images" / "0003.png"
+    data = image.read_bytes()
+    image.write_bytes(b"not a png")
+    _bad(tmp_path, capsys, base + ["--out", str(tmp_path / "o2")], "0003.png")
+    image.write_bytes(data)
+    lazy = folder / "images" / "0070.png"           # a test image: decoded when its batch is read
+    data = lazy.read_bytes()
+    lazy.write_bytes(b"")
+    _bad(tmp_path, capsys, base + ["--out", str(tmp_path / "o2b")], "0070.png")
+    lazy.write_bytes(data)
+    lines = (folder / "test.txt").read_text().splitlines()
+    lines[4] = lines[4].rsplit(maxsplit=1)[0] + " 7"
+    (folder / "test.txt").write_text("\n".join(lines) + "\n")
+    _bad(tmp_path, capsys, base + ["--out", str(tmp_path / "o3")], "test.txt line 5", "label 7")
+    wrong = tmp_path / "weights.safetensors"
+    from safetensors.torch import save_file
+    save_file({"w": torch.zeros(2)}, str(wrong), metadata={"kind": "something-else"})
+    base[2] = str(wrong)
+    _bad(tmp_path, capsys, base + ["--out", str(tmp_path / "o4")], "weights.safetensors")
+    base[2] = "random:resnet_huge"
+    _bad(tmp_path, capsys, base + ["--out", str(tmp_path / "o5")], "resnet_tiny_v2")
+
+
+def test_video_robustness_and_object_metric_on_an_ingested_world(dataset, tmp_path):
+    import shutil
+
+    from vivi.detect import build_detector, detect_dataset
+    from vivi.eval import object_nn_metric, video_robustness
+    from vivi.eval.robustness import frame_labels_from_boxes
+    data = tmp_path / "ds"
+    shutil.copytree(dataset, data)                 # the session dataset stays without detections
+    detect_dataset(data, build_detector("groundtruth"), progress=False)
+    encoder = tiny_encoder()
+    # a zero head always predicts class 0: anchors are right exactly where the largest object is
+    # class 0, and so are their same-label neighbours: pm-k = anchor accuracy, delta = 0
+    constant = protocol.Classifier(encoder, 12)
+    result = video_robustness(constant, data, k=2, resolution=32)
+    from vivi.data.boxes import load_detections
+    from vivi.data.reader import VideoDataset
+    detections, videos = load_detections(data, "groundtruth"), VideoDataset(data).videos
+    labels = np.array([frame_labels_from_boxes(detections.frame_boxes(v.key, f))
+                       for v in videos for f in range(v.num_frames)])
+    assert result["frames"] == len(labels) and result["anchors"] == int((labels >= 0).sum())
+    assert result["anchor_accuracy"] == pytest.approx(np.mean(labels[labels >= 0] == 0))
+    assert result["delta"] == pytest.approx(0.0)
+    metric = object_nn_metric(encoder, data, "groundtruth", batches=2, videos_per_batch=2, shots=1, frames=2, size=64)
+    assert metric["objects"] > 2 and 0 <= metric["rate"] <= 1 and metric["hits"] <= metric["objects"]

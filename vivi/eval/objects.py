@@ -1,0 +1,90 @@
+"""Object-level nearest-neighbour metric (object-centric paper, Table 2; SPEC §6).
+
+The fraction of objects whose nearest neighbour in representation space -- over all objects of
+a fixed sample of batches (paper: 50 batches of 8 videos) -- has the same class. An object's
+representation is the feature-grid column at its box centre (``forward_features(x)["grid"]`` +
+:func:`vivi.losses.object.extract_box_features`, boxes normalised x0, y0, x1, y1), the same
+feature the object loss trains. Nearest = largest cosine similarity, the object itself excluded.
+The paper does not say whether the same object seen in another frame may be the neighbour; by
+default it may (``exclude_same_video=False``), which is our reading of "over all objects";
+``exclude_same_video=True`` asks the harder question across videos.
+
+Two models are compared with Fisher's exact test on the 2x2 table of their hit / miss counts
+(:func:`fisher_test`, scipy, two-sided).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+__all__ = ["collect_object_features", "fisher_test", "nearest_neighbour_hits", "object_nn_metric"]
+
+
+def nearest_neighbour_hits(features: np.ndarray, labels: np.ndarray, groups: np.ndarray | None = None) -> tuple[int, int]:
+    """(hits, objects): how many objects have a same-class nearest neighbour (cosine, self
+    excluded; with ``groups``, objects of the same group are excluded too)."""
+    features = np.asarray(features, np.float64)
+    labels = np.asarray(labels)
+    if len(features) < 2:
+        raise ValueError("the nearest-neighbour metric needs at least two objects")
+    unit = features / np.maximum(np.linalg.norm(features, axis=1, keepdims=True), 1e-12)
+    similarity = unit @ unit.T
+    np.fill_diagonal(similarity, -np.inf)
+    if groups is not None:
+        groups = np.asarray(groups)
+        similarity[groups[:, None] == groups[None, :]] = -np.inf
+    has_candidate = np.isfinite(similarity).any(axis=1)
+    nearest = similarity.argmax(axis=1)
+    hits = (labels[nearest] == labels) & has_candidate
+    return int(hits.sum()), int(has_candidate.sum())
+
+
+def fisher_test(hits_a: int, total_a: int, hits_b: int, total_b: int) -> dict:
+    """Two-sided Fisher's exact test of two hit rates: ``{"odds_ratio", "p_value"}``."""
+    from scipy.stats import fisher_exact
+    table = [[hits_a, total_a - hits_a], [hits_b, total_b - hits_b]]
+    odds, p = fisher_exact(table, alternative="two-sided")
+    return {"odds_ratio": float(odds), "p_value": float(p)}
+
+
+@torch.no_grad()
+def collect_object_features(encoder: nn.Module, data: str | Path, detector: str, *, batches: int = 50,
+                            videos_per_batch: int = 8, shots: int = 4, frames: int = 8, size: int = 64,
+                            seed: int = 0, device: str = "cpu") -> dict[str, np.ndarray]:
+    """Box features, labels and video ids of every object in a fixed sample of clip batches."""
+    from vivi.data.clips import ClipConfig, make_loader
+    from vivi.losses.object import extract_box_features
+    config = ClipConfig(shots=shots, frames=frames, size=size, detector=detector)
+    loader = make_loader(data, config, batch_size=videos_per_batch, seed=seed, workers=0, infinite=False,
+                         shuffle=True, drop_last=False)
+    encoder.eval()
+    feats, labels, videos = [], [], []
+    for b, batch in enumerate(loader):
+        if b == batches:
+            break
+        x = batch["frames"].flatten(0, 2).float().div(255).to(device)
+        grid = encoder.forward_features(x)["grid"]
+        box_labels = batch["box_labels"].flatten(0, 2)
+        valid = box_labels >= 0
+        boxes = batch["boxes"].flatten(0, 2).to(device)
+        r = extract_box_features(grid, boxes, tuple(x.shape[-2:]), valid=valid.to(device)).cpu()
+        feats.append(r[valid].numpy())
+        labels.append(box_labels[valid].numpy())
+        per_frame = batch["video"][:, None].expand(-1, shots * frames).reshape(-1)
+        videos.append(per_frame[:, None].expand_as(valid)[valid].numpy())
+    if not feats or sum(len(f) for f in feats) < 2:
+        raise ValueError(f"{data}: fewer than two objects with detections {detector!r} in the sampled batches")
+    return {"features": np.concatenate(feats), "labels": np.concatenate(labels), "videos": np.concatenate(videos)}
+
+
+def object_nn_metric(encoder: nn.Module, data: str | Path, detector: str = "groundtruth",
+                     exclude_same_video: bool = False, **sample) -> dict:
+    """Same-class nearest-neighbour rate of the objects of ``data`` (see the module docstring).
+    ``sample``: keyword arguments of :func:`collect_object_features` (batches, videos_per_batch, ...)."""
+    found = collect_object_features(encoder, data, detector, **sample)
+    hits, total = nearest_neighbour_hits(found["features"], found["labels"],
+                                         found["videos"] if exclude_same_video else None)
+    return {"hits": hits, "objects": total, "rate": hits / total, "exclude_same_video": exclude_same_video}

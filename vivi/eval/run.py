@@ -1,0 +1,216 @@
+"""``evaluate``: a checkpoint on a task suite, one protocol, resumable unit by unit.
+
+A *unit* is the smallest piece of work whose result is kept:
+
+* ``vtab1k``: (task, repetition, stage, setting) -- stage ``val`` is one sweep setting trained on
+  train800 and scored on val200; stage ``test`` is the chosen setting retrained on
+  train800val200 and scored on test;
+* ``linear`` / ``knn``: (task) -- deterministic, one repetition.
+
+Each unit's result is written atomically (temporary file + rename) to
+``OUT/units/<task>/<unit>.json`` as soon as it is done; a rerun of the same command reads the
+finished units and only computes the others. ``OUT/eval_config.json`` records the settings; a
+rerun with different settings is refused (start a new OUT). When all units are done,
+``OUT/results.json`` and ``OUT/results.md`` (per task, per group, mean) are written.
+
+Seeds: fine-tuning run (task t, repetition r, any setting) uses seed ``seed + 1000 * r`` (head
+init, batch order); repetitions differ only by their seeds.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from . import protocol as vtab
+from .probe import frozen_features, knn_classify, linear_probe
+from .tasks import SPLITS, Task, infer_num_classes, load_split, load_suite
+
+__all__ = ["EvalConfig", "PROTOCOLS", "evaluate", "load_eval_encoder"]
+
+PROTOCOLS = ("vtab1k", "linear", "knn")
+RANDOM_PREFIX = "random:"
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """Settings of one evaluation; the defaults are the VTAB-1k protocol (SPEC §4)."""
+    protocol: str = "vtab1k"                          # vtab1k (fine-tune sweep) | linear (probe) | knn
+    repetitions: int = 3                              # vtab1k runs per task with different seeds (VIVI: 3, paper 2: 12)
+    resolution: int = 224                             # bilinear resize to r x r (VTAB: 224; 32-64 for CPU runs)
+    batch_size: int = 512                             # fine-tuning batch (VTAB: 512)
+    learning_rates: tuple[float, ...] = (0.1, 0.01)   # sweep learning rates (VTAB lightweight sweep)
+    steps: tuple[int, ...] = (2500, 10000)            # sweep step counts, before steps_scale
+    steps_scale: float = 1.0                          # multiplies the step counts (0.01 for CPU smoke runs)
+    decay_at: tuple[float, ...] = (0.3, 0.6, 0.9)     # lr x0.1 at these fractions of the steps
+    momentum: float = 0.9                             # SGD momentum; weight decay is always 0
+    seed: int = 0                                     # base seed of fine-tuning runs (+1000 per repetition)
+    eval_batch_size: int = 256                        # images per forward pass for accuracy and features
+    knn_k: int = 20                                   # neighbours of the kNN proxy
+    probe_cs: tuple[float, ...] = (0.01, 0.1, 1.0, 10.0)   # inverse L2 strengths swept by the linear probe
+    device: str = "cpu"                               # torch device
+
+    def __post_init__(self):
+        if self.protocol not in PROTOCOLS:
+            raise ValueError(f"unknown protocol {self.protocol!r}; valid: {', '.join(PROTOCOLS)}")
+        if self.repetitions < 1 or self.resolution < 8 or self.batch_size < 1 or self.steps_scale <= 0:
+            raise ValueError(f"invalid evaluation settings: repetitions={self.repetitions}, "
+                             f"resolution={self.resolution}, batch_size={self.batch_size}, steps_scale={self.steps_scale}")
+
+    def finetune_config(self) -> vtab.FinetuneConfig:
+        return vtab.FinetuneConfig(resolution=self.resolution, batch_size=self.batch_size, momentum=self.momentum,
+                                   decay_at=self.decay_at, eval_batch_size=self.eval_batch_size, device=self.device)
+
+    def settings(self) -> list[vtab.Setting]:
+        return vtab.sweep_settings(self.learning_rates, self.steps, self.steps_scale)
+
+
+def load_eval_encoder(checkpoint: str | Path, seed: int = 0, device: str = "cpu") -> nn.Module:
+    """The encoder to evaluate: anything :func:`vivi.load_encoder` reads, or ``random:NAME`` for a
+    randomly initialised encoder ``NAME`` of :data:`vivi.models.ENCODERS` (torch seed ``seed``),
+    the random-init baseline."""
+    text = str(checkpoint)
+    if text.startswith(RANDOM_PREFIX):
+        from vivi.models import create_encoder
+        torch.manual_seed(seed)
+        return create_encoder(text[len(RANDOM_PREFIX):]).to(device).eval()
+    from vivi.api import load_encoder
+    return load_encoder(checkpoint, device=device)
+
+
+def _write_json(path: Path, data) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(data, indent=1))
+    os.replace(tmp, path)
+
+
+def _read_json(path: Path):
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+class _Units:
+    """The finished units of an output folder; ``run(task, name, compute)`` computes a unit only once."""
+
+    def __init__(self, out: Path, bar) -> None:
+        self.out, self.bar = out, bar
+
+    def run(self, task: str, name: str, compute) -> dict:
+        path = self.out / "units" / task / f"{name}.json"
+        result = _read_json(path)
+        if result is None:
+            self.bar.set_postfix_str(f"{task} {name}")
+            result = compute()
+            _write_json(path, result)
+        self.bar.update(1)
+        return result
+
+
+class _LazySplits:
+    """Splits of a task read on first use (a resumed task whose units are done reads nothing)."""
+
+    def __init__(self, task: Task) -> None:
+        self.task, self.cache = task, {}
+
+    def __getitem__(self, split: str):
+        if split not in self.cache:
+            self.cache[split] = load_split(self.task, split)
+        return self.cache[split]
+
+    def num_classes(self) -> int:
+        return infer_num_classes(self.task, [self[s] for s in SPLITS])
+
+
+def _vtab1k_task(encoder, task: Task, config: EvalConfig, units: _Units) -> dict:
+    splits = _LazySplits(task)
+    ft = config.finetune_config()
+    settings = config.settings()
+    tests, selected, vals = [], [], []
+    for rep in range(config.repetitions):
+        seed = config.seed + 1000 * rep
+
+        def val_unit(setting):
+            model = vtab.finetune(encoder, splits["train800"], splits.num_classes(), setting, ft, seed)
+            return {"lr": setting.lr, "steps": setting.steps, "val_accuracy": vtab.accuracy(model, splits["val200"], ft)}
+
+        val = {s.key: units.run(task.name, f"rep{rep}-val-{s.key}", lambda s=s: val_unit(s))["val_accuracy"]
+               for s in settings}
+        best = max(settings, key=lambda s: val[s.key])               # max keeps the first of ties
+
+        def test_unit():
+            model = vtab.finetune(encoder, splits["train800val200"], splits.num_classes(), best, ft, seed)
+            return {"lr": best.lr, "steps": best.steps, "test_accuracy": vtab.accuracy(model, splits["test"], ft)}
+
+        result = units.run(task.name, f"rep{rep}-test-{best.key}", test_unit)
+        tests.append(result["test_accuracy"])
+        selected.append({"lr": best.lr, "steps": best.steps})
+        vals.append(val)
+    return {"test_accuracy": tests, "selected": selected, "val": vals}
+
+
+def _frozen_task(encoder, task: Task, config: EvalConfig, units: _Units) -> dict:
+    def compute():
+        splits = _LazySplits(task)
+        feats = {s: frozen_features(encoder, splits[s], config.resolution, config.eval_batch_size, config.device)
+                 for s in SPLITS}
+        labels = {s: splits[s].labels for s in SPLITS}
+        if config.protocol == "linear":
+            return linear_probe(feats, labels, config.probe_cs, splits.num_classes())
+        pred = knn_classify(feats["train800val200"], labels["train800val200"], feats["test"], config.knn_k,
+                            splits.num_classes())
+        return {"test_accuracy": float(np.mean(pred == labels["test"])), "selected": {"k": config.knn_k}}
+
+    result = units.run(task.name, config.protocol, compute)
+    return {"test_accuracy": [result["test_accuracy"]], "selected": [result.get("selected")],
+            "val": [result.get("val")]}
+
+
+def summarize(tasks: dict[str, dict]) -> dict:
+    """Group means and the plain mean over tasks of the per-task medians (VTAB's score)."""
+    medians = {name: float(np.median(t["test_accuracy"])) for name, t in tasks.items()}
+    groups: dict[str, list[float]] = {}
+    for name, t in tasks.items():
+        groups.setdefault(t["group"], []).append(medians[name])
+    return {"groups": {g: float(np.mean(v)) for g, v in groups.items()},
+            "mean": float(np.mean(list(medians.values())))}
+
+
+def evaluate(checkpoint: str | Path, suite: str | Path, out: str | Path, config: EvalConfig = EvalConfig(),
+             progress: bool = True) -> dict:
+    """Evaluate ``checkpoint`` on every task of ``suite`` with ``config.protocol``; resumable.
+
+    ``checkpoint``: a run folder, checkpoint, exported encoder, or ``random:NAME``.
+    ``suite``: a suite file, or a synthetic world / its ``tasks`` folder.
+    Returns the results dict also written to ``OUT/results.json`` (accuracies as fractions).
+    """
+    from tqdm.auto import tqdm
+
+    from .report import write_results_markdown
+    out = Path(out)
+    tasks = load_suite(suite)
+    encoder = load_eval_encoder(checkpoint, config.seed, config.device)
+    header = {"checkpoint": str(checkpoint), "suite": str(Path(suite).resolve()), "config": dataclasses.asdict(config)}
+    previous = _read_json(out / "eval_config.json")
+    if previous is not None and previous != json.loads(json.dumps(header)):
+        raise ValueError(f"{out} holds an evaluation with other settings ({out / 'eval_config.json'}); "
+                         "use a new --out or the same settings to resume")
+    _write_json(out / "eval_config.json", header)
+
+    per_task = config.repetitions * (len(config.settings()) + 1) if config.protocol == "vtab1k" else 1
+    results: dict[str, dict] = {}
+    with tqdm(total=len(tasks) * per_task, desc=f"eval {config.protocol}", unit="unit", disable=not progress) as bar:
+        units = _Units(out, bar)
+        for task in tasks:
+            run_task = _vtab1k_task if config.protocol == "vtab1k" else _frozen_task
+            entry = run_task(encoder, task, config, units)
+            results[task.name] = {"group": task.group, "median": float(np.median(entry["test_accuracy"])), **entry}
+    summary = {**header, "protocol": config.protocol, "tasks": results, **summarize(results)}
+    _write_json(out / "results.json", summary)
+    write_results_markdown(summary, out / "results.md")
+    return summary

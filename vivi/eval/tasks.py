@@ -1,0 +1,232 @@
+"""Downstream tasks and the suite file that names them.
+
+Every task is read into the four VTAB-1k splits (SPEC §4): ``train800`` (first 800 training
+images), ``val200`` (the next 200), ``train800val200`` (their union, 1000 images) and ``test``.
+
+Sources (the ``source`` field of a suite entry):
+
+* ``folder`` -- VTAB-1k exported as an image folder with four list files
+  ``train800.txt``, ``val200.txt``, ``train800val200.txt``, ``test.txt`` whose lines are
+  ``images/000123.png <label>`` (path relative to the task folder). This is the layout of the
+  parameter-efficient fine-tuning repositories and exactly what ``vivi synth`` writes into
+  ``WORLD/tasks/<task>/``, so one reader serves both.
+* ``digits`` -- scikit-learn's bundled 8x8 digits (1797 images, 10 classes), shuffled with a fixed
+  seed; the first 800 are ``train800``, the next 200 ``val200``, the remaining 797 ``test``.
+  The 8x8 images (values 0..16) become grey RGB uint8; the protocol's resize upsamples them.
+* ``tfds`` -- a TensorFlow Datasets builder, imported only when used (``tensorflow_datasets`` is
+  optional). Splits are TFDS split strings, by default ``train[:800]``, ``train[800:1000]`` and
+  ``test``; VTAB's own per-dataset choices (e.g. val200 from a validation split) must be written
+  into the suite entry. *Untested here* (no TensorFlow in vivi's environment).
+
+Suite file (JSON, or YAML for ``.yaml``/``.yml``)::
+
+    {"tasks": [
+      {"name": "caltech101", "group": "natural", "source": "folder", "path": "vtab-1k/caltech101",
+       "num_classes": 102},
+      {"name": "digits", "group": "natural", "source": "digits"},
+      {"name": "svhn", "group": "natural", "source": "tfds", "tfds_name": "svhn_cropped",
+       "splits": {"train800": "train[:800]", "val200": "train[800:1000]", "test": "test"}}
+    ]}
+
+``source`` defaults to ``folder`` and ``path`` to the task's name, relative to the suite file's
+folder: the synthetic world's ``WORLD/tasks/suite.json`` is a valid suite file as it is.
+``num_classes`` defaults to ``task.json``'s value (folder), 10 (digits) or the TFDS label count.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from vivi.data.images import read_image
+
+__all__ = ["GROUPS", "SOURCES", "SPLITS", "Split", "Task", "load_split", "load_suite"]
+
+SPLITS = ("train800", "val200", "train800val200", "test")
+GROUPS = ("natural", "specialized", "structured")
+SOURCES = ("folder", "digits", "tfds")
+DIGITS_SEED = 0                  # shuffle of sklearn's digits before the 800/200/rest split
+
+
+@dataclass(frozen=True)
+class Task:
+    """One downstream task of a suite (see the module docstring for the fields)."""
+    name: str
+    group: str                   # natural | specialized | structured (VTAB's groups)
+    source: str = "folder"       # folder | digits | tfds
+    path: Path | None = None     # folder source: the task folder (list files + images)
+    num_classes: int | None = None
+    options: dict = field(default_factory=dict, hash=False, compare=False)   # tfds: tfds_name, splits, keys
+
+
+@dataclass
+class Split:
+    """The images and labels of one split. ``images``: uint8 (H, W, 3) arrays (sizes may differ) or
+    image paths decoded when a batch needs them (the large test splits of folder tasks);
+    ``ids``: where each image came from (a path or ``source:index``), for errors and hooks."""
+    task: str
+    name: str
+    images: list[np.ndarray | Path]
+    labels: np.ndarray
+    ids: list[str]
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def batch(self, indices, resolution: int) -> torch.Tensor:
+        """Float (n, 3, r, r) in [0, 1]: bilinear resize ignoring the aspect ratio, no antialiasing
+        (``tf.image.resize`` as VTAB's preprocessing does), no augmentation."""
+        out = []
+        for i in indices:
+            array = self.images[int(i)]
+            array = read_image(array) if isinstance(array, Path) else array
+            image = torch.from_numpy(array).permute(2, 0, 1)[None].float() / 255
+            if image.shape[-2:] != (resolution, resolution):
+                image = F.interpolate(image, size=(resolution, resolution), mode="bilinear",
+                                      align_corners=False, antialias=False)
+            out.append(image)
+        return torch.cat(out).clamp_(0, 1)
+
+
+def _read_suite_file(path: Path) -> dict:
+    text = path.read_text()
+    if path.suffix in (".yaml", ".yml"):
+        import yaml
+        data = yaml.safe_load(text)
+    else:
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as error:
+            raise ValueError(f"{path}: not valid JSON ({error})") from None
+    if not isinstance(data, dict) or not isinstance(data.get("tasks"), list) or not data["tasks"]:
+        raise ValueError(f"{path}: a suite file holds {{'tasks': [{{'name', 'group', 'source', ...}}, ...]}}")
+    return data
+
+
+def load_suite(path: str | Path) -> list[Task]:
+    """The tasks of a suite file, a world's ``tasks`` folder, or a world folder (``WORLD/tasks/suite.json``)."""
+    path = Path(path)
+    if path.is_dir():
+        for candidate in (path / "suite.json", path / "tasks" / "suite.json", path / "suite.yaml"):
+            if candidate.exists():
+                path = candidate
+                break
+        else:
+            raise FileNotFoundError(f"{path} holds no suite.json (nor tasks/suite.json): pass a suite file "
+                                    "or the tasks folder of `vivi synth`")
+    if not path.exists():
+        raise FileNotFoundError(f"suite file {path} does not exist")
+    tasks = []
+    for entry in _read_suite_file(path)["tasks"]:
+        if not isinstance(entry, dict) or "name" not in entry:
+            raise ValueError(f"{path}: every task entry needs a 'name', got {entry!r}")
+        entry = dict(entry)
+        name, source = str(entry.pop("name")), entry.pop("source", "folder")
+        group = entry.pop("group", "natural" if source == "digits" else None)
+        if source not in SOURCES:
+            raise ValueError(f"{path}: task {name!r} has unknown source {source!r}; valid: {', '.join(SOURCES)}")
+        if group not in GROUPS:
+            raise ValueError(f"{path}: task {name!r} has group {group!r}; valid: {', '.join(GROUPS)}")
+        folder = (path.parent / entry.pop("path", name)) if source == "folder" else None
+        num_classes = entry.pop("num_classes", None)
+        if source == "digits":
+            num_classes = num_classes or 10
+        elif source == "folder" and num_classes is None and (folder / "task.json").exists():
+            num_classes = json.loads((folder / "task.json").read_text()).get("num_classes")
+        tasks.append(Task(name, group, source, folder, int(num_classes) if num_classes else None, entry))
+    names = [t.name for t in tasks]
+    if len(set(names)) != len(names):
+        raise ValueError(f"{path}: task names must be unique, got {names}")
+    return tasks
+
+
+def _check_labels(labels: np.ndarray, num_classes: int | None, where: str) -> None:
+    if num_classes is not None and len(labels):
+        bad = np.flatnonzero((labels < 0) | (labels >= num_classes))
+        if len(bad):
+            raise ValueError(f"{where}: label {labels[bad[0]]} (entry {bad[0] + 1}) is outside 0..{num_classes - 1}")
+
+
+def _folder_split(task: Task, split: str) -> Split:
+    lst = task.path / f"{split}.txt"
+    if not lst.exists():
+        raise FileNotFoundError(f"split list {lst} of task {task.name!r} does not exist")
+    paths, labels = [], []
+    for number, line in enumerate(lst.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        parts = line.rsplit(maxsplit=1)
+        try:
+            label = int(parts[1])
+        except (IndexError, ValueError):
+            raise ValueError(f"{lst} line {number}: expected '<image path> <integer label>', got {line!r}") from None
+        if task.num_classes is not None and not 0 <= label < task.num_classes:
+            raise ValueError(f"{lst} line {number}: label {label} is outside 0..{task.num_classes - 1}")
+        paths.append(task.path / parts[0])
+        labels.append(label)
+    if not paths:
+        raise ValueError(f"split list {lst} is empty")
+    for p in paths:
+        if not p.exists():
+            raise FileNotFoundError(f"image {p} (listed in {lst}) does not exist")
+    # training splits (<= 1000 images) are decoded once and kept; test images (VTAB: up to ~22k)
+    # are decoded batch by batch. read_image raises ValueError naming a file it cannot decode.
+    images = list(paths) if split == "test" else [read_image(p) for p in paths]
+    return Split(task.name, split, images, np.asarray(labels, np.int64), [str(p) for p in paths])
+
+
+def _digits_split(task: Task, split: str) -> Split:
+    from sklearn.datasets import load_digits
+    digits = load_digits()
+    order = np.random.default_rng(DIGITS_SEED).permutation(len(digits.target))
+    ranges = {"train800": order[:800], "val200": order[800:1000], "train800val200": order[:1000],
+              "test": order[1000:]}
+    index = ranges[split]
+    grey = np.round(digits.images[index] * (255 / 16)).astype(np.uint8)
+    images = [np.repeat(g[:, :, None], 3, axis=2) for g in grey]
+    labels = digits.target[index].astype(np.int64)
+    _check_labels(labels, task.num_classes, f"digits ({task.name})")
+    return Split(task.name, split, images, labels, [f"digits:{i}" for i in index])
+
+
+def _tfds_split(task: Task, split: str) -> Split:  # pragma: no cover - needs tensorflow_datasets
+    try:
+        import tensorflow_datasets as tfds
+    except ImportError:
+        raise ValueError(f"task {task.name!r} has source 'tfds' but tensorflow_datasets is not installed "
+                         "(pip install tensorflow-datasets tensorflow); or export the task as an image folder") from None
+    options = task.options
+    splits = {"train800": "train[:800]", "val200": "train[800:1000]", "test": "test", **options.get("splits", {})}
+    image_key, label_key = options.get("image_key", "image"), options.get("label_key", "label")
+    parts = ["train800", "val200"] if split == "train800val200" and "train800val200" not in splits else [split]
+    images, labels, ids = [], [], []
+    for part in parts:
+        data = tfds.load(options.get("tfds_name", task.name), split=splits[part],
+                         data_dir=options.get("data_dir"))
+        for i, example in enumerate(tfds.as_numpy(data)):
+            image = example[image_key]
+            images.append(np.repeat(image, 3, axis=2) if image.shape[-1] == 1 else image[..., :3])
+            labels.append(int(example[label_key]))
+            ids.append(f"tfds:{options.get('tfds_name', task.name)}:{splits[part]}:{i}")
+    labels = np.asarray(labels, np.int64)
+    _check_labels(labels, task.num_classes, f"tfds {options.get('tfds_name', task.name)} ({task.name})")
+    return Split(task.name, split, images, labels, ids)
+
+
+def load_split(task: Task, split: str) -> Split:
+    """Read one split of a task (decoded uint8 images + labels); errors name the offending file."""
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}; valid: {', '.join(SPLITS)}")
+    reader = {"folder": _folder_split, "digits": _digits_split, "tfds": _tfds_split}[task.source]
+    return reader(task, split)
+
+
+def infer_num_classes(task: Task, splits: list[Split]) -> int:
+    """The task's class count: declared, or one more than the largest label seen."""
+    if task.num_classes is not None:
+        return task.num_classes
+    return int(max(int(s.labels.max()) for s in splits)) + 1
