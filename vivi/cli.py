@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -60,7 +61,8 @@ def _train(args: argparse.Namespace) -> None:
         raise ValueError("vivi train needs --config PRESET_OR_FILE --data DATA --out RUN (or --list-presets)")
     from .train.loop import train
     result = train(args.config, args.data, args.out, resume=args.resume, overrides=args.overrides)
-    print(f"trained {result['step']} steps; run folder {result['run']}")
+    if os.environ.get("RANK", "0") == "0":   # under torchrun, one line for the whole job
+        print(f"trained {result['step']} steps; run folder {result['run']}")
 
 
 def _export(args: argparse.Namespace) -> None:
