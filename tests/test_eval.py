@@ -324,3 +324,19 @@ def test_video_robustness_and_object_metric_on_an_ingested_world(dataset, tmp_pa
     assert result["delta"] == pytest.approx(0.0)
     metric = object_nn_metric(encoder, data, "groundtruth", batches=2, videos_per_batch=2, shots=1, frames=2, size=64)
     assert metric["objects"] > 2 and 0 <= metric["rate"] <= 1 and metric["hits"] <= metric["objects"]
+
+
+def test_objects_command_compares_two_checkpoints(dataset, tmp_path):
+    import shutil
+    from vivi.cli import main
+    from vivi.detect import build_detector, detect_dataset
+    data = tmp_path / "ds"
+    shutil.copytree(dataset, data)
+    detect_dataset(data, build_detector("groundtruth"), progress=False)
+    out = tmp_path / "objects.json"
+    assert main(["objects", "--checkpoint", "random:resnet_tiny_v2", "--checkpoint", "random:resnet_small_v2",
+                 "--data", str(data), "--batches", "2", "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert set(result["checkpoints"]) == {"random:resnet_tiny_v2", "random:resnet_small_v2"}
+    assert all(r["objects"] > 0 and 0 <= r["rate"] <= 1 for r in result["checkpoints"].values())
+    assert 0 <= result["fisher"]["p_value"] <= 1

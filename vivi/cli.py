@@ -91,6 +91,19 @@ def _eval(args: argparse.Namespace) -> None:
           f"({groups}); results in {args.out}/results.md")
 
 
+def _objects(args: argparse.Namespace) -> None:
+    from .eval import compare_object_metric
+    result = compare_object_metric(args.checkpoint, args.data, args.detector,
+                                   exclude_same_video=not args.same_video, batches=args.batches)
+    for name, r in result["checkpoints"].items():
+        print(f"{name}: {100 * r['rate']:.1f} % of {r['objects']} objects have a same-class nearest neighbour")
+    if "fisher" in result:
+        print(f"Fisher's exact test: p = {result['fisher']['p_value']:.3g}, odds ratio {result['fisher']['odds_ratio']:.3g}")
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(result, indent=1))
+
+
 def _report(args: argparse.Namespace) -> None:
     from .eval import compare
     compare(args.runs, args.out)
@@ -190,6 +203,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu", help="torch device (default cpu)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_eval)
+
+    p = sub.add_parser("objects", help="object metric (paper 2, Table 2): same-class nearest neighbours of boxes")
+    p.add_argument("--checkpoint", action="append", required=True,
+                   help="run, checkpoint, export or random:NAME; give two to compare them with Fisher's exact test")
+    p.add_argument("--data", type=Path, required=True, help="ingested dataset with detections")
+    p.add_argument("--detector", default="groundtruth", help="detections to use (default groundtruth)")
+    p.add_argument("--batches", type=int, default=50, help="batches of 8 videos sampled (default 50, as the paper)")
+    p.add_argument("--same-video", action="store_true",
+                   help="let an object's neighbour come from its own video (trivial on small worlds)")
+    p.add_argument("--out", type=Path, default=None, help="write the result as JSON")
+    p.set_defaults(func=_objects)
 
     p = sub.add_parser("report", help="compare evaluation outputs: table with Welch t-tests, PNG plots")
     p.add_argument("runs", nargs="+", type=Path, help="output folders of `vivi eval` (the first is the baseline)")

@@ -88,3 +88,17 @@ def object_nn_metric(encoder: nn.Module, data: str | Path, detector: str = "grou
     hits, total = nearest_neighbour_hits(found["features"], found["labels"],
                                          found["videos"] if exclude_same_video else None)
     return {"hits": hits, "objects": total, "rate": hits / total, "exclude_same_video": exclude_same_video}
+
+
+def compare_object_metric(checkpoints: list[str | Path], data: str | Path, detector: str = "groundtruth",
+                          exclude_same_video: bool = True, seed: int = 0, **sample) -> dict:
+    """The object metric of each checkpoint on the same sample of objects, and, for two, Fisher's
+    exact test between their hit rates (paper 2, Table 2). ``random:NAME`` is a random-init encoder."""
+    from vivi.eval.run import load_eval_encoder
+    results = {str(c): object_nn_metric(load_eval_encoder(c, seed=seed), data, detector, exclude_same_video,
+                                        seed=seed, **sample) for c in checkpoints}
+    out = {"data": str(data), "detector": detector, "checkpoints": results}
+    if len(results) == 2:
+        a, b = results.values()
+        out["fisher"] = fisher_test(a["hits"], a["objects"], b["hits"], b["objects"])
+    return out
