@@ -340,3 +340,23 @@ def test_objects_command_compares_two_checkpoints(dataset, tmp_path):
     assert set(result["checkpoints"]) == {"random:resnet_tiny_v2", "random:resnet_small_v2"}
     assert all(r["objects"] > 0 and 0 <= r["rate"] <= 1 for r in result["checkpoints"].values())
     assert 0 <= result["fisher"]["p_value"] <= 1
+
+
+def test_robustness_command_on_the_world(tmp_path):
+    from vivi.cli import main
+    from vivi.detect import build_detector, detect_dataset
+    from vivi.ingest import IngestConfig, SamplingConfig, ingest
+    from vivi.synth import make_world
+    make_world(tmp_path / "w", videos=2, seconds=6.0, workers=1, task_test_size=50, progress=False)
+    ingest([tmp_path / "w" / "videos"], tmp_path / "d", IngestConfig(sampling=SamplingConfig(short_side=64)),
+           progress=False)
+    detect_dataset(tmp_path / "d", build_detector("groundtruth"), progress=False)
+    out = tmp_path / "r.json"
+    assert main(["robustness", "--checkpoint", "random:resnet_tiny_v2", "--task", str(tmp_path / "w/tasks/object_class"),
+                 "--data", str(tmp_path / "d"), "--steps", "2", "--resolution", "32", "--k", "1",
+                 "--out", str(out)]) == 0
+    r = json.loads(out.read_text())
+    assert r["anchors"] > 0 and r["pm_k_accuracy"] <= r["anchor_accuracy"]
+    assert r["delta"] == pytest.approx(r["anchor_accuracy"] - r["pm_k_accuracy"])
+    assert main(["robustness", "--checkpoint", "random:resnet_tiny_v2", "--task", str(tmp_path / "w/tasks/count"),
+                 "--data", str(tmp_path / "d")]) == 2          # count's classes are not the detector's

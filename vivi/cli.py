@@ -104,6 +104,17 @@ def _objects(args: argparse.Namespace) -> None:
         args.out.write_text(json.dumps(result, indent=1))
 
 
+def _robustness(args: argparse.Namespace) -> None:
+    from .eval import robustness_from_task
+    r = robustness_from_task(args.checkpoint, args.task, args.data, args.detector, k=args.k, lr=args.lr,
+                             steps=args.steps, resolution=args.resolution, batch_size=args.batch_size)
+    print(f"{args.checkpoint}: anchor accuracy {100 * r['anchor_accuracy']:.1f} %, pm-{args.k} "
+          f"{100 * r['pm_k_accuracy']:.1f} %, delta {100 * r['delta']:.1f} points over {r['anchors']} anchor frames")
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(r, indent=1))
+
+
 def _report(args: argparse.Namespace) -> None:
     from .eval import compare
     compare(args.runs, args.out)
@@ -214,6 +225,20 @@ def build_parser() -> argparse.ArgumentParser:
                    help="let an object's neighbour come from its own video (trivial on small worlds)")
     p.add_argument("--out", type=Path, default=None, help="write the result as JSON")
     p.set_defaults(func=_objects)
+
+    p = sub.add_parser("robustness", help="pm-k robustness on video frames (SPEC §6) of a classifier fine-tuned on a task")
+    p.add_argument("--checkpoint", required=True, help="run, checkpoint, export or random:NAME")
+    p.add_argument("--task", type=Path, required=True,
+                   help="task folder whose classes are the detector's, e.g. WORLD/tasks/object_class")
+    p.add_argument("--data", type=Path, required=True, help="ingested dataset with detections (frame labels)")
+    p.add_argument("--detector", default="groundtruth", help="detections that label the frames (largest box)")
+    p.add_argument("--k", type=int, default=10, help="neighbourhood in sampled frames (default 10)")
+    p.add_argument("--lr", type=float, default=0.01, help="fine-tuning learning rate (default 0.01)")
+    p.add_argument("--steps", type=int, default=500, help="fine-tuning steps (default 500)")
+    p.add_argument("--resolution", type=int, default=64, help="image size (default 64)")
+    p.add_argument("--batch-size", type=int, default=64, help="batch size (default 64)")
+    p.add_argument("--out", type=Path, default=None, help="write the result as JSON")
+    p.set_defaults(func=_robustness)
 
     p = sub.add_parser("report", help="compare evaluation outputs: table with Welch t-tests, PNG plots")
     p.add_argument("runs", nargs="+", type=Path, help="output folders of `vivi eval` (the first is the baseline)")

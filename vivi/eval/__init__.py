@@ -11,10 +11,10 @@
 """
 from vivi.eval.objects import compare_object_metric, fisher_test, nearest_neighbour_hits, object_nn_metric
 from vivi.eval.report import compare, welch_test
-from vivi.eval.robustness import pm_k_accuracy, video_robustness
+from vivi.eval.robustness import pm_k_accuracy, robustness_from_task, video_robustness
 from vivi.eval.run import PROTOCOLS, EvalConfig, evaluate, load_eval_encoder
 from vivi.eval.tasks import Task, load_split, load_suite
 
-__all__ = ["EvalConfig", "PROTOCOLS", "Task", "compare", "compare_object_metric", "evaluate", "fisher_test", "load_eval_encoder",
+__all__ = ["EvalConfig", "PROTOCOLS", "Task", "compare", "compare_object_metric", "evaluate", "fisher_test", "load_eval_encoder", "robustness_from_task",
            "load_split", "load_suite", "nearest_neighbour_hits", "object_nn_metric", "pm_k_accuracy",
            "video_robustness", "welch_test"]

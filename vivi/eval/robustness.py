@@ -17,6 +17,7 @@ on the world's ``object_class`` task (its classes are the world's classes, in th
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -99,4 +100,37 @@ def video_robustness(classifier: nn.Module, data: str | Path, detector: str = "g
     anchors = np.flatnonzero(labels >= 0)
     result = pm_k_accuracy(predictions, labels, np.asarray(shots), anchors, k=k)
     result["frames"] = int(len(labels))
+    return result
+
+
+def robustness_from_task(checkpoint, task_dir: str | Path, data: str | Path, detector: str = "groundtruth",
+                         k: int = 10, lr: float = 0.01, steps: int = 500, resolution: int = 64,
+                         batch_size: int = 64, seed: int = 0, device: str = "cpu") -> dict:
+    """Fine-tune ``checkpoint`` on a labeled image task (train800val200) whose classes are named like
+    the detector's, then measure its pm-k robustness on the video frames of ``data`` (frames
+    labelled by their largest box). The synthetic world's ``object_class`` task and its
+    ``groundtruth`` detections share class names: ``vivi robustness`` does exactly this.
+    """
+    from vivi.data.boxes import load_detections
+    from vivi.eval import protocol
+    from vivi.eval.run import load_eval_encoder
+    from vivi.eval.tasks import load_split, load_suite
+
+    tasks = load_suite(Path(task_dir).parent)
+    task = next((t for t in tasks if t.name == Path(task_dir).name), None)
+    if task is None:
+        raise FileNotFoundError(f"{task_dir} is not a task of the suite in {Path(task_dir).parent}")
+    meta = Path(task_dir) / "task.json"
+    names = json.loads(meta.read_text()).get("class_names", []) if meta.exists() else []
+    detector_names = load_detections(data, detector).class_names
+    if list(names) != list(detector_names)[:len(names)] or not names:
+        raise ValueError(f"the classes of {task_dir} ({list(names)[:4]}...) are not the detector {detector!r}'s "
+                         f"classes ({detector_names[:4]}...): robustness needs one label space")
+    config = protocol.FinetuneConfig(resolution=resolution, batch_size=batch_size, device=device)
+    split = load_split(task, "train800val200")
+    classifier = protocol.finetune(load_eval_encoder(checkpoint, seed=seed), split, len(names),
+                                   protocol.Setting(lr, steps), config, seed)
+    result = video_robustness(classifier, data, detector, k=k, resolution=resolution,
+                              batch_size=batch_size, device=device)
+    result.update({"checkpoint": str(checkpoint), "task": str(task_dir), "k": k})
     return result
