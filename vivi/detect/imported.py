@@ -110,14 +110,14 @@ class ImportedDetector(Detector):
                 raise ValueError(f"{self.path}: annotation {a} names an unknown image or category")
             per_frame[images[a["image_id"]]].append(a)
         rows = []
-        for (key, frame), annotations in per_frame.items():
-            boxes = np.asarray([a["bbox"] for a in annotations], np.float32).reshape(-1, 4)
+        for (key, frame), found in per_frame.items():
+            boxes = np.asarray([a["bbox"] for a in found], np.float32).reshape(-1, 4)
             boxes[:, 2:] += boxes[:, :2]                                   # x, y, w, h -> x0, y0, x1, y1
             if key in self._videos:
                 h, w = self._videos[key].frame_size
                 boxes /= np.array([w, h, w, h], np.float32)
-            rows.append((key, frame, _stack(boxes, [category[a["category_id"]] for a in annotations],
-                                            [a.get("score", 1.0) for a in annotations])))
+            rows.append((key, frame, _stack(boxes, [category[a["category_id"]] for a in found],
+                                            [a.get("score", 1.0) for a in found])))
         return rows
 
 
