@@ -29,13 +29,13 @@ mid-grey. Any H, W ≥ 32 works; the grid is about H/32 × W/32 for the full-siz
 """
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from vivi.models.norm import get_norm_kind
+from vivi.registry import from_registry
 
 
 @dataclass(frozen=True)
@@ -211,16 +211,10 @@ def create_encoder(name: str, **overrides) -> ResNetV2:
     ``create_encoder("resnet50_v2", norm="gnws")`` is the co-training encoder. An unknown name or
     field raises ``ValueError`` listing the valid ones.
     """
-    if name not in ENCODERS:
-        raise ValueError(f"unknown encoder {name!r}; valid: {', '.join(ENCODERS)}")
-    fields = {f.name for f in dataclasses.fields(ResNetV2Config)}
-    unknown = sorted(set(overrides) - fields)
-    if unknown:
-        raise ValueError(f"unknown encoder option(s) {unknown}; valid: {', '.join(sorted(fields))}")
     for key in ("units", "stage_strides"):  # accept lists from YAML / the command line
         if key in overrides:
             overrides[key] = tuple(overrides[key])
-    return ResNetV2(dataclasses.replace(ENCODERS[name], **overrides))
+    return ResNetV2(from_registry(ENCODERS, name, "encoder", **overrides))
 
 
 __all__ = ["ENCODERS", "PreActBottleneck", "ResNetV2", "ResNetV2Config", "create_encoder"]

@@ -62,6 +62,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vivi.registry import from_registry
+
 __all__ = ["AUGMENTATIONS", "COLORS", "CROPS", "AugmentConfig", "AugmentParams", "FrameAugmentation",
            "adjust_brightness", "adjust_contrast", "adjust_hue", "adjust_saturation", "augment_config",
            "build_augmentation", "hsv_noise", "sample_crops", "transform_boxes"]
@@ -115,13 +117,7 @@ AUGMENTATIONS: dict[str, AugmentConfig] = {
 
 def augment_config(name: str, **overrides) -> AugmentConfig:
     """The configuration named ``name`` in :data:`AUGMENTATIONS` with fields replaced by ``overrides``."""
-    if name not in AUGMENTATIONS:
-        raise ValueError(f"unknown augmentation {name!r}; valid: {', '.join(AUGMENTATIONS)}")
-    fields = {f.name for f in dataclasses.fields(AugmentConfig)}
-    unknown = sorted(set(overrides) - fields)
-    if unknown:
-        raise ValueError(f"unknown augmentation option(s) {unknown}; valid: {', '.join(sorted(fields))}")
-    return dataclasses.replace(AUGMENTATIONS[name], **overrides)
+    return from_registry(AUGMENTATIONS, name, "augmentation", **overrides)
 
 
 @dataclass
