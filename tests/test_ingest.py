@@ -174,7 +174,7 @@ def test_killed_ingest_resumes_to_the_same_dataset(world, dataset, tmp_path):
     process.wait()
     done = len(list((out / "shards").glob("*.json")))
     assert 2 <= done < 6, "the kill should land mid-run"
-    subprocess.run(command, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    subprocess.run(command, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=120)
     reference = tmp_path / "reference"
     ingest([world / "videos"], reference, IngestConfig(sampling=SamplingConfig(short_side=64), videos_per_shard=1),
            progress=False)
@@ -199,3 +199,24 @@ def test_a_crashing_decoder_process_fails_only_its_video(world):
     assert [r[0] for r in results] == list(range(5))
     assert [r[1] is None for r in results] == [False, False, True, False, False]
     assert "crashed" in results[2][3]
+
+
+def test_ctrl_c_with_workers_exits_cleanly_and_resumes(world, tmp_path):
+    import os
+    out = tmp_path / "ds"
+    command = [sys.executable, "-m", "vivi.cli", "ingest", str(world / "videos"), "--out", str(out),
+               "--short-side", "64", "--videos-per-shard", "1", "--workers", "2"]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                               start_new_session=True)
+    deadline = time.time() + 60
+    while not (out / "shards" / f"{shard_name(1)}.json").exists():
+        assert time.time() < deadline and process.poll() is None, "ingest did not start"
+        time.sleep(0.002)
+    os.killpg(process.pid, signal.SIGINT)          # Ctrl-C reaches the whole process group
+    _, err = process.communicate(timeout=30)
+    assert process.returncode == 130 and "run the same command to resume" in err
+    subprocess.run(command, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=120)
+    reference = tmp_path / "reference"
+    ingest([world / "videos"], reference, IngestConfig(sampling=SamplingConfig(short_side=64), videos_per_shard=1),
+           progress=False)
+    _assert_same_dataset(reference, out)

@@ -193,19 +193,29 @@ def _run_jobs(jobs: list, workers: int, work=_ingest_one):
     context.set_forkserver_preload(["vivi.ingest.pipeline"])   # imported once, workers start fast
     position = 0
     while position < len(jobs):
-        with ProcessPoolExecutor(workers, mp_context=context, initializer=_worker_init) as pool:
-            window: deque = deque()
-            try:
-                while position < len(jobs) or window:
-                    while position < len(jobs) and len(window) < 4 * workers:
-                        window.append((jobs[position], pool.submit(work, jobs[position])))
-                        position += 1
-                    job, future = window[0]
-                    result = future.result()
-                    window.popleft()
-                    yield result
-            except BrokenProcessPool:
-                pass
+        pool = ProcessPoolExecutor(workers, mp_context=context, initializer=_worker_init)
+        window: deque = deque()
+        try:
+            while position < len(jobs) or window:
+                while position < len(jobs) and len(window) < 4 * workers:
+                    window.append((jobs[position], pool.submit(work, jobs[position])))
+                    position += 1
+                job, future = window[0]
+                result = future.result()
+                window.popleft()
+                yield result
+        except BrokenProcessPool:
+            pool.shutdown(wait=True)
+        except BaseException:
+            # Ctrl-C, an error in the caller, or the caller stopped reading: end the workers now
+            # rather than wait for the videos in flight (a clean shutdown can hang once workers
+            # have been interrupted themselves).
+            for process in list(getattr(pool, "_processes", {}).values()):
+                process.terminate()
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
+        else:
+            pool.shutdown(wait=True)
         for job, _ in window:   # the pool broke: isolate the culprit
             yield _run_isolated(work, job, context)
 
