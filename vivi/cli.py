@@ -123,7 +123,11 @@ def _report(args: argparse.Namespace) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     from .ingest.pipeline import default_workers
-    parser = argparse.ArgumentParser(prog="vivi", description=__doc__.splitlines()[0] if __doc__ else None)
+    parser = argparse.ArgumentParser(
+        prog="vivi", description="Image representations learned from the video hierarchy "
+        "(videos -> shots -> frames -> objects): VIVI and its object-centric extension.",
+        epilog="Pipeline: synth (or your videos) -> ingest -> detect -> train -> export / embed -> eval -> report. "
+               "`vivi demo` runs it on the synthetic world; `vivi COMMAND --help` for each step.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("synth", help="write the synthetic video world (videos, ground truth, downstream tasks)")
