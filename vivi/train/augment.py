@@ -112,6 +112,11 @@ AUGMENTATIONS: dict[str, AugmentConfig] = {
     "autoaugment": AugmentConfig(color="autoaugment"),              # VIVI Table 2: AA in place of the colour
     "cotrain_images": AugmentConfig(hsv_noise=True),                # co-training's labelled images (VIVI §4)
     "eval": AugmentConfig(crop="resize", flip=False, color="none"),  # evaluation: plain resize to S x S
+    # the synthetic world at 64 px: palettes are drawn per theme/shot and never tell a task's label, so
+    # colour must not identify a shot/video -- full hue wheel, wide saturation/contrast; crops keep
+    # >= 20 % of the frame so the small objects survive (docs/demo-study.md)
+    "synth": AugmentConfig(area=(0.2, 1.0), color="distort_strong", hue=0.5, saturation=(0.2, 1.8),
+                           contrast=(0.4, 1.6), brightness=64 / 255),
 }
 
 
