@@ -26,7 +26,7 @@ def dataset_stats(root: str | Path) -> dict:
     manifest = collect(root)
     per_video = manifest["per_video"]
     shots_per_video = [v["shots"] for v in per_video]
-    frames_per_shot = _frames_per_shot(root)
+    frames_per_shot = [n for v in per_video for n in v["frames_per_shot"]]
     return {
         "root": str(root), "complete": manifest["complete"],
         "shards": f'{manifest["shards_done"]}/{manifest["shards_planned"]}',
@@ -40,10 +40,6 @@ def dataset_stats(root: str | Path) -> dict:
                       for v in per_video],
         "failures": manifest["failures"],
     }
-
-
-def _frames_per_shot(root) -> list[int]:
-    return [len(f) for video in VideoDataset(root).videos for f in video.shot_frames()]
 
 
 def _summary(values: list[int]) -> dict:

@@ -97,8 +97,8 @@ def decode_video(path: str | Path, config: SamplingConfig = SamplingConfig(), th
         encode = [int(cv2.IMWRITE_JPEG_QUALITY), int(config.jpeg_quality)]
 
         # One reformatter per output geometry: each keeps its swscale context (switching geometry on
-        # one rebuilds it, ~1 ms); one scaling thread, as the frames are small and decoding has the cores.
-        to_thumb, to_stored = VideoReformatter(), VideoReformatter()
+        # one rebuilds it, ~1 ms). to_420 only serves streams that are not 8-bit 4:2:0 (see shots.py).
+        to_420, to_stored = VideoReformatter(), VideoReformatter()
 
         detector = HistogramCutDetector(config.cuts)
         shot_starts_s: list[float] = []
@@ -113,7 +113,7 @@ def decode_video(path: str | Path, config: SamplingConfig = SamplingConfig(), th
                 if t0 is None:
                     t0 = t
                 t = t - t0
-                if detector.push(frame_histogram(frame, config.cuts.bits, config.histogram_width, to_thumb)):
+                if detector.push(frame_histogram(frame, config.cuts.bits, config.histogram_width, to_420)):
                     shot_starts_s.append(t)
                     next_sample = t
                 if t >= next_sample - 1e-6:

@@ -254,7 +254,8 @@ def collect(out: str | Path) -> dict:
         for v in shard_index["videos"]:
             per_video.append({"key": v["key"], "source": v["source"], "shard": shard_index["shard"],
                               "duration_s": v["duration_s"], "fps": v["fps"], "frames": len(v["frame_times_s"]),
-                              "shots": len(v["shot_starts"]), "shot_starts_s": v["shot_starts_s"]})
+                              "shots": len(v["shot_starts"]), "shot_starts_s": v["shot_starts_s"],
+                              "frames_per_shot": [v["frame_shot"].count(k) for k in range(len(v["shot_starts"]))]})
         failures.extend(shard_index["failures"])
     num_shards = (len(plan["inputs"]) + per_shard - 1) // per_shard
     return {
