@@ -112,3 +112,22 @@ def test_import_of_unknown_videos_writes_nothing(data):
     assert not (data / "detections" / "bad").exists()
     with pytest.raises(FileNotFoundError, match="does not exist"):
         build_detector(f"import:{data.parent / 'missing.jsonl'}", data)
+
+
+def test_inspect_counts_boxes_per_class_and_scores(data):
+    from vivi.data.inspect import dataset_stats, format_stats
+    assert dataset_stats(data)["detections"] == {}
+    detect_dataset(data, build_detector("groundtruth"), progress=False)
+    detect_dataset(data, FixedDetector(), max_per_frame=3, progress=False)
+    stats = dataset_stats(data)
+    frames = sum(v.num_frames for v in VideoDataset(data).videos)
+    fixed = stats["detections"]["fixed"]
+    assert fixed["frames"] == fixed["frames_with_boxes"] == frames and fixed["boxes"] == 3 * frames
+    assert fixed["per_class"] == {"a": 2 * frames, "b": frames}                   # scores 0.3, 0.5 (a) and 0.9 (b)
+    assert fixed["score_histogram"]["counts"] == [0, 0, 0, frames, 0, frames, 0, 0, 0, frames]
+    assert fixed["score_histogram"]["edges"][:3] == [0.0, 0.1, 0.2]
+    truth = stats["detections"]["groundtruth"]
+    assert sum(truth["per_class"].values()) == truth["boxes"] == truth["score_histogram"]["counts"][-1] > 0
+    text = format_stats(stats)
+    assert f"detections 'fixed': {3 * frames} boxes on {frames}/{frames} frames (3 per frame)" in text
+    assert f"a {2 * frames}, b {frames}" in text

@@ -2,6 +2,8 @@
 
 The contact sheet draws one row per shot (its sampled frames left to right) and a thick rule
 between videos, so a person sees at a glance whether the cuts fall where the content changes.
+The statistics include, for every detector under ``DATA/detections``, its boxes per class and a
+histogram of their scores: what a detector found, before training relies on it.
 """
 from __future__ import annotations
 
@@ -11,7 +13,7 @@ import cv2
 import numpy as np
 
 from ..ingest.pipeline import collect
-from .boxes import load_detections
+from .boxes import available_detectors, load_detections
 from .reader import VideoDataset
 
 
@@ -20,8 +22,9 @@ def dataset_stats(root: str | Path) -> dict:
 
     Keys: ``videos``, ``shots``, ``frames``, ``failed``, ``complete``, ``duration_s`` (total),
     ``videos_with_at_least_k_shots`` ({k: count} for k in 1, 2, 4, 8), ``frames_per_shot`` and
-    ``shots_per_video`` (min/median/mean/max), and ``per_video``: a list of ``{key, source,
-    duration_s, fps, frames, shots, shot_starts_s}``.
+    ``shots_per_video`` (min/median/mean/max), ``per_video``: a list of ``{key, source,
+    duration_s, fps, frames, shots, shot_starts_s}``, and ``detections``: {name:
+    :func:`detection_stats`} for every detector found.
     """
     manifest = collect(root)
     per_video = manifest["per_video"]
@@ -39,6 +42,25 @@ def dataset_stats(root: str | Path) -> dict:
         "per_video": [{k: v[k] for k in ("key", "source", "duration_s", "fps", "frames", "shots", "shot_starts_s")}
                       for v in per_video],
         "failures": manifest["failures"],
+        "detections": {name: detection_stats(root, name) for name in available_detectors(root)},
+    }
+
+
+def detection_stats(root: str | Path, detector: str, bins: int = 10) -> dict:
+    """Boxes of one detector: ``frames`` (annotated so far), ``frames_with_boxes``, ``boxes``,
+    ``boxes_per_frame``, ``per_class`` ({class name: boxes}, most frequent first) and
+    ``score_histogram`` (``bins`` equal bins over [0, 1]: ``edges``, ``counts``)."""
+    detections = load_detections(root, detector)
+    frames = [np.asarray(f, np.float32).reshape(-1, 6) for rows in detections.videos.values() for f in rows]
+    boxes = np.concatenate(frames) if frames else np.zeros((0, 6), np.float32)
+    per_class = np.bincount(boxes[:, 4].astype(np.int64), minlength=len(detections.class_names))
+    counts, edges = np.histogram(boxes[:, 5], bins=bins, range=(0.0, 1.0))
+    return {
+        "frames": len(frames), "frames_with_boxes": sum(len(f) > 0 for f in frames), "boxes": len(boxes),
+        "boxes_per_frame": round(len(boxes) / max(len(frames), 1), 3),
+        "per_class": {detections.class_names[i]: int(per_class[i]) for i in np.argsort(-per_class, kind="stable")
+                      if per_class[i]},
+        "score_histogram": {"edges": [round(float(e), 3) for e in edges], "counts": counts.tolist()},
     }
 
 
@@ -61,6 +83,14 @@ def format_stats(stats: dict) -> str:
         f"  frames  {stats['frames']:>8}   per shot  min {fps_['min']} median {fps_['median']:g} max {fps_['max']}",
         f"  videos with k shots: {at_least}",
     ]
+    for name, d in stats.get("detections", {}).items():
+        top = ", ".join(f"{c} {n}" for c, n in list(d["per_class"].items())[:6])
+        more = f", {len(d['per_class']) - 6} more classes" if len(d["per_class"]) > 6 else ""
+        counts = d["score_histogram"]["counts"]
+        bars = "".join(" ▁▂▃▄▅▆▇█"[round(8 * n / max(max(counts), 1))] for n in counts)
+        lines.append(f"  detections '{name}': {d['boxes']} boxes on {d['frames_with_boxes']}/{d['frames']} frames "
+                     f"({d['boxes_per_frame']:g} per frame); scores 0 |{bars}| 1")
+        lines.append(f"    {top or 'no boxes'}{more}")
     for failure in stats["failures"][:10]:
         lines.append(f"  failed: {failure['source']}: {failure['reason']}")
     if len(stats["failures"]) > 10:
@@ -94,7 +124,7 @@ def render_contact_sheet(root: str | Path, out: str | Path, *, videos: int = 6, 
                 if detections is not None:
                     _draw_boxes(image, detections.frame_boxes(video.key, frame), detections.class_names)
                 x = label_w + col * (tile + gap)
-                row[:tile, x:x + image.shape[1]] = image
+                row[:image.shape[0], x:x + image.shape[1]] = image
             rows.append(row)
         rows.append(np.full((rule, width, 3), (40, 40, 200), np.uint8))   # rule between videos
     sheet = np.concatenate(rows[:-1])

@@ -2,7 +2,9 @@
 
 ``build_detector(spec)`` turns a spec string into a detector; ``detect_dataset`` runs it.
 Specs: ``groundtruth`` (the synthetic world's boxes), ``import:FILE`` (detections computed
-elsewhere, JSON Lines or COCO results). ONNX models and NanoDet follow (issue 6).
+elsewhere, JSON Lines or COCO results), ``onnx:PATH?options`` (any ONNX detector with a declared
+output convention, ``vivi.detect.onnx``) and ``nanodet`` (NanoDet-m, COCO-80, fetched and
+converted once by ``vivi detector fetch nanodet``, ``vivi.detect.nanodet``).
 """
 from __future__ import annotations
 
@@ -12,13 +14,17 @@ from .run import DetectSummary, detect_dataset
 DETECTORS = {
     "groundtruth": "the synthetic world's ground-truth boxes (an oracle; videos made by `vivi synth`)",
     "import:FILE": "detections computed elsewhere: JSON Lines or COCO results (docs/detect.md)",
+    "onnx:PATH?convention=...&classes=...": "an ONNX detector run by onnxruntime; conventions gfl (NanoDet-style "
+                                            "heads) and boxes_scores_labels (docs/detect.md)",
+    "nanodet": "NanoDet-m 416, 80 COCO classes, on the CPU (once: `vivi detector fetch nanodet`)",
 }
 
 
-def build_detector(spec: str, root: str | None = None) -> Detector:
+def build_detector(spec: str, root: str | None = None, *, threads: int | None = None) -> Detector:
     """A detector from its spec string; an unknown spec lists the valid ones.
 
-    ``root`` is the dataset the detector will annotate (imported detections are checked against it).
+    ``root`` is the dataset the detector will annotate (imported detections are checked against it);
+    ``threads`` the intra-op threads of ONNX detectors (default: onnxruntime's, one per core).
     """
     kind, _, argument = spec.partition(":")
     if kind == "groundtruth":
@@ -29,6 +35,12 @@ def build_detector(spec: str, root: str | None = None) -> Detector:
         if root is None:
             raise ValueError("import:FILE needs the dataset it annotates")
         return ImportedDetector(argument, root)
+    if kind == "onnx" and argument:
+        from .onnx import OnnxDetector, parse_onnx_spec
+        return OnnxDetector(*parse_onnx_spec(argument), threads=threads)
+    if spec == "nanodet":
+        from .nanodet import build_nanodet
+        return build_nanodet(threads)
     valid = "; ".join(f"{k}: {v}" for k, v in DETECTORS.items())
     raise ValueError(f"unknown detector {spec!r}; valid detectors: {valid}")
 

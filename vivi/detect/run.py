@@ -54,6 +54,7 @@ def detect_dataset(root: str | Path, detector: Detector, *, max_per_frame: int =
     folder = Path(root) / DETECTIONS_DIR / detector.name
     meta = {"detector": detector.name, "coords": "xyxy_normalized", "class_names": list(detector.class_names),
             "max_per_frame": max_per_frame, "min_score": min_score, "settings": detector.settings()}
+    meta = json.loads(json.dumps(meta))     # as it reads back (tuples become lists), to compare with a stored one
     meta_path = folder / "detector.json"
     if meta_path.exists():
         existing = json.loads(meta_path.read_text())
