@@ -1,18 +1,84 @@
-"""`vivi demo` end to end at the smallest scale: every stage leaves its outputs."""
+"""`vivi demo` end to end at the smallest scale: every stage leaves its outputs, trained methods
+beat random init somewhere, a re-run redoes nothing, other settings in the same folder are refused."""
 from __future__ import annotations
 
 import json
+import time
 
-from vivi.demo import run_demo
+import pytest
+
+from vivi.demo import demo_scale, run_demo, select_methods
+from vivi.demo.summary import ordering
+
+TINY = dict(mode="quick", workers=2, videos=6, seconds=8.0, steps=30, test_size=60, progress=False)
 
 
-def test_demo_produces_every_stage(tmp_path):
-    result = run_demo(tmp_path, quick=True, workers=2, videos=4, seconds=6.0)
-    assert (tmp_path / "world" / "world.json").exists()
-    assert (tmp_path / "world" / "tasks" / "suite.json").exists()
-    assert json.loads((tmp_path / "data" / "manifest.json").read_text())["videos"] == 4
-    assert (tmp_path / "report" / "contact_sheet.png").stat().st_size > 0
-    assert (tmp_path / "data" / "detections" / "groundtruth" / "detector.json").exists()
-    assert result["stats"]["videos"] == 4
-    again = run_demo(tmp_path, quick=True, workers=2, videos=4, seconds=6.0)    # resumes: nothing redone
-    assert again["stats"] == result["stats"]
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    out = tmp_path_factory.mktemp("demo")
+    return out, run_demo(out, **TINY)
+
+
+def test_every_stage_leaves_its_outputs(demo):
+    out, result = demo
+    assert (out / "world" / "world.json").exists() and (out / "world" / "tasks" / "suite.json").exists()
+    assert json.loads((out / "data" / "manifest.json").read_text())["videos"] == 6
+    assert (out / "data" / "detections" / "groundtruth" / "detector.json").exists()
+    for name in ("report.md", "results.json", "means.png", "contact_sheet.png", "per-task/accuracy.png",
+                 "per-task/report.md"):
+        assert (out / "report" / name).stat().st_size > 0, name
+    for method in ("ex-yt-f", "ex-yt-s", "vivi-ex4", "vivi-ex4-obj"):
+        assert (out / "runs" / f"{method}-seed0" / "checkpoints" / "step-0000030.safetensors").exists()
+    assert set(result["methods"]) == {"random", "ex-yt-f", "ex-yt-s", "vivi-ex4", "vivi-ex4-obj"}
+    assert {"synth", "ingest", "train + eval (wall)"} <= set(result["timings"])
+    report = (out / "report" / "report.md").read_text()
+    assert "VIVI-Ex(4) + objects" in report and "The papers' ordering" in report
+
+
+def test_trained_methods_beat_random_init_on_some_task(demo):
+    _, result = demo
+    methods = result["methods"]
+    random = methods["random"]["tasks"]
+    wins = [(name, task) for name, m in methods.items() if name != "random"
+            for task, t in m["tasks"].items() if t["seeds"][0] > random[task]["seeds"][0]]
+    assert wins, "no trained method beat random init on any task"
+
+
+def test_ordering_checks_every_neighbouring_pair(demo):
+    _, result = demo
+    checks = result["ordering"]
+    assert [(c["low"], c["high"]) for c in checks] == [("random", "ex-yt-f"), ("ex-yt-f", "ex-yt-s"),
+                                                         ("ex-yt-s", "vivi-ex4"), ("vivi-ex4", "vivi-ex4-obj")]
+    assert all(c["p_value"] is None for c in checks)          # one seed: no test
+
+
+def test_rerun_redoes_nothing(demo):
+    out, result = demo
+    start = time.perf_counter()
+    again = run_demo(out, **TINY)
+    assert time.perf_counter() - start < 30
+    assert again["methods"] == result["methods"]
+
+
+def test_other_settings_in_the_same_folder_are_refused(demo):
+    out, _ = demo
+    with pytest.raises(ValueError, match="other settings.*steps"):
+        run_demo(out, **{**TINY, "steps": 31})
+
+
+def test_ordering_significance_over_seeds():
+    methods = {"random": {"mean": [0.10, 0.11, 0.12]}, "ex-yt-f": {"mean": [0.20, 0.21, 0.22]},
+               "ex-yt-s": {"mean": [0.19, 0.22, 0.20]}}
+    low_high = {(c["low"], c["high"]): c for c in ordering(methods)}
+    assert low_high[("random", "ex-yt-f")]["significant"] and low_high[("random", "ex-yt-f")]["holds"]
+    assert not low_high[("ex-yt-f", "ex-yt-s")]["significant"]
+
+
+def test_method_selection_and_scales():
+    assert [m.name for m in select_methods(["vivi-ex4"])] == ["random", "vivi-ex4"]
+    assert [m.name for m in select_methods(None, rotation=True)][-2:] == ["rot-yt-f", "vivi-rot4"]
+    with pytest.raises(ValueError, match="unknown demo method"):
+        select_methods(["vivi-ex5"])
+    with pytest.raises(ValueError, match="unknown demo mode"):
+        demo_scale("huge")
+    assert demo_scale("full").seeds >= 3 and demo_scale("quick").steps < demo_scale("default").steps

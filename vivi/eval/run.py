@@ -154,11 +154,25 @@ def _vtab1k_task(encoder, task: Task, config: EvalConfig, units: _Units) -> dict
     return {"test_accuracy": tests, "selected": selected, "val": vals}
 
 
+def _split_features(encoder, splits: dict, config: EvalConfig) -> dict[str, np.ndarray]:
+    """Frozen features of every split, each image encoded once: train800val200 is train800 +
+    val200 in VTAB-1k, so its rows are copied from theirs (matched by image id), not recomputed."""
+    feats: dict[str, np.ndarray] = {}
+    rows: dict[str, np.ndarray] = {}
+    for name in sorted(splits, key=lambda n: n == "train800val200"):    # the union last
+        split = splits[name]
+        if name == "train800val200" and all(i in rows for i in split.ids):
+            feats[name] = np.stack([rows[i] for i in split.ids])
+            continue
+        feats[name] = frozen_features(encoder, split, config.resolution, config.eval_batch_size, config.device)
+        rows.update(zip(split.ids, feats[name]))
+    return feats
+
+
 def _frozen_task(encoder, task: Task, config: EvalConfig, units: _Units) -> dict:
     def compute():
         splits = _LazySplits(task)
-        feats = {s: frozen_features(encoder, splits[s], config.resolution, config.eval_batch_size, config.device)
-                 for s in SPLITS}
+        feats = _split_features(encoder, {s: splits[s] for s in SPLITS}, config)
         labels = {s: splits[s].labels for s in SPLITS}
         if config.protocol == "linear":
             return linear_probe(feats, labels, config.probe_cs, splits.num_classes())

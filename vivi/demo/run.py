@@ -1,0 +1,126 @@
+"""``vivi demo``: the whole pipeline on the synthetic world, on this machine, offline.
+
+synth -> ingest -> detect (the world's ground-truth boxes) -> train every method -> linear probe
+on the world's six downstream tasks -> a results table, ``report/report.md`` and plots.
+
+Every stage skips the work already done, so re-running the same command after an interruption
+(Ctrl-C, a crash, a closed laptop) continues where it stopped. ``OUT/demo.json`` records the
+settings; a re-run with other settings into the same folder stops with an error rather than mix
+results of two settings.
+"""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, replace
+from pathlib import Path
+
+from .jobs import eval_folder, plan_jobs, run_jobs
+from .methods import SCALES, Scale, select_methods
+from .summary import collect, format_ordering, format_table, ordering, table, write_report
+
+STAGES = 6
+
+
+def _stage(i: int, text: str) -> None:
+    print(f"[{i}/{STAGES}] {text}", flush=True)
+
+
+def demo_scale(mode: str = "default", **overrides) -> Scale:
+    """The scale of ``mode`` (quick | default | full) with fields replaced by the non-None ``overrides``."""
+    if mode not in SCALES:
+        raise ValueError(f"unknown demo mode {mode!r}; valid: {', '.join(SCALES)}")
+    return replace(SCALES[mode], **{k: v for k, v in overrides.items() if v is not None})
+
+
+def _check_settings(out: Path, settings: dict) -> None:
+    path = out / "demo.json"
+    if path.exists():
+        previous = json.loads(path.read_text())
+        if previous != settings:
+            changed = sorted(k for k in settings.keys() | previous.keys() if settings.get(k) != previous.get(k))
+            raise ValueError(f"{out} holds a demo run with other settings ({', '.join(changed)} differ; see {path}): "
+                             "use another --out, or delete the folder to start again")
+    out.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(settings, indent=1))
+
+
+def run_demo(out: str | Path = "demo", *, mode: str = "default", workers: int = 2, seed: int = 0,
+             methods: list[str] | None = None, rotation: bool = False, progress: bool = True,
+             **scale_overrides) -> dict:
+    """Run the demo into ``out`` and return its summary (also in ``OUT/report/results.json``).
+
+    mode: ``quick`` (a first look, a few minutes), ``default`` (≤ 15 min on a 2-core CPU) or
+        ``full`` (more steps, three seeds: the significance of the papers' ordering).
+    workers: processes for synth, ingest, and the jobs that train and evaluate side by side.
+    seed: the world's seed. methods: names from ``vivi.demo.METHODS`` (default: the exemplar
+        family); rotation: add the rotation variants.
+    scale_overrides: any :class:`Scale` field (videos, seconds, steps, seeds, test_size), for tests
+        and studies.
+    """
+    from vivi.data.inspect import dataset_stats, format_stats, render_contact_sheet
+    from vivi.detect import build_detector, detect_dataset
+    from vivi.eval.tasks import load_suite
+    from vivi.ingest import IngestConfig, SamplingConfig, ingest
+    from vivi.synth import make_world
+
+    out = Path(out)
+    scale = demo_scale(mode, **scale_overrides)
+    chosen = select_methods(methods, rotation)
+    settings = {"mode": mode, **asdict(scale), "world_seed": seed, "methods": [m.name for m in chosen]}
+    _check_settings(out, settings)
+    timings: dict[str, float] = {}
+    world, data, report = out / "world", out / "data", out / "report"
+
+    t = time.perf_counter()
+    if (world / "world.json").exists():
+        _stage(1, f"synth: {world} exists, kept")
+    else:
+        _stage(1, f"synth: {scale.videos} videos x {scale.seconds:g} s and six downstream tasks -> {world}")
+        make_world(world, videos=scale.videos, seconds=scale.seconds, size=64, seed=seed, workers=workers,
+                   task_test_size=scale.test_size, progress=progress)
+    timings["synth"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    _stage(2, f"ingest: {world / 'videos'} -> {data}")
+    print(ingest([world / "videos"], data, IngestConfig(sampling=SamplingConfig(short_side=64)), workers=workers,
+                 progress=progress))
+    timings["ingest"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    _stage(3, "detect: the world's ground-truth boxes (the oracle detector)")
+    print(detect_dataset(data, build_detector("groundtruth"), progress=progress))
+    report.mkdir(parents=True, exist_ok=True)
+    stats = dataset_stats(data)
+    print(format_stats(stats))
+    render_contact_sheet(data, report / "contact_sheet.png", detector="groundtruth")
+    (report / "dataset.json").write_text(json.dumps(stats, indent=1))
+    timings["detect + inspect"] = time.perf_counter() - t
+
+    suite = load_suite(world)
+    images = len(suite) * (1000 + scale.test_size)        # train800val200 + test of every task
+    jobs = plan_jobs(out, data, world, chosen, scale, eval_images=images)
+    trained = [m.label for m in chosen if m.trained]
+    _stage(4, f"train {', '.join(trained)}: {scale.steps} steps each, {scale.seeds} seed(s); "
+              f"evaluate them and the random-init encoder on {len(suite)} tasks (linear probe), "
+              f"{workers} job(s) at a time")
+    t = time.perf_counter()
+    run_jobs(jobs, scale=scale, data=data, world=world, tasks=len(suite), workers=workers, progress=progress)
+    wall = time.perf_counter() - t
+    work = {stage: sum(j.seconds for j in jobs if j.stage == stage) for stage in ("train", "eval")}
+    timings["train + eval (wall)"] = wall
+    timings["train (summed over jobs)"] = work["train"]
+    timings["eval (summed over jobs)"] = work["eval"]
+
+    _stage(5, "results")
+    results = collect({m: [eval_folder(out, m, s) for s in range(scale.seeds)] for m in chosen})
+    header, rows = table(results)
+    print(format_table(header, rows))
+    print()
+    for line in format_ordering(ordering(results), results):
+        print(line)
+
+    _stage(6, f"report -> {report / 'report.md'}")
+    summary = write_report(results, report, settings=settings, timings=timings)
+    print("time: " + ", ".join(f"{k} {v:.0f} s" for k, v in timings.items()))
+    return {"stats": stats, "timings": timings, **summary}

@@ -1,0 +1,152 @@
+"""The demo's results: per method, the mean over seeds (and its spread) of every task, group and
+the mean over tasks; the papers' ordering tested pair by pair; a table, a report and plots.
+
+Significance: for each neighbouring pair of the claimed order (``methods.CLAIMED_ORDER``) the
+per-seed means over tasks are compared with a one-sided Welch t-test (``vivi.eval.report.welch_test``
+halved in the direction of the claim), alpha = 0.05. With one seed there is no test.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from vivi.eval.report import ALPHA, compare, welch_test
+from vivi.eval.tasks import GROUPS
+
+from .methods import AT_LEAST_PAIRS, CLAIMED_ORDER, Method
+
+
+def collect(evals: dict[Method, list[Path]]) -> dict:
+    """Per method: per-seed accuracies of every task, of every group and of the mean over tasks."""
+    methods = {}
+    for method, folders in evals.items():
+        runs = [json.loads((f / "results.json").read_text()) for f in folders]
+        tasks = {name: {"group": t["group"], "seeds": [r["tasks"][name]["median"] for r in runs]}
+                 for name, t in runs[0]["tasks"].items()}
+        groups = {g: [r["groups"][g] for r in runs] for g in runs[0]["groups"]}
+        methods[method.name] = {"label": method.label, "tasks": tasks, "groups": groups,
+                                "mean": [r["mean"] for r in runs]}
+    return methods
+
+
+def ordering(methods: dict) -> list[dict]:
+    """Each neighbouring pair of the claimed order among the methods run: does it hold?"""
+    present = [m for m in CLAIMED_ORDER if m in methods]
+    out = []
+    for low, high in zip(present, present[1:]):
+        a, b = methods[low]["mean"], methods[high]["mean"]
+        diff = float(np.mean(b) - np.mean(a))
+        at_least = (low, high) in AT_LEAST_PAIRS
+        p = welch_test(b, a)
+        p_one = None if p is None else (p / 2 if diff > 0 else 1 - p / 2)
+        out.append({"low": low, "high": high, "relation": ">=" if at_least else ">", "difference": diff,
+                    "holds": diff >= 0 if at_least else diff > 0, "p_value": p_one,
+                    "significant": p_one is not None and p_one < ALPHA})
+    return out
+
+
+def _cell(values: list[float]) -> str:
+    v = 100 * np.asarray(values)
+    return f"{v.mean():.1f} ± {v.std(ddof=1):.1f}" if len(v) > 1 else f"{v.mean():.1f}"
+
+
+def table(methods: dict) -> tuple[list[str], list[list[str]]]:
+    """Header and rows (strings, %) of the results table: mean, groups, then every task."""
+    first = next(iter(methods.values()))
+    groups = [g for g in GROUPS if g in first["groups"]]
+    tasks = sorted(first["tasks"], key=lambda n: (GROUPS.index(first["tasks"][n]["group"])
+                                                  if first["tasks"][n]["group"] in GROUPS else len(GROUPS)))
+    header = ["method", "mean", *groups, *tasks]
+    rows = [[m["label"], _cell(m["mean"]), *(_cell(m["groups"][g]) for g in groups),
+             *(_cell(m["tasks"][t]["seeds"]) for t in tasks)] for m in methods.values()]
+    return header, rows
+
+
+def format_table(header: list[str], rows: list[list[str]]) -> str:
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    line = lambda r: "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
+    return "\n".join([line(header), line(["-" * w for w in widths]), *map(line, rows)])
+
+
+def format_ordering(checks: list[dict], methods: dict) -> list[str]:
+    lines = []
+    for c in checks:
+        verdict = "holds" if c["holds"] else "does NOT hold"
+        if c["p_value"] is None:
+            test = "no significance test (one seed; `vivi demo --full` runs three)"
+        else:
+            test = f"one-sided Welch p = {c['p_value']:.3g}" + (" (significant)" if c["significant"] else " (not significant)")
+        lines.append(f"{methods[c['high']]['label']} {c['relation']} {methods[c['low']]['label']}: {verdict} "
+                     f"({100 * c['difference']:+.1f} points on the mean; {test})")
+    return lines
+
+
+def plot_means(methods: dict, path: Path) -> Path:
+    """Mean over tasks and per group, one bar per method, error bars = std over seeds."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    first = next(iter(methods.values()))
+    columns = ["mean", *[g for g in GROUPS if g in first["groups"]]]
+    x = np.arange(len(columns))
+    width = 0.8 / len(methods)
+    fig, ax = plt.subplots(figsize=(2 + 1.6 * len(columns), 4))
+    for i, m in enumerate(methods.values()):
+        values = [np.asarray(m["mean"])] + [np.asarray(m["groups"][g]) for g in columns[1:]]
+        ax.bar(x + (i - (len(methods) - 1) / 2) * width, [100 * v.mean() for v in values], width,
+               yerr=[100 * v.std(ddof=1) if len(v) > 1 else 0 for v in values], capsize=3, label=m["label"])
+    ax.set_xticks(x, ["mean over tasks", *columns[1:]])
+    ax.set_ylabel("linear-probe top-1 (%)")
+    seeds = len(first["mean"])
+    ax.set_title(f"synthetic world, {seeds} seed{'s' if seeds > 1 else ''} per method"
+                 + (" (bars: std over seeds)" if seeds > 1 else ""), fontsize=9)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def write_method_results(methods: dict, evals_dir: Path) -> list[Path]:
+    """One ``results.json`` per method with the seeds as repetitions, the input of ``vivi report``."""
+    folders = []
+    for name, m in methods.items():
+        folder = evals_dir / name
+        folder.mkdir(parents=True, exist_ok=True)
+        tasks = {t: {"group": v["group"], "median": float(np.median(v["seeds"])), "test_accuracy": v["seeds"]}
+                 for t, v in m["tasks"].items()}
+        (folder / "results.json").write_text(json.dumps(
+            {"checkpoint": m["label"], "protocol": "linear", "tasks": tasks,
+             "groups": {g: float(np.mean(v)) for g, v in m["groups"].items()}, "mean": float(np.mean(m["mean"]))},
+            indent=1))
+        folders.append(folder)
+    return folders
+
+
+def write_report(methods: dict, out: Path, *, settings: dict, timings: dict) -> dict:
+    """``report.md``, ``results.json``, ``means.png`` and the per-task plots of ``vivi report``."""
+    out.mkdir(parents=True, exist_ok=True)
+    checks = ordering(methods)
+    header, rows = table(methods)
+    compare(write_method_results(methods, out.parent / "evals" / "methods"), out / "per-task")
+    plot_means(methods, out / "means.png")
+    summary = {"settings": settings, "methods": methods, "ordering": checks, "timings": timings}
+    (out / "results.json").write_text(json.dumps(summary, indent=1))
+    seeds = settings["seeds"]
+    md = ["# vivi demo: what the video hierarchy adds, on the synthetic world", "",
+          f"{settings['videos']} videos x {settings['seconds']:g} s, {settings['steps']} training steps per method, "
+          f"{seeds} seed{'s' if seeds > 1 else ''} per method; linear probe on the frozen encoder "
+          f"({settings['eval_resolution']} px, C picked on val200, {settings['test_size']} test images per task).", "",
+          "Top-1 accuracy (%)" + (", mean ± std over seeds" if seeds > 1 else "") + ":", "",
+          "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    md += ["| " + " | ".join(r) + " |" for r in rows]
+    md += ["", "## The papers' ordering", "", *[f"- {line}" for line in format_ordering(checks, methods)], "",
+           "## Where the time went", "", "| stage | seconds |", "|---|---|"]
+    md += [f"| {k} | {v:.0f} |" for k, v in timings.items()]
+    md += ["", "![means](means.png)", "", "Per task: [per-task/report.md](per-task/report.md), "
+           "![accuracy](per-task/accuracy.png)", "", "Frames the methods learned from, with the world's boxes: "
+           "![contact sheet](contact_sheet.png)", ""]
+    (out / "report.md").write_text("\n".join(md))
+    return summary
