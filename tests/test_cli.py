@@ -34,3 +34,11 @@ def test_errors_name_the_problem_and_the_fix(tmp_path):
     assert result.returncode == 2 and "vivi ingest" in result.stderr
     result = vivi("ingest", check=False)
     assert result.returncode == 2 and "usage" in result.stderr
+
+
+def test_demo_flags_are_checked_before_anything_is_written(tmp_path):
+    result = vivi("demo", "--out", tmp_path / "demo", "--methods", "vivi-ex5", check=False)
+    assert result.returncode == 2 and "unknown demo method" in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "demo").exists()
+    result = vivi("demo", "--quick", "--full", check=False)
+    assert result.returncode == 2 and "not allowed with" in result.stderr
