@@ -203,8 +203,12 @@ def test_a_crashing_decoder_process_fails_only_its_video(world):
 
 def test_ctrl_c_with_workers_exits_cleanly_and_resumes(world, tmp_path):
     import os
-    out = tmp_path / "ds"
-    command = [sys.executable, "-m", "vivi.cli", "ingest", str(world / "videos"), "--out", str(out),
+    out, videos = tmp_path / "ds", tmp_path / "videos"
+    videos.mkdir()           # 8 copies of the world's 6 videos: enough work left when Ctrl-C comes, even under load
+    for copy in range(8):
+        for path in sorted((world / "videos").glob("*.mp4")):
+            (videos / f"{copy}-{path.name}").symlink_to(path)
+    command = [sys.executable, "-m", "vivi.cli", "ingest", str(videos), "--out", str(out),
                "--short-side", "64", "--videos-per-shard", "1", "--workers", "2"]
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                                start_new_session=True)
@@ -217,6 +221,6 @@ def test_ctrl_c_with_workers_exits_cleanly_and_resumes(world, tmp_path):
     assert process.returncode == 130 and "run the same command to resume" in err
     subprocess.run(command, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=120)
     reference = tmp_path / "reference"
-    ingest([world / "videos"], reference, IngestConfig(sampling=SamplingConfig(short_side=64), videos_per_shard=1),
+    ingest([videos], reference, IngestConfig(sampling=SamplingConfig(short_side=64), videos_per_shard=1),
            progress=False)
     _assert_same_dataset(reference, out)
