@@ -299,8 +299,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         print(f"vivi {args.command}: interrupted; what was written is kept, run the same command to resume",
-              file=sys.stderr)
-        return 130
+              file=sys.stderr, flush=True)
+        sys.stdout.flush()
+        # Leave now: every file is written atomically, and the interpreter's exit handlers would join
+        # the worker pools' threads, which can wait forever on workers that were interrupted too.
+        os._exit(130)
     return 0
 
 
