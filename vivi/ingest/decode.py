@@ -15,7 +15,7 @@ import cv2
 from av.video.reformatter import VideoReformatter
 import numpy as np
 
-from .shots import CutDetectorConfig, HistogramCutDetector, frame_histogram
+from .shots import CutDetectorConfig, FrameHistogram, HistogramCutDetector
 
 
 class VideoError(Exception):
@@ -97,8 +97,9 @@ def decode_video(path: str | Path, config: SamplingConfig = SamplingConfig(), th
         encode = [int(cv2.IMWRITE_JPEG_QUALITY), int(config.jpeg_quality)]
 
         # One reformatter per output geometry: each keeps its swscale context (switching geometry on
-        # one rebuilds it, ~1 ms). to_420 only serves streams that are not 8-bit 4:2:0 (see shots.py).
-        to_420, to_stored = VideoReformatter(), VideoReformatter()
+        # one rebuilds it, ~1 ms); the histogram keeps its own for streams that are not 8-bit 4:2:0.
+        histogram, to_stored = FrameHistogram(config.cuts.bits, config.histogram_width), VideoReformatter()
+        time_base = float(stream.time_base) if stream.time_base else None
 
         detector = HistogramCutDetector(config.cuts)
         shot_starts_s: list[float] = []
@@ -109,11 +110,12 @@ def decode_video(path: str | Path, config: SamplingConfig = SamplingConfig(), th
         last_t = 0.0
         try:
             for index, frame in enumerate(container.decode(stream)):
-                t = _frame_time(frame, index, fps)
+                pts = frame.pts
+                t = pts * time_base if pts is not None and time_base else index / fps
                 if t0 is None:
                     t0 = t
                 t = t - t0
-                if detector.push(frame_histogram(frame, config.cuts.bits, config.histogram_width, to_420)):
+                if detector.push(histogram(frame)):
                     shot_starts_s.append(t)
                     next_sample = t
                 if t >= next_sample - 1e-6:
@@ -149,12 +151,6 @@ def decode_video(path: str | Path, config: SamplingConfig = SamplingConfig(), th
 def _describe(error: Exception) -> str:
     text = getattr(error, "strerror", None) or str(error)
     return f"{error.__class__.__name__}: {text}"
-
-
-def _frame_time(frame: av.VideoFrame, index: int, fps: float) -> float:
-    """Presentation time in seconds; streams without timestamps fall back to index / fps."""
-    t = frame.time
-    return float(t) if t is not None else index / fps
 
 
 def decode_jpeg(data: bytes) -> np.ndarray:

@@ -37,33 +37,63 @@ class CutDetectorConfig:
     min_shot_frames: int = 4    # no cut within this many frames of the previous one (flashes)
 
 
-def frame_histogram(frame: av.VideoFrame | np.ndarray, bits: int = 4, max_width: int = 32,
-                    reformatter: VideoReformatter | None = None) -> np.ndarray:
-    """Joint Y/Cb/Cr histogram of a frame, ``2**(3*bits)`` bins summing to 1 (see module docstring).
+class FrameHistogram:
+    """Joint Y/Cb/Cr histogram of decoded frames, ``2**(3*bits)`` bins summing to 1 (module docstring).
 
-    ``frame`` is a decoded PyAV frame or an RGB (H, W, 3) uint8 array. Frames that are not
-    8-bit 4:2:0 are first converted to a 4:2:0 thumbnail ``2 * max_width`` pixels wide with
-    ``reformatter`` (pass a long-lived one: it caches its swscale context).
+    One per video: the strided views of the three planes are laid out on the first frame (and
+    again whenever the geometry changes), so that a frame costs one ``calcHist`` and three array
+    headers. Frames that are not 8-bit 4:2:0 are first converted to a 4:2:0 thumbnail
+    ``2 * max_width`` pixels wide (one long-lived swscale context).
     """
+
+    def __init__(self, bits: int = 4, max_width: int = 32):
+        self.bins, self.max_width = 1 << bits, max_width
+        self.reformatter = VideoReformatter()
+        self._size = None             # (width, height, format) of the 4:2:0 frames the views are laid out for
+        self._key = None
+
+    def __call__(self, frame: av.VideoFrame) -> np.ndarray:
+        views = None
+        if self._size is not None and (frame.width, frame.height, frame.format.name) == self._size:
+            try:
+                views = [np.ndarray(shape, np.uint8, plane, 0, strides)
+                         for shape, strides, plane in zip(self._shapes, self._strides, frame.planes)]
+            except (TypeError, ValueError):        # a buffer that does not fit: lay out again
+                views = None
+        if views is None:
+            views = self._layout(frame)
+        hist = cv2.calcHist(views, [0, 1, 2], None, [self.bins] * 3, [0, 256] * 3)
+        return hist.ravel() * self._scale
+
+    def _layout(self, frame: av.VideoFrame) -> list[np.ndarray]:
+        """Views of a frame's planes; sets up the fast path when the frame is 8-bit 4:2:0."""
+        name = frame.format.name
+        direct = name in PLANAR_420
+        if not direct:
+            width = min(frame.width, 2 * self.max_width)
+            height = max(2, round(frame.height * width / frame.width))
+            frame = self.reformatter.reformat(frame, width, height, "yuv420p", threads=1)
+        key = (frame.width, frame.height, tuple(p.line_size for p in frame.planes))
+        if key != self._key:
+            chroma_w, chroma_h = (frame.width + 1) // 2, (frame.height + 1) // 2
+            step = max(1, chroma_w // self.max_width)
+            rows = min(len(range(0, chroma_h, step)), len(range(0, frame.height, 2 * step)))
+            cols = min(len(range(0, chroma_w, step)), len(range(0, frame.width, 2 * step)))
+            lines = key[2]
+            self._shapes = [(rows, cols)] * 3
+            self._strides = [(lines[0] * 2 * step, 2 * step), (lines[1] * step, step), (lines[2] * step, step)]
+            self._scale = np.float32(1.0 / (rows * cols))
+            self._key = key
+        self._size = (frame.width, frame.height, name) if direct else None
+        return [np.ndarray(shape, np.uint8, plane, 0, strides)
+                for shape, strides, plane in zip(self._shapes, self._strides, frame.planes)]
+
+
+def frame_histogram(frame: av.VideoFrame | np.ndarray, bits: int = 4, max_width: int = 32) -> np.ndarray:
+    """The :class:`FrameHistogram` of one frame, a decoded PyAV frame or an RGB (H, W, 3) uint8 array."""
     if isinstance(frame, np.ndarray):
         frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")
-    if frame.format.name not in PLANAR_420:
-        width = min(frame.width, 2 * max_width)
-        height = max(2, round(frame.height * width / frame.width))
-        frame = (reformatter or VideoReformatter()).reformat(frame, width, height, "yuv420p", threads=1)
-    planes = frame.planes
-    chroma_w, chroma_h = (frame.width + 1) // 2, (frame.height + 1) // 2
-    step = max(1, chroma_w // max_width)
-    u = _plane(planes[1])[:chroma_h:step, :chroma_w:step]
-    v = _plane(planes[2])[:chroma_h:step, :chroma_w:step]
-    y = _plane(planes[0])[::2 * step, ::2 * step][:u.shape[0], :u.shape[1]]
-    bins = 1 << bits
-    hist = cv2.calcHist([y, u, v], [0, 1, 2], None, [bins] * 3, [0, 256] * 3)
-    return hist.ravel() * np.float32(1.0 / u.size)
-
-
-def _plane(plane) -> np.ndarray:
-    return np.frombuffer(plane, np.uint8).reshape(-1, plane.line_size)
+    return FrameHistogram(bits, max_width)(frame)
 
 
 def histogram_distance(a: np.ndarray, b: np.ndarray) -> float:
@@ -105,7 +135,9 @@ class HistogramCutDetector:
 def detect_cuts(frames, config: CutDetectorConfig = CutDetectorConfig()) -> list[int]:
     """Frame indices at which shots start (first is 0) for PyAV frames or RGB arrays."""
     detector = HistogramCutDetector(config)
-    reformatter = VideoReformatter()
+    histogram = FrameHistogram(config.bits)
     for frame in frames:
-        detector.push(frame_histogram(frame, config.bits, reformatter=reformatter))
+        if isinstance(frame, np.ndarray):
+            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")
+        detector.push(histogram(frame))
     return detector.shot_starts
