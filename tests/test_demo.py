@@ -82,3 +82,12 @@ def test_method_selection_and_scales():
     with pytest.raises(ValueError, match="unknown demo mode"):
         demo_scale("huge")
     assert demo_scale("full").seeds >= 3 and demo_scale("quick").steps < demo_scale("default").steps
+
+
+def test_at_least_pair_reports_whether_a_shortfall_is_significant():
+    methods = {"vivi-ex4": {"mean": [0.27, 0.28, 0.29]}, "vivi-ex4-obj": {"mean": [0.265, 0.27, 0.285]}}
+    (check,) = ordering(methods)
+    assert check["relation"] == ">=" and not check["holds"] and not check["significantly_worse"]
+    methods["vivi-ex4-obj"]["mean"] = [0.20, 0.21, 0.20]
+    (check,) = ordering(methods)
+    assert check["significantly_worse"] and check["p_worse"] < 0.05

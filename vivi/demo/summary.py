@@ -3,7 +3,8 @@ the mean over tasks; the papers' ordering tested pair by pair; a table, a report
 
 Significance: for each neighbouring pair of the claimed order (``methods.CLAIMED_ORDER``) the
 per-seed means over tasks are compared with a one-sided Welch t-test (``vivi.eval.report.welch_test``
-halved in the direction of the claim), alpha = 0.05. With one seed there is no test.
+halved in the direction of the claim), alpha = 0.05; for the ">=" pair (objects over VIVI) the
+opposite one-sided test says whether a shortfall is significant. With one seed there is no test.
 """
 from __future__ import annotations
 
@@ -41,9 +42,11 @@ def ordering(methods: dict) -> list[dict]:
         at_least = (low, high) in AT_LEAST_PAIRS
         p = welch_test(b, a)
         p_one = None if p is None else (p / 2 if diff > 0 else 1 - p / 2)
+        p_worse = None if p is None else 1 - p_one       # one-sided: high is worse than low
         out.append({"low": low, "high": high, "relation": ">=" if at_least else ">", "difference": diff,
                     "holds": diff >= 0 if at_least else diff > 0, "p_value": p_one,
-                    "significant": p_one is not None and p_one < ALPHA})
+                    "significant": p_one is not None and p_one < ALPHA,
+                    "p_worse": p_worse, "significantly_worse": p_worse is not None and p_worse < ALPHA})
     return out
 
 
@@ -78,6 +81,9 @@ def format_ordering(checks: list[dict], methods: dict) -> list[str]:
             test = "no significance test (one seed; `vivi demo --full` runs three)"
         else:
             test = f"one-sided Welch p = {c['p_value']:.3g}" + (" (significant)" if c["significant"] else " (not significant)")
+            if c["relation"] == ">=" and not c["holds"]:
+                test += (f"; worse with p = {c['p_worse']:.3g}: "
+                         + ("significantly worse" if c["significantly_worse"] else "not significantly worse"))
         lines.append(f"{methods[c['high']]['label']} {c['relation']} {methods[c['low']]['label']}: {verdict} "
                      f"({100 * c['difference']:+.1f} points on the mean; {test})")
     return lines
