@@ -210,8 +210,10 @@ def test_ctrl_c_with_workers_exits_cleanly_and_resumes(world, tmp_path):
             (videos / f"{copy}-{path.name}").symlink_to(path)
     command = [sys.executable, "-m", "vivi.cli", "ingest", str(videos), "--out", str(out),
                "--short-side", "64", "--videos-per-shard", "1", "--workers", "2"]
+    # A terminal's Ctrl-C is never ignored, but a shell's background job inherits SIGINT ignored
+    # (e.g. the test suite started with `cmd &`): give the child the default disposition back.
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                               start_new_session=True)
+                               start_new_session=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 60
     while not (out / "shards" / f"{shard_name(1)}.json").exists():
         assert time.time() < deadline and process.poll() is None, "ingest did not start"
