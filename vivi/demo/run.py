@@ -17,7 +17,7 @@ from pathlib import Path
 
 from .jobs import eval_folder, plan_jobs, run_jobs
 from .methods import SCALES, Scale, select_methods
-from .summary import collect, format_ordering, format_table, ordering, table, write_report
+from .summary import collect, format_ordering, format_table, table, write_report
 
 STAGES = 6
 
@@ -114,13 +114,12 @@ def run_demo(out: str | Path = "demo", *, mode: str = "default", workers: int = 
 
     _stage(5, "results")
     results = collect({m: [eval_folder(out, m, s) for s in range(scale.seeds)] for m in chosen})
-    header, rows = table(results)
-    print(format_table(header, rows))
+    summary = write_report(results, report, settings=settings, timings=timings)
+    print(format_table(*table(results)))
     print()
-    for line in format_ordering(ordering(results), results):
+    for line in format_ordering(summary["ordering"], results):
         print(line)
 
     _stage(6, f"report -> {report / 'report.md'}")
-    summary = write_report(results, report, settings=settings, timings=timings)
     print("time: " + ", ".join(f"{k} {v:.0f} s" for k, v in timings.items()))
     return {"stats": stats, "timings": timings, **summary}
