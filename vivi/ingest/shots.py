@@ -56,8 +56,7 @@ class FrameHistogram:
         views = None
         if self._size is not None and (frame.width, frame.height, frame.format.name) == self._size:
             try:
-                views = [np.ndarray(shape, np.uint8, plane, 0, strides)
-                         for shape, strides, plane in zip(self._shapes, self._strides, frame.planes)]
+                views = self._views(frame)
             except (TypeError, ValueError):        # a buffer that does not fit: lay out again
                 views = None
         if views is None:
@@ -85,15 +84,22 @@ class FrameHistogram:
             self._scale = np.float32(1.0 / (rows * cols))
             self._key = key
         self._size = (frame.width, frame.height, name) if direct else None
+        return self._views(frame)
+
+    def _views(self, frame: av.VideoFrame) -> list[np.ndarray]:
         return [np.ndarray(shape, np.uint8, plane, 0, strides)
                 for shape, strides, plane in zip(self._shapes, self._strides, frame.planes)]
 
 
 def frame_histogram(frame: av.VideoFrame | np.ndarray, bits: int = 4, max_width: int = 32) -> np.ndarray:
     """The :class:`FrameHistogram` of one frame, a decoded PyAV frame or an RGB (H, W, 3) uint8 array."""
+    return FrameHistogram(bits, max_width)(_as_frame(frame))
+
+
+def _as_frame(frame: av.VideoFrame | np.ndarray) -> av.VideoFrame:
     if isinstance(frame, np.ndarray):
-        frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")
-    return FrameHistogram(bits, max_width)(frame)
+        return av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")
+    return frame
 
 
 def histogram_distance(a: np.ndarray, b: np.ndarray) -> float:
@@ -137,7 +143,5 @@ def detect_cuts(frames, config: CutDetectorConfig = CutDetectorConfig()) -> list
     detector = HistogramCutDetector(config)
     histogram = FrameHistogram(config.bits)
     for frame in frames:
-        if isinstance(frame, np.ndarray):
-            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")
-        detector.push(histogram(frame))
+        detector.push(histogram(_as_frame(frame)))
     return detector.shot_starts
