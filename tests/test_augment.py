@@ -18,6 +18,7 @@ from vivi.train.augment import (
     augment_config,
     build_augmentation,
     hsv_noise,
+    linear_color,
     sample_crops,
 )
 
@@ -244,6 +245,61 @@ def test_random_order_follows_tf_orders():
                 op, column = ops[name]
                 x = op(x, params.color[i:i + 1, column])
             torch.testing.assert_close(out[i:i + 1], x.clamp(0, 1), atol=1e-6, rtol=0)
+
+
+def _linear_color_loop(image, brightness, saturation, hue, contrast, order):
+    """One image, pixel by pixel, one operation after the other in ``order`` (no clamping between)."""
+    axis = torch.ones(3, dtype=torch.float64) / math.sqrt(3)
+    angle = 2 * math.pi * hue
+    x = image.double().clone()
+    for name in order:
+        if name == "contrast":                                     # TF adjust_contrast
+            mean = x.mean(dim=(1, 2), keepdim=True)
+            x = (x - mean) * contrast + mean
+            continue
+        for i in range(x.shape[1]):
+            for j in range(x.shape[2]):
+                p = x[:, i, j]
+                grey = p.mean()
+                if name == "brightness":
+                    p = p + brightness
+                elif name == "saturation":                        # towards the pixel's grey
+                    p = grey + saturation * (p - grey)
+                else:                                             # rotate about the grey axis (Rodrigues' vector form)
+                    p = (p * math.cos(angle) + torch.linalg.cross(axis, p) * math.sin(angle)
+                         + axis * (axis @ p) * (1 - math.cos(angle)))
+                x[:, i, j] = p
+    return x.clamp(0, 1).float()
+
+
+def test_linear_color_against_a_per_pixel_loop_in_any_order():
+    g = torch.Generator().manual_seed(0)
+    images = torch.rand(5, 3, 4, 5, generator=g)
+    aug = build_augmentation("synth", size=5)
+    params = aug.sample(5, 4, 5, generator=g).color
+    out = linear_color(images, params)
+    orders = [["brightness", "saturation", "hue", "contrast"], ["contrast", "hue", "saturation", "brightness"],
+              ["hue", "contrast", "brightness", "saturation"]]
+    for i in range(5):
+        for order in orders:                                       # the four operations commute
+            ref = _linear_color_loop(images[i], *params[i, 1:].tolist(), order)
+            torch.testing.assert_close(out[i], ref, atol=1e-5, rtol=0)
+    # closed forms: a third of a turn maps R -> G -> B; a whole turn and the neutral values change nothing;
+    # grey stays grey under hue and saturation
+    rgb = torch.rand(2, 3, 3, 3, generator=g)
+    neutral = torch.tensor([[0.0, 0.0, 1.0, 0.0, 1.0]]).repeat(2, 1)
+    third, whole, grey_out = neutral.clone(), neutral.clone(), neutral.clone()
+    third[:, 3], whole[:, 3] = 1 / 3, 1.0
+    grey_out[:, 2:4] = torch.tensor([1.7, 0.37])
+    torch.testing.assert_close(linear_color(rgb, third), rgb[:, [2, 0, 1]], atol=1e-6, rtol=0)
+    torch.testing.assert_close(linear_color(rgb, whole), rgb, atol=1e-6, rtol=0)
+    torch.testing.assert_close(linear_color(rgb, neutral), rgb, atol=1e-6, rtol=0)
+    grey = rgb.mean(dim=1, keepdim=True).expand(-1, 3, -1, -1)
+    torch.testing.assert_close(linear_color(grey, grey_out), grey, atol=1e-6, rtol=0)
+    # through the module: the synth preset uses it after the crop
+    crop_only, _, _ = build_augmentation("synth", size=5, color="none").apply(images, aug.sample(5, 4, 5, generator=g.manual_seed(1)))
+    full, _, _ = aug.apply(images, aug.sample(5, 4, 5, generator=g.manual_seed(1)))
+    torch.testing.assert_close(full, linear_color(crop_only, aug.sample(5, 4, 5, generator=g.manual_seed(1)).color))
 
 
 def test_autoaugment_runs_deterministically_and_refuses_boxes():

@@ -32,7 +32,10 @@ one of the two orders chosen per image. ``"distort_strong"`` is its ``fast_mode=
 TF's four fixed orders (not all 24 permutations), chosen per image. As in TF, intermediate values
 are not clamped; the result is clamped to [0, 1] once at the end. ``"autoaugment"`` replaces the
 colour distortion by kornia's ImageNet AutoAugment policy, one sub-policy drawn *per image* (TF's
-behaviour; kornia's own module draws one per batch). ``hsv_noise=True`` adds S4L's HSV-space
+behaviour; kornia's own module draws one per batch). ``"linear"`` (vivi's, not the papers'; the
+synthetic world's preset) draws the four parameters of ``"distort_strong"`` and applies them as
+one affine map per image (see :func:`linear_color`): cheap, and the order does not matter.
+``hsv_noise=True`` adds S4L's HSV-space
 randomisation after the colour distortion (see :func:`hsv_noise`); VIVI uses it for co-trained
 models, read here as the labelled-image branch (docs/augment.md discusses the reading).
 
@@ -66,10 +69,10 @@ from vivi.registry import from_registry
 
 __all__ = ["AUGMENTATIONS", "COLORS", "CROPS", "AugmentConfig", "AugmentParams", "FrameAugmentation",
            "adjust_brightness", "adjust_contrast", "adjust_hue", "adjust_saturation", "augment_config",
-           "build_augmentation", "hsv_noise", "sample_crops", "transform_boxes"]
+           "build_augmentation", "hsv_noise", "linear_color", "sample_crops", "transform_boxes"]
 
 CROPS = ("inception", "center", "resize")
-COLORS = ("none", "distort", "distort_strong", "autoaugment")
+COLORS = ("none", "distort", "distort_strong", "linear", "autoaugment")
 
 
 @dataclass(frozen=True)
@@ -85,11 +88,12 @@ class AugmentConfig:
                                           # (torchvision's 10; TF's 100 changes the fallback rate only)
     flip: bool = True                     # random left-right flip with probability 1/2 (SPEC §3)
     color: str = "distort"                # "none", "distort" (brightness + saturation, random order),
-                                          # "distort_strong" (+ hue, contrast) or "autoaugment" (ImageNet policy)
+                                          # "distort_strong" (+ hue, contrast), "linear" (the same four as
+                                          # one affine colour map) or "autoaugment" (ImageNet policy)
     brightness: float = 32 / 255          # distort: delta added to every channel, uniform in [-b, b] (SPEC §3)
     saturation: tuple[float, float] = (0.5, 1.5)  # distort: HSV saturation factor range (SPEC §3)
-    hue: float = 0.2                      # distort_strong: hue delta in turns, uniform in [-h, h] (SPEC §3)
-    contrast: tuple[float, float] = (0.5, 1.5)    # distort_strong: contrast factor range (SPEC §3)
+    hue: float = 0.2                      # distort_strong, linear: hue delta in turns, uniform in [-h, h] (SPEC §3)
+    contrast: tuple[float, float] = (0.5, 1.5)    # distort_strong, linear: contrast factor range (SPEC §3)
     hsv_noise: bool = False               # S4L's HSV randomisation after the colour (VIVI co-training images)
 
     def __post_init__(self):
@@ -115,7 +119,8 @@ AUGMENTATIONS: dict[str, AugmentConfig] = {
     # the synthetic world at 64 px: palettes are drawn per theme/shot and never tell a task's label, so
     # colour must not identify a shot/video -- full hue wheel, wide saturation/contrast; crops keep
     # >= 20 % of the frame so the small objects survive (docs/demo-study.md)
-    "synth": AugmentConfig(area=(0.2, 1.0), color="distort_strong", hue=0.5, saturation=(0.2, 1.8),
+    # (the affine "linear" colour map: the HSV round trips of "distort_strong" cost ~20 % of a tiny step)
+    "synth": AugmentConfig(area=(0.2, 1.0), color="linear", hue=0.5, saturation=(0.2, 1.8),
                            contrast=(0.4, 1.6), brightness=64 / 255),
 }
 
@@ -328,6 +333,34 @@ def _distort_color(images: torch.Tensor, params: torch.Tensor, mode: str) -> tor
     return out.clamp_(0, 1)
 
 
+def linear_color(images: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
+    """Brightness, saturation, hue and contrast as one affine colour map per image (``"linear"``).
+
+    ``params`` are :class:`AugmentParams`'s colour columns (order, brightness delta, saturation
+    factor, hue delta in turns, contrast factor). Hue turns the RGB cube about its grey axis
+    n = (1, 1, 1)/sqrt(3) by 2 pi delta (Rodrigues: ``R = cos I + sin [n]x + (1 - cos) n n^T``; a
+    third of a turn maps R -> G -> B exactly); saturation moves every pixel towards its grey
+    ``(r + g + b)/3`` by ``S = s I + (1 - s) n n^T``; contrast scales around the per-channel spatial
+    mean as TF's ``adjust_contrast``; brightness adds a delta to every channel. All four commute
+    (each fixes the grey axis and is a polynomial in the same rotation), so with no clamping in
+    between the order is immaterial and the whole distortion is
+    ``L (c x + (1 - c) mean(x)) + delta`` with ``L = R S``, clamped to [0, 1] once.
+    """
+    B = images.shape[0]
+    turn = 2 * math.pi * params[:, 3]
+    cos, sin = torch.cos(turn).reshape(B, 1, 1), torch.sin(turn).reshape(B, 1, 1)
+    eye = torch.eye(3, dtype=images.dtype, device=images.device)
+    grey = torch.full((3, 3), 1 / 3, dtype=images.dtype, device=images.device)     # n n^T
+    cross = torch.tensor([[0.0, -1.0, 1.0], [1.0, 0.0, -1.0], [-1.0, 1.0, 0.0]],
+                         dtype=images.dtype, device=images.device) / math.sqrt(3)   # [n]x
+    rotate = cos * eye + sin * cross + (1 - cos) * grey
+    saturate = _per_image(params[:, 2]).squeeze(-1) * (eye - grey) + grey
+    contrast = _per_image(params[:, 4])
+    x = torch.lerp(images.mean(dim=(2, 3), keepdim=True), images, contrast)
+    out = torch.bmm(rotate @ saturate, x.flatten(2)).view_as(images)
+    return out.add_(_per_image(params[:, 1])).clamp_(0, 1)
+
+
 def hsv_noise(images: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
     """S4L's HSV randomisation (google-research/s4l ``preprocess.get_hsvnoise_preprocess``).
 
@@ -406,17 +439,29 @@ class FrameAugmentation(nn.Module):
         return params
 
     def apply(self, images: torch.Tensor, params: AugmentParams, boxes: torch.Tensor | None = None,
-              valid: torch.Tensor | None = None):
-        """Augment a (B, 3, H, W) float32 batch with drawn ``params``; see :meth:`forward`."""
+              valid: torch.Tensor | None = None, *, scale: float = 1.0):
+        """Augment a (B, 3, H, W) float32 batch with drawn ``params``; see :meth:`forward`.
+
+        ``scale`` multiplies the images after resampling (:meth:`forward` passes 1/255 for uint8
+        frames): bilinear resampling is linear, so scaling its smaller output is the same as
+        scaling the input first, up to float rounding, and costs a fraction of it.
+        """
         c = self.config
         if boxes is not None and c.color == "autoaugment":
             raise ValueError("boxes cannot follow AutoAugment's rotate/shear operations; use color='distort' "
                              "(the object-centric paper's augmentation) when training with boxes")
         H, W = images.shape[-2:]
         identity = c.crop == "resize" and (H, W) == (c.size, c.size) and not c.flip
-        out = images if identity else _crop_resize_flip(images, params.crop, params.flip, c.size)
+        if identity:
+            out = images * scale if scale != 1.0 else images
+        else:
+            out = _crop_resize_flip(images, params.crop, params.flip, c.size)
+            if scale != 1.0:
+                out.mul_(scale)
         if c.color in _ORDERS:
             out = _distort_color(out, params.color, c.color)
+        elif c.color == "linear":
+            out = linear_color(out, params.color)
         elif c.color == "autoaugment":
             out = self._autoaugment(out, params)
         if c.hsv_noise:
@@ -448,7 +493,8 @@ class FrameAugmentation(nn.Module):
             generator = torch.Generator(device=images.device).manual_seed(seed)
         lead, (H, W) = images.shape[:-3], images.shape[-2:]
         x = images.reshape(-1, 3, H, W)
-        x = x.float() / 255 if x.dtype == torch.uint8 else x.float()
+        scale = 1 / 255 if x.dtype == torch.uint8 else 1.0
+        x = x.float()
         if boxes is not None:
             if boxes.shape[:-2] != lead or boxes.shape[-1] != 4:
                 raise ValueError(f"boxes must be (..., M, 4) with the images' leading shape {tuple(lead)}, "
@@ -457,7 +503,7 @@ class FrameAugmentation(nn.Module):
             boxes = boxes.reshape(-1, m, 4)
             valid = None if valid is None else valid.reshape(-1, m)
         params = self.sample(x.shape[0], H, W, x.device, generator)
-        out, boxes, valid = self.apply(x, params, boxes, valid)
+        out, boxes, valid = self.apply(x, params, boxes, valid, scale=scale)
         out = out.reshape(*lead, 3, out.shape[-2], out.shape[-1])
         if boxes is not None:
             boxes, valid = boxes.reshape(*lead, -1, 4), valid.reshape(*lead, -1)
