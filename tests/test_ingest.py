@@ -226,3 +226,71 @@ def test_ctrl_c_with_workers_exits_cleanly_and_resumes(world, tmp_path):
     ingest([videos], reference, IngestConfig(sampling=SamplingConfig(short_side=64), videos_per_shard=1),
            progress=False)
     _assert_same_dataset(reference, out)
+
+
+def _every_frame_cuts(frames, config=None) -> list[int]:
+    """Reference: the cut rule with every frame's histogram built (no pre-filter, no batches)."""
+    from vivi.ingest.shots import CutDetectorConfig, ColourSamples, histogram_distance, sample_histogram
+    config = config or CutDetectorConfig()
+    samples = ColourSamples()
+    hists = [sample_histogram(samples.one(frame), config.bits) for frame in frames]
+    starts = [0]
+    for t in range(1, len(hists)):
+        if (histogram_distance(hists[t], hists[t - 1]) > config.threshold
+                and t - starts[-1] >= config.min_shot_frames):
+            starts.append(t)
+    return starts
+
+
+def test_batched_prefiltered_detector_equals_every_frame_histograms(tmp_path):
+    # Hard cases for the pre-filter (only frames whose sample bins changed on >= 40% of positions
+    # get histograms): noise (every frame a candidate), flashes shorter than min_shot_frames, a
+    # fade crossing the threshold gradually, and cuts on and next to batch boundaries.
+    import av
+    from vivi.ingest.shots import MAX_BATCH
+    rng = np.random.default_rng(0)
+    colours = [rng.integers(0, 256, 3) for _ in range(8)]
+    frames = []
+    for shot, length in enumerate([MAX_BATCH, 1, MAX_BATCH - 1, 2, 3, MAX_BATCH + 1, 5]):
+        frames += [np.broadcast_to(colours[shot], (48, 64, 3)) for _ in range(length)]
+    frames += [rng.integers(0, 256, (48, 64, 3)) for _ in range(20)]                      # noise
+    frames += [np.full((48, 64, 3), round(255 * t / 30)) for t in range(31)]             # fade
+    frames = np.array(frames, np.uint8)
+    path = write_video(tmp_path / "hard.mp4", frames)
+    with av.open(str(path)) as container:
+        decoded = list(container.decode(video=0))
+    expected = _every_frame_cuts(decoded)
+    assert len(expected) > 8
+    assert detect_cuts(decoded) == expected
+    assert decode_video(path).shot_starts == expected
+    assert detect_cuts(frames) == _every_frame_cuts([av.VideoFrame.from_ndarray(f, format="rgb24") for f in frames])
+
+
+def test_detector_handles_frame_size_changes_within_a_batch():
+    import av
+    frames = ([np.full((32, 32, 3), (200, 30, 30), np.uint8)] * 5 + [np.full((48, 32, 3), (200, 30, 30), np.uint8)] * 5
+              + [np.full((48, 32, 3), (30, 30, 200), np.uint8)] * 5)
+    assert detect_cuts(frames) == [0, 10]
+    yuv = [av.VideoFrame.from_ndarray(f, format="rgb24").reformat(format="yuv420p") for f in frames]
+    assert detect_cuts(yuv) == _every_frame_cuts(yuv) == [0, 10]
+
+
+def test_tar_writer_matches_tarfile_byte_for_byte(tmp_path):
+    import io
+    import tarfile
+    from vivi.ingest import shards
+    members = [("v0000001.json", b"{}"), ("v0000001.f0000.jpg", bytes(range(256)) * 3), ("empty", b""),
+               ("x" * 100, b"a" * 512), ("folder/" * 20 + "long-name.jpg", b"b" * 513)]
+    expected = io.BytesIO()
+    with tarfile.open(fileobj=expected, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            info.size, info.mtime, info.mode = len(data), 0, 0o644
+            tar.addfile(info, io.BytesIO(data))
+    written = io.BytesIO()
+    writer = shards._TarWriter(written)
+    offsets = [writer.add(name, data) for name, data in members]
+    assert writer.close() == len(written.getvalue())
+    assert written.getvalue() == expected.getvalue()
+    for (offset, size), (_, data) in zip(offsets, members):
+        assert written.getvalue()[offset:offset + size] == data

@@ -1,9 +1,11 @@
 """One decode pass over a video with PyAV: shot cuts at the native frame rate, frames sampled in shots.
 
 Every frame has to be decoded once (the cut detector looks at all of them, so that short shots are
-not lost); everything else is kept off the per-frame path. The detector reads a histogram straight
-off the decoded Y/Cb/Cr planes (no colour conversion), and only the frames sampled for the
-dataset (1 Hz by default) are converted, resized to the stored size and JPEG-encoded.
+not lost); everything else is kept off the per-frame path. Decoded frames are handled in small
+batches: the detector reads their colour samples straight off the decoded Y/Cb/Cr planes (no
+colour conversion) with a few array operations per batch (``shots.py``), then the sampler walks
+the batch's time stamps, and only the frames sampled for the dataset (1 Hz by default) are
+converted, resized to the stored size and JPEG-encoded.
 """
 from __future__ import annotations
 
@@ -15,7 +17,7 @@ import cv2
 from av.video.reformatter import VideoReformatter
 import numpy as np
 
-from .shots import CutDetectorConfig, FrameHistogram, HistogramCutDetector
+from .shots import ColourSamples, CutDetectorConfig, HistogramCutDetector, batch_size
 
 
 class VideoError(Exception):
@@ -93,59 +95,104 @@ def decode_video(path: str | Path, config: SamplingConfig = SamplingConfig(), th
         else:
             stream.thread_type, stream.thread_count = "AUTO", threads
         out_h, out_w = stored_size(width, height, config.short_side)
-        period = 1.0 / config.sample_fps
-        encode = [int(cv2.IMWRITE_JPEG_QUALITY), int(config.jpeg_quality)]
-
-        # One reformatter per output geometry: each keeps its swscale context (switching geometry on
-        # one rebuilds it, ~1 ms); the histogram keeps its own for streams that are not 8-bit 4:2:0.
-        histogram, to_stored = FrameHistogram(config.cuts.bits, config.histogram_width), VideoReformatter()
-        time_base = float(stream.time_base) if stream.time_base else None
-
-        detector = HistogramCutDetector(config.cuts)
-        shot_starts_s: list[float] = []
-        times, native, shots, jpegs = [], [], [], []
-        t0 = None
-        next_sample = 0.0
+        # The sampled frames have their own reformatter: each keeps its swscale context (switching
+        # geometry on one rebuilds it, ~1 ms); the detector's samples keep theirs for other formats.
+        sampler = _Sampler(out_w, out_h, 1.0 / config.sample_fps, config.jpeg_quality,
+                           float(stream.time_base) if stream.time_base else None, fps)
+        samples, detector = ColourSamples(config.histogram_width), HistogramCutDetector(config.cuts)
+        size = batch_size(width, height)
+        batch: list[av.VideoFrame] = []
         index = -1
-        last_t = 0.0
         try:
+            # Frames are taken in batches (shots.py: the detector's cost is per batch, not per frame).
             for index, frame in enumerate(container.decode(stream)):
-                pts = frame.pts
-                t = pts * time_base if pts is not None and time_base else index / fps
-                if t0 is None:
-                    t0 = t
-                t = t - t0
-                if detector.push(histogram(frame)):
-                    shot_starts_s.append(t)
-                    next_sample = t
-                if t >= next_sample - 1e-6:
-                    bgr = to_stored.reformat(frame, out_w, out_h, "bgr24", interpolation="AREA",
-                                             threads=1).to_ndarray()
-                    ok, data = cv2.imencode(".jpg", bgr, encode)
-                    if not ok:
-                        raise VideoError(f"JPEG encoding failed at frame {index}")
-                    jpegs.append(data.tobytes())
-                    times.append(round(t, 6))
-                    native.append(index)
-                    shots.append(len(shot_starts_s) - 1)
-                    while next_sample <= t + 1e-6:
-                        next_sample += period
-                last_t = t
+                batch.append(frame)
+                if len(batch) == size:
+                    sampler.add(batch, _shot_starts(samples, detector, batch))
+                    batch = []
+            if batch:
+                sampler.add(batch, _shot_starts(samples, detector, batch))
         except av.error.FFmpegError as error:
             raise VideoError(f"decoding failed after {index + 1} frames: the file may be truncated or corrupt "
                              f"({_describe(error)})") from None
         if index < 0:
             raise VideoError("zero-length video: no frame could be decoded")
         declared = container.duration / av.time_base if container.duration else None
+        last_t = sampler.last_t
         decoded = last_t + 1.0 / fps
         if declared and decoded < 0.9 * declared - 1.0 / fps:
             raise VideoError(f"truncated: decoded {decoded:.2f} s of the {declared:.2f} s the container declares")
     return DecodedVideo(
         fps=fps, width=width, height=height, num_native_frames=index + 1,
         duration_s=round(last_t + 1.0 / fps, 6),
-        shot_starts=list(detector.shot_starts), shot_starts_s=[round(s, 6) for s in shot_starts_s],
-        frame_times_s=times, frame_native_index=native, frame_shot=shots,
-        frame_size=(out_h, out_w), jpegs=jpegs)
+        shot_starts=list(detector.shot_starts), shot_starts_s=[round(s, 6) for s in sampler.shot_starts_s],
+        frame_times_s=sampler.times, frame_native_index=sampler.native, frame_shot=sampler.shots,
+        frame_size=(out_h, out_w), jpegs=sampler.jpegs)
+
+
+def _shot_starts(samples: ColourSamples, detector: HistogramCutDetector, batch: list) -> set[int]:
+    """Indices in ``batch`` of the frames that start a shot."""
+    return {first + k for first, run in samples(batch) for k in detector.push(run)}
+
+
+class _Sampler:
+    """Sampling inside shots (see :func:`decode_video`), JPEG-encoding the frames it keeps.
+
+    ``add(batch, starts)`` takes the next decoded frames and which of them start a shot. Only
+    the kept frames are converted (one swscale call to the stored size and BGR) and encoded.
+    """
+
+    def __init__(self, out_w: int, out_h: int, period: float, quality: int, time_base: float | None, fps: float):
+        self.out_w, self.out_h, self.period, self.time_base, self.fps = out_w, out_h, period, time_base, fps
+        self.encode = [int(cv2.IMWRITE_JPEG_QUALITY), int(quality)]
+        self.to_stored = VideoReformatter()
+        self.index = 0                # native index of the next frame
+        self.t0: float | None = None
+        self.next_sample = 0.0
+        self.last_t = 0.0
+        self.shot_starts_s: list[float] = []
+        self.times: list[float] = []
+        self.native: list[int] = []
+        self.shots: list[int] = []
+        self.jpegs: list[bytes] = []
+
+    def add(self, batch: list[av.VideoFrame], starts: set[int]) -> None:
+        times = self._times(batch)
+        threshold = self.next_sample - 1e-6
+        for k, t in enumerate(times):
+            if k in starts:
+                self.shot_starts_s.append(t)
+                self.next_sample, threshold = t, t - 1e-6
+            if t >= threshold:
+                self._keep(batch[k], self.index + k, t)
+                while self.next_sample <= t + 1e-6:
+                    self.next_sample += self.period
+                threshold = self.next_sample - 1e-6
+        self.index += len(batch)
+        self.last_t = times[-1]
+
+    def _times(self, batch: list[av.VideoFrame]) -> list[float]:
+        """Seconds from the first frame: from pts, or from the frame index where pts is missing."""
+        base, first = self.time_base, self.index
+        if base:
+            times = [f.pts * base if f.pts is not None else (first + k) / self.fps for k, f in enumerate(batch)]
+        else:
+            times = [(first + k) / self.fps for k in range(len(batch))]
+        if self.t0 is None:
+            self.t0 = times[0]
+        t0 = self.t0
+        return [t - t0 for t in times]
+
+    def _keep(self, frame: av.VideoFrame, index: int, t: float) -> None:
+        bgr = self.to_stored.reformat(frame, self.out_w, self.out_h, "bgr24", interpolation="AREA",
+                                      threads=1).to_ndarray()
+        ok, data = cv2.imencode(".jpg", bgr, self.encode)
+        if not ok:
+            raise VideoError(f"JPEG encoding failed at frame {index}")
+        self.jpegs.append(data.tobytes())
+        self.times.append(round(t, 6))
+        self.native.append(index)
+        self.shots.append(len(self.shot_starts_s) - 1)
 
 
 def _describe(error: Exception) -> str:

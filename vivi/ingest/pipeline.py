@@ -14,7 +14,7 @@ import multiprocessing
 import os
 import time
 from collections import Counter, deque
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -97,7 +97,12 @@ def expand_inputs(inputs: list[str | Path]) -> list[Path]:
     return sorted(found)
 
 
-def _check_plan(out: Path, plan: dict) -> None:
+def _check_plan(out: Path, plan: dict) -> Future:
+    """Check ``plan`` against the dataset's plan.json, or write it if there is none.
+
+    A new plan is written in a background thread (its fsync, a few ms, overlaps the decoding of
+    the first videos): the returned future must be waited on before a shard is written.
+    """
     path = out / "plan.json"
     if path.exists():
         existing = json.loads(path.read_text())
@@ -105,9 +110,14 @@ def _check_plan(out: Path, plan: dict) -> None:
             what = "input videos" if existing.get("inputs") != plan["inputs"] else "ingest settings"
             raise ValueError(f"{out} already holds a dataset planned with other {what}; "
                              "pass a new --out folder (or delete this one) to ingest a different collection")
-    else:
-        out.mkdir(parents=True, exist_ok=True)
-        shards.write_json_atomic(path, plan)
+        done: Future = Future()
+        done.set_result(None)
+        return done
+    out.mkdir(parents=True, exist_ok=True)
+    pool = ThreadPoolExecutor(1, thread_name_prefix="vivi-plan")
+    written = pool.submit(shards.write_json_atomic, path, plan)
+    pool.shutdown(wait=False)
+    return written
 
 
 def _ingest_one(job: tuple[int, str, SamplingConfig, int]) -> tuple[int, dict | None, list[bytes], str | None]:
@@ -145,7 +155,7 @@ def ingest(inputs: list[str | Path], out: str | Path, config: IngestConfig = Ing
         raise ValueError(f"no video files found in {', '.join(map(str, inputs))} "
                          f"(extensions looked for: {' '.join(sorted(VIDEO_EXTENSIONS))})")
     plan = {"version": PLAN_VERSION, "config": asdict(config), "inputs": sources}
-    _check_plan(out, plan)
+    plan_written = _check_plan(out, plan)
 
     per_shard = config.videos_per_shard
     num_shards = (len(sources) + per_shard - 1) // per_shard
@@ -170,11 +180,13 @@ def ingest(inputs: list[str | Path], out: str | Path, config: IngestConfig = Ing
             bar.set_postfix_str(f"{native_frames / max(bar.format_dict['elapsed'], 1e-9):.0f} frames/s decoded",
                                 refresh=False)
             if len(pending[j]) == min((j + 1) * per_shard, len(sources)) - j * per_shard:
+                plan_written.result()       # no shard before its plan
                 _write_shard(out, j, sorted(pending.pop(j), key=lambda r: r[0]), sources)
     finally:
         bar.close()
         if hasattr(results, "close"):
             results.close()
+    plan_written.result()
     summary = finalize(out, config.min_shots)
     summary.shards_written, summary.shards_skipped = len(todo), len(mine) - len(todo)
     summary.seconds = time.perf_counter() - start
@@ -272,8 +284,8 @@ def finalize(out: str | Path, min_shots: int = IngestConfig.min_shots) -> Ingest
     out = Path(out)
     manifest = collect(out)
     failures = manifest.pop("failures")
-    shards.write_json_atomic(out / "manifest.json", manifest)
-    shards.write_atomic(out / "failures.jsonl", "".join(json.dumps(f) + "\n" for f in failures).encode())
+    shards.write_all_atomic([(out / "manifest.json", (json.dumps(manifest, indent=1) + "\n").encode()),
+                             (out / "failures.jsonl", "".join(json.dumps(f) + "\n" for f in failures).encode())])
     return IngestSummary(
         out=out, videos_planned=manifest["videos_planned"], shards_planned=manifest["shards_planned"],
         shards_done=manifest["shards_done"], shards_written=0, shards_skipped=0, videos=manifest["videos"],

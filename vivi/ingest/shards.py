@@ -9,17 +9,24 @@ A dataset folder holds::
     manifest.json                  totals and per-video summary, rebuilt from the shard indices
     failures.jsonl                 one line per video that could not be ingested, with the reason
 
-A shard is complete exactly when its index exists: the tar is written to a temporary name,
-flushed to disk and renamed, then the index likewise. A crash leaves at worst a ``.tmp`` file or
-a tar without an index, which the next run rewrites; never a truncated shard that looks complete.
+A shard is complete exactly when its index exists: the tar and the index are written to
+temporary names and flushed to disk, then the tar is renamed, then the index. A crash leaves at
+worst ``.tmp`` files or a tar without an index, which the next run rewrites; never a truncated
+shard that looks complete.
 Member headers carry no time stamps or owners, so a shard's bytes depend only on its content.
+
+The tar is written directly (:func:`member_header`) rather than through ``tarfile``: the bytes are
+the same as ``tarfile``'s USTAR output, but building a header costs ~1 us instead of ~40 us, which
+matters at one member per stored frame. The shard index is compact JSON (the C encoder; an
+indented dump goes through the pure-Python one, ~10x slower for a shard of records).
 """
 from __future__ import annotations
 
-import io
 import json
 import os
+import struct
 import tarfile
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -40,25 +47,98 @@ def frame_member(key: str, frame: int) -> str:
 
 def write_atomic(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` through a temporary file, fsync and rename."""
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    write_all_atomic([(path, data)])
+
+
+def write_all_atomic(files: list[tuple[Path, bytes]]) -> None:
+    """Write several files through temporary files, then rename them in the order given.
+
+    Every file is on disk (fsync) before the first rename, so when a file appears, it and every
+    file before it are complete. The fsyncs run concurrently: they then share one journal commit
+    (one fsync's ~4 ms instead of one per file, a large part of a short ingest's time).
+    """
+    tmps = [_tmp_name(path) for path, _ in files]
+    for tmp, (_, data) in zip(tmps, files):
+        with open(tmp, "wb") as f:
+            f.write(data)
+    replace_durably(list(zip(tmps, [path for path, _ in files])))
+
+
+def replace_durably(renames: list[tuple[Path, Path]]) -> None:
+    """fsync the written files ``tmp`` (all at once), then ``os.replace(tmp, path)`` in order."""
+    if len(renames) == 1:
+        _fsync(renames[0][0])
+    else:
+        with ThreadPoolExecutor(len(renames)) as pool:
+            list(pool.map(_fsync, [tmp for tmp, _ in renames]))
+    for tmp, path in renames:
+        os.replace(tmp, path)
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _tmp_name(path: Path) -> Path:
+    return path.with_name(path.name + ".tmp")
 
 
 def write_json_atomic(path: Path, obj: Any) -> None:
     write_atomic(path, (json.dumps(obj, indent=1) + "\n").encode())
 
 
-def _add(tar: tarfile.TarFile, name: str, data: bytes) -> list[int]:
-    """Append one member; return [offset of its data, size] in the tar."""
-    info = tarfile.TarInfo(name)
-    info.size, info.mtime, info.mode = len(data), 0, 0o644
-    offset = tar.offset + len(info.tobuf(tar.format, tar.encoding, tar.errors))
-    tar.addfile(info, io.BytesIO(data))
-    return [offset, len(data)]
+# USTAR header: name, mode, uid, gid, size, mtime, checksum, type, linkname, magic+version,
+# uname, gname, devmajor, devminor, prefix, padding to 512 bytes (what tarfile writes).
+_USTAR = struct.Struct("100s8s8s8s12s12s8sc100s8s32s32s8s8s155s12x")
+_FIXED = dict(mode=b"0000644\0", owner=b"0000000\0", mtime=b"00000000000\0", magic=tarfile.POSIX_MAGIC)
+# Checksum of a header with an empty name and size field and the checksum field as 8 spaces: a
+# member's checksum adds the bytes of its name and size field.
+_CHECKSUM_BASE = sum(_USTAR.pack(b"", _FIXED["mode"], _FIXED["owner"], _FIXED["owner"], b"", _FIXED["mtime"],
+                                 b" " * 8, tarfile.REGTYPE, b"", _FIXED["magic"], b"", b"", b"", b"", b""))
+_BLOCK, _RECORD = tarfile.BLOCKSIZE, tarfile.RECORDSIZE
+
+
+def member_header(name: str, size: int) -> bytes:
+    """The 512-byte USTAR header of a regular file (mode 644, no owner, mtime 0), as tarfile writes it."""
+    encoded = name.encode("utf-8", "surrogateescape")
+    if len(encoded) > 100 or size >= 8 ** 11:     # a long name or a huge file: tarfile knows the rules
+        info = tarfile.TarInfo(name)
+        info.size, info.mtime, info.mode = size, 0, 0o644
+        return info.tobuf(tarfile.USTAR_FORMAT, "utf-8", "surrogateescape")
+    size_field = b"%011o\0" % size
+    checksum = _CHECKSUM_BASE + sum(encoded) + sum(size_field)
+    return _USTAR.pack(encoded, _FIXED["mode"], _FIXED["owner"], _FIXED["owner"], size_field, _FIXED["mtime"],
+                       b"%06o\0 " % checksum, tarfile.REGTYPE, b"", _FIXED["magic"], b"", b"", b"", b"", b"")
+
+
+class _TarWriter:
+    """Appends regular-file members to an open binary file; ``close`` ends the archive like tarfile."""
+
+    def __init__(self, file):
+        self.file, self.offset = file, 0
+
+    def add(self, name: str, data: bytes) -> list[int]:
+        """Append one member; return [offset of its data, size] in the tar."""
+        header = member_header(name, len(data))
+        self.file.write(header)
+        self.file.write(data)
+        padding = -len(data) % _BLOCK
+        if padding:
+            self.file.write(bytes(padding))
+        start = self.offset + len(header)
+        self.offset = start + len(data) + padding
+        return [start, len(data)]
+
+    def close(self) -> int:
+        """End the archive (two zero blocks, then zeros up to a whole record); return its size."""
+        end = self.offset + 2 * _BLOCK
+        self.file.write(bytes(2 * _BLOCK + -end % _RECORD))
+        self.offset = end + -end % _RECORD
+        return self.offset
 
 
 def write_shard(root: Path, index: int, samples: list[tuple[dict, list[bytes]]], failures: list[dict]) -> dict:
@@ -70,22 +150,21 @@ def write_shard(root: Path, index: int, samples: list[tuple[dict, list[bytes]]],
     folder = root / SHARD_DIR
     folder.mkdir(parents=True, exist_ok=True)
     name = shard_name(index)
-    tar_path = folder / f"{name}.tar"
-    tmp = tar_path.with_name(tar_path.name + ".tmp")
+    tar_path, index_path = folder / f"{name}.tar", folder / f"{name}.json"
     videos = []
-    with open(tmp, "wb") as f:
-        with tarfile.open(fileobj=f, mode="w", format=tarfile.USTAR_FORMAT) as tar:
-            for record, jpegs in samples:
-                key = record["key"]
-                record_member = _add(tar, f"{key}.json", json.dumps(record, sort_keys=True).encode())
-                frame_members = [_add(tar, frame_member(key, i), data) for i, data in enumerate(jpegs)]
-                videos.append({**record, "record_member": record_member, "frame_members": frame_members})
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, tar_path)
-    shard_index = {"shard": f"{SHARD_DIR}/{name}.tar", "bytes": tar_path.stat().st_size,
-                   "videos": videos, "failures": failures}
-    write_json_atomic(folder / f"{name}.json", shard_index)
+    with open(_tmp_name(tar_path), "wb") as f:
+        tar = _TarWriter(f)
+        for record, jpegs in samples:
+            key = record["key"]
+            record_member = tar.add(f"{key}.json", json.dumps(record, sort_keys=True).encode())
+            frame_members = [tar.add(frame_member(key, i), data) for i, data in enumerate(jpegs)]
+            videos.append({**record, "record_member": record_member, "frame_members": frame_members})
+        size = tar.close()
+    shard_index = {"shard": f"{SHARD_DIR}/{name}.tar", "bytes": size, "videos": videos, "failures": failures}
+    with open(_tmp_name(index_path), "wb") as f:
+        f.write((json.dumps(shard_index) + "\n").encode())
+    # The tar is renamed before the index: an index never names a tar that is not all there.
+    replace_durably([(_tmp_name(tar_path), tar_path), (_tmp_name(index_path), index_path)])
     return shard_index
 
 
