@@ -255,7 +255,7 @@ def test_synthetic_world_tasks_folder_is_a_suite(tmp_path):
     from vivi.synth import make_world
     make_world(tmp_path / "w", videos=1, seconds=2, tasks=True, task_test_size=12, progress=False, workers=1)
     tasks = load_suite(tmp_path / "w")
-    assert [t.name for t in tasks][:2] == ["object_class", "background"] and tasks[0].num_classes == 12
+    assert [t.name for t in tasks][:2] == ["object_class", "background"] and tasks[0].num_classes == 10
     split = load_split(tasks[0], "test")
     assert len(split) == 12 and split.batch([0, 1], 32).shape == (2, 3, 32, 32)
     digits = load_split(load_suite(_digits_suite(tmp_path))[0], "test")

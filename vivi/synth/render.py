@@ -79,8 +79,8 @@ def _object_layer(track: ObjectTrack, wx, wy, frames: slice):
     distance = SHAPE_SDF[track.class_id](u_shape, v_shape)
     # Distance in pixels, to first order: divide by the gradient magnitude measured on the pixel
     # grid. Exact along straight edges and close along curved ones whatever the rotation,
-    # stretch, shear and zoom, and it also corrects the approximate distance functions (ellipse,
-    # polygon corners), so every edge gets the same one-pixel anti-aliasing ramp.
+    # stretch, shear and zoom, and it also corrects the approximate distance functions (polygon
+    # corners, unions), so every edge gets the same one-pixel anti-aliasing ramp.
     grad_y, grad_x = np.gradient(distance, axis=(1, 2))
     pixels = distance / np.maximum(np.sqrt(grad_x * grad_x + grad_y * grad_y), 1e-6)
     alpha = np.clip(0.5 - pixels, 0, 1)

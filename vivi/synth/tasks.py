@@ -54,7 +54,7 @@ class TaskSpec:
     name: str
     group: str                                  # natural | specialized | structured
     class_names: tuple[str, ...]
-    scene: Callable                             # (rng, label, theme) -> one-frame Shot
+    scene: Callable                             # (rng, label, theme, config) -> one-frame Shot
     description: str
 
     @property
@@ -72,31 +72,32 @@ def _still(rng, theme: Theme, family: int | None = None):
     return background, sample_camera(rng, times, 0.0), sample_lighting(rng, times, 0.0), theme.palette[order[2:]]
 
 
-def _object(rng, object_id, class_id, colors, camera, **pinned):
+def _object(rng, config, object_id, class_id, colors, camera, **pinned):
     pick = colors[rng.integers(len(colors), size=2)]
-    return sample_object(rng, object_id, class_id, pick, camera, np.zeros(1), 0.0, **pinned)
+    return sample_object(rng, object_id, class_id, pick, camera, np.zeros(1), 0.0,
+                         textured=config.object_textures, **pinned)
 
 
 def _log_uniform(rng, low, high):
     return math.exp(rng.uniform(math.log(low), math.log(high)))
 
 
-def _object_class_scene(rng, label, theme):
+def _object_class_scene(rng, label, theme, config):
     background, camera, lighting, colors = _still(rng, theme)
     radius = _log_uniform(rng, 0.3, 0.55)
-    obj = _object(rng, 0, label, colors, camera, screen_radius=radius,
+    obj = _object(rng, config, 0, label, colors, camera, screen_radius=radius,
                   screen_center=rng.uniform(-0.9 + radius, 0.9 - radius, 2))
     return Shot(background, camera, lighting, [obj])
 
 
-def _background_scene(rng, label, theme):
+def _background_scene(rng, label, theme, config):
     background, camera, lighting, colors = _still(rng, theme, family=label)
-    objects = [_object(rng, i, rng.choice(theme.classes), colors, camera)
+    objects = [_object(rng, config, i, rng.choice(theme.classes), colors, camera)
                for i in range(int(rng.integers(0, 4)))]
     return Shot(background, camera, lighting, objects)
 
 
-def _count_scene(rng, label, theme):
+def _count_scene(rng, label, theme, config):
     """label + 1 objects, fully inside the frame and apart, so the count is unambiguous."""
     background, camera, lighting, colors = _still(rng, theme)
     placed, tries = [], 0
@@ -108,25 +109,25 @@ def _count_scene(rng, label, theme):
         tries += 1
         if tries % 200 == 0:         # jammed: start the layout again
             placed = []
-    objects = [_object(rng, i, rng.choice(theme.classes), colors, camera, screen_center=c,
+    objects = [_object(rng, config, i, rng.choice(theme.classes), colors, camera, screen_center=c,
                        screen_radius=r, deformation=0.1) for i, (c, r) in enumerate(placed)]
     return Shot(background, camera, lighting, objects)
 
 
-def _position_scene(rng, label, theme):
+def _position_scene(rng, label, theme, config):
     background, camera, lighting, colors = _still(rng, theme)
     width = 2 * POSITION_RANGE / POSITION_BINS
     x = -POSITION_RANGE + (label + rng.uniform()) * width
-    obj = _object(rng, 0, rng.choice(theme.classes), colors, camera,
+    obj = _object(rng, config, 0, rng.choice(theme.classes), colors, camera,
                   screen_center=(x, rng.uniform(-0.6, 0.6)), screen_radius=rng.uniform(0.15, 0.28))
     return Shot(background, camera, lighting, [obj])
 
 
-def _orientation_scene(rng, label, theme):
+def _orientation_scene(rng, label, theme, config):
     """One object of a class without rotational symmetry (its 0 is the shape as drawn)."""
     background, camera, lighting, colors = _still(rng, theme)
     angle = (label + rng.uniform()) * 2 * math.pi / ORIENTATION_BINS
-    obj = _object(rng, 0, rng.choice(ORIENTED_CLASSES), colors, camera, angle=angle,
+    obj = _object(rng, config, 0, rng.choice(ORIENTED_CLASSES), colors, camera, angle=angle,
                   screen_center=rng.uniform(-0.35, 0.35, 2), screen_radius=rng.uniform(0.3, 0.5),
                   deformation=0.08)
     return Shot(background, camera, lighting, [obj])
@@ -137,12 +138,12 @@ def _scale_edges():
     return np.exp(np.linspace(math.log(low), math.log(high), SCALE_BINS + 1))
 
 
-def _scale_scene(rng, label, theme):
+def _scale_scene(rng, label, theme, config):
     background, camera, lighting, colors = _still(rng, theme)
     edges = _scale_edges()
     radius = _log_uniform(rng, edges[label], edges[label + 1])
     reach = max(0.0, 0.95 - radius)
-    obj = _object(rng, 0, rng.choice(theme.classes), colors, camera, screen_radius=radius,
+    obj = _object(rng, config, 0, rng.choice(theme.classes), colors, camera, screen_radius=radius,
                   screen_center=rng.uniform(-reach, reach, 2), deformation=0.1)
     return Shot(background, camera, lighting, [obj])
 
@@ -198,7 +199,7 @@ def task_scene(config: WorldConfig, themes: list[Theme], task_index: int, split:
     """The one-frame scene of image ``position`` of a split, from its own seed key."""
     rng = rng_for(config.seed, TASK_DOMAIN, task_index, SPLITS.index(split), 1, position)
     theme = themes[int(rng.integers(len(themes)))]
-    return TASKS[task_index].scene(rng, int(label), theme)
+    return TASKS[task_index].scene(rng, int(label), theme, config)
 
 
 def render_task_image(config: WorldConfig, themes: list[Theme], task_index: int, split: str,

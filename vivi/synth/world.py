@@ -56,8 +56,15 @@ class WorldConfig:
     classes_per_theme: tuple[int, int] = (3, 4)     # object classes a theme uses (min, max)
     palette_size: int = 5                   # colours per theme: 2 for the background, the rest
                                             # for objects, so objects contrast with the background
-    objects_per_shot: tuple[int, int] = (1, 5)      # objects in a shot (min, max); 5 is the cap
-                                                    # of boxes per frame in the object-centric paper
+    objects_per_shot: tuple[int, int] = (1, 3)      # objects in a shot (min, max); few and large, so
+                                                    # that a box covers cells of the feature grid
+                                                    # (docs/demo-study.md; the paper caps boxes at 5)
+    object_radius: tuple[float, float] = (0.25, 0.5)  # an object's radius on screen in its shot's first
+                                                    # frame (screen units: the frame is 2 wide), log-uniform
+    object_textures: bool = False   # objects painted with stripes, two tones or rings (else plain):
+                                    # textures hide the silhouette, the class, at small sizes
+    object_spin: tuple[float, float] = (0.05, 0.3)      # an object's turning speed, rad/s (x motion)
+    object_wander: tuple[float, float] = (0.05, 0.25)   # amplitude of its wandering, screen units (x motion)
     motion: float = 1.0             # scales object and camera speeds; ~2.5 is "strong motion"
     lighting_drift: float = 1.0     # scales within-shot lighting change; ~2.5 is "strong"
     min_cut_distance: float = 0.6   # a new shot is redrawn until the half-L1 colour-histogram
@@ -77,6 +84,8 @@ class WorldConfig:
             raise ValueError(f"palette_size must be >= 3 (2 background colours + objects), got {self.palette_size}")
         if not 1 <= self.objects_per_shot[0] <= self.objects_per_shot[1]:
             raise ValueError(f"objects_per_shot must be (min, max) with min >= 1, got {self.objects_per_shot}")
+        if not 0 < self.object_radius[0] <= self.object_radius[1] <= 1:
+            raise ValueError(f"object_radius must be (min, max) with 0 < min <= max <= 1, got {self.object_radius}")
 
     @property
     def frames_per_video(self) -> int:
@@ -216,21 +225,26 @@ def sample_camera(rng, times, motion: float) -> Camera:
 
 def sample_object(rng, object_id: int, class_id: int, colors: np.ndarray, camera: Camera, times,
                   motion: float, *, screen_center=None, screen_radius=None, angle=None,
-                  deformation: float = 0.15) -> ObjectTrack:
+                  deformation: float = 0.15, radius_range: tuple[float, float] = (0.16, 0.4),
+                  textured: bool = True, spin_range: tuple[float, float] = (0.1, 0.8),
+                  wander_range: tuple[float, float] = (0.1, 0.45)) -> ObjectTrack:
     """An object that wanders around a screen position of the shot's first frame.
 
     Position (an oscillation plus a drift), rotation (a steady spin), size and deformation
     (oscillations) change smoothly, so the object moves continuously, now and then partly leaves
     the frame, and often comes back. Keyword arguments pin the first frame's attributes (used by
-    the downstream tasks, which draw one still frame); ``motion`` scales all the changes.
+    the downstream tasks, which draw one still frame); ``motion`` scales all the changes; an
+    unpinned radius is log-uniform in ``radius_range`` (screen units); ``textured=False`` paints it plain;
+    ``spin_range`` (rad/s) and ``wander_range`` (screen units) bound how fast it turns and how far it
+    wanders.
     """
     if screen_center is None:
         screen_center = rng.uniform(-0.75, 0.75, 2)
     if screen_radius is None:
-        screen_radius = math.exp(rng.uniform(math.log(0.16), math.log(0.4)))
+        screen_radius = math.exp(rng.uniform(math.log(radius_range[0]), math.log(radius_range[1])))
     zoom0 = float(camera.zoom[0])
     center0 = camera.center[0] + np.asarray(screen_center) / zoom0
-    wander = np.stack([_wobble(rng, times, rng.uniform(0.1, 0.45) * motion / zoom0, 1.0)
+    wander = np.stack([_wobble(rng, times, rng.uniform(*wander_range) * motion / zoom0, 1.0)
                        for _ in range(2)], axis=1)
     drift = rng.normal(0, 0.04 * motion / zoom0, 2) * times[:, None]
     center = center0 + wander - wander[:1] + drift          # the first frame sits at screen_center
@@ -238,7 +252,7 @@ def sample_object(rng, object_id: int, class_id: int, colors: np.ndarray, camera
     radius = screen_radius / zoom0 * size / size[0]
     if angle is None:
         angle = rng.uniform(0, 2 * np.pi)
-    spin = rng.choice([-1, 1]) * rng.uniform(0.1, 0.8) * motion
+    spin = rng.choice([-1, 1]) * rng.uniform(*spin_range) * motion
     angles = angle + spin * times
     squash = _wobble(rng, times, rng.uniform(0, deformation), 2.0)
     stretch = np.stack([1 + squash, 1 - squash], axis=1)
@@ -247,7 +261,7 @@ def sample_object(rng, object_id: int, class_id: int, colors: np.ndarray, camera
         object_id=object_id, class_id=int(class_id), center=center.astype(np.float32),
         radius=radius.astype(np.float32), angle=angles.astype(np.float32),
         stretch=stretch.astype(np.float32), shear=shear.astype(np.float32),
-        colors=np.asarray(colors, np.float32), texture=int(rng.integers(4)),
+        colors=np.asarray(colors, np.float32), texture=int(rng.integers(4)) * textured,   # always drawn: same stream
         texture_frequency=float(rng.uniform(1.0, 2.5)))
 
 
@@ -270,5 +284,7 @@ def sample_shot(rng: np.random.Generator, theme: Theme, config: WorldConfig, num
     for i in range(count):
         colors = object_colors[rng.integers(len(object_colors), size=2)]
         objects.append(sample_object(rng, first_object_id + i, rng.choice(theme.classes), colors,
-                                     camera, times, config.motion))
+                                     camera, times, config.motion, radius_range=config.object_radius,
+                                     textured=config.object_textures, spin_range=config.object_spin,
+                                     wander_range=config.object_wander))
     return Shot(background=background, camera=camera, lighting=lighting, objects=objects)
