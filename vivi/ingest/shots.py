@@ -161,11 +161,6 @@ def sample_histogram(samples: np.ndarray, bits: int = 4) -> np.ndarray:
     return hist.ravel() * np.float32(1.0 / (samples.shape[0] * samples.shape[1]))
 
 
-def frame_histogram(frame: av.VideoFrame | np.ndarray, bits: int = 4, max_width: int = 32) -> np.ndarray:
-    """The histogram of one frame, a decoded PyAV frame or an RGB (H, W, 3) uint8 array."""
-    return sample_histogram(ColourSamples(max_width).one(_as_frame(frame)), bits)
-
-
 def _as_frame(frame: av.VideoFrame | np.ndarray) -> av.VideoFrame:
     if isinstance(frame, np.ndarray):
         return av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")
