@@ -16,7 +16,7 @@ import numpy as np
 from vivi.eval.report import ALPHA, compare, welch_test
 from vivi.eval.tasks import GROUPS
 
-from .methods import AT_LEAST_PAIRS, CLAIMED_ORDER, Method
+from .methods import AT_LEAST_PAIRS, CLAIMED_ORDER, SCALES, Method
 
 
 def collect(evals: dict[Method, list[Path]]) -> dict:
@@ -78,7 +78,7 @@ def format_ordering(checks: list[dict], methods: dict) -> list[str]:
     for c in checks:
         verdict = "holds" if c["holds"] else "does NOT hold"
         if c["p_value"] is None:
-            test = "no significance test (one seed; `vivi demo --full` runs three)"
+            test = f"no significance test (one seed; `vivi demo --full` runs {SCALES['full'].seeds})"
         else:
             test = f"one-sided Welch p = {c['p_value']:.3g}" + (" (significant)" if c["significant"] else " (not significant)")
             if c["relation"] == ">=" and not c["holds"]:
