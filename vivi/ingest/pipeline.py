@@ -14,7 +14,7 @@ import multiprocessing
 import os
 import time
 from collections import Counter, deque
-from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -97,12 +97,8 @@ def expand_inputs(inputs: list[str | Path]) -> list[Path]:
     return sorted(found)
 
 
-def _check_plan(out: Path, plan: dict) -> Future:
-    """Check ``plan`` against the dataset's plan.json, or write it if there is none.
-
-    A new plan is written in a background thread (its fsync, a few ms, overlaps the decoding of
-    the first videos): the returned future must be waited on before a shard is written.
-    """
+def _check_plan(out: Path, plan: dict) -> None:
+    """Check ``plan`` against the dataset's plan.json, or write it if there is none."""
     path = out / "plan.json"
     if path.exists():
         existing = json.loads(path.read_text())
@@ -110,14 +106,9 @@ def _check_plan(out: Path, plan: dict) -> Future:
             what = "input videos" if existing.get("inputs") != plan["inputs"] else "ingest settings"
             raise ValueError(f"{out} already holds a dataset planned with other {what}; "
                              "pass a new --out folder (or delete this one) to ingest a different collection")
-        done: Future = Future()
-        done.set_result(None)
-        return done
+        return
     out.mkdir(parents=True, exist_ok=True)
-    pool = ThreadPoolExecutor(1, thread_name_prefix="vivi-plan")
-    written = pool.submit(shards.write_json_atomic, path, plan)
-    pool.shutdown(wait=False)
-    return written
+    shards.write_json_atomic(path, plan)
 
 
 def _ingest_one(job: tuple[int, str, SamplingConfig, int]) -> tuple[int, dict | None, list[bytes], str | None]:
@@ -155,7 +146,7 @@ def ingest(inputs: list[str | Path], out: str | Path, config: IngestConfig = Ing
         raise ValueError(f"no video files found in {', '.join(map(str, inputs))} "
                          f"(extensions looked for: {' '.join(sorted(VIDEO_EXTENSIONS))})")
     plan = {"version": PLAN_VERSION, "config": asdict(config), "inputs": sources}
-    plan_written = _check_plan(out, plan)
+    _check_plan(out, plan)
 
     per_shard = config.videos_per_shard
     num_shards = (len(sources) + per_shard - 1) // per_shard
@@ -180,13 +171,11 @@ def ingest(inputs: list[str | Path], out: str | Path, config: IngestConfig = Ing
             bar.set_postfix_str(f"{native_frames / max(bar.format_dict['elapsed'], 1e-9):.0f} frames/s decoded",
                                 refresh=False)
             if len(pending[j]) == min((j + 1) * per_shard, len(sources)) - j * per_shard:
-                plan_written.result()       # no shard before its plan
                 _write_shard(out, j, sorted(pending.pop(j), key=lambda r: r[0]), sources)
     finally:
         bar.close()
         if hasattr(results, "close"):
             results.close()
-    plan_written.result()
     summary = finalize(out, config.min_shots)
     summary.shards_written, summary.shards_skipped = len(todo), len(mine) - len(todo)
     summary.seconds = time.perf_counter() - start
