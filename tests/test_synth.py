@@ -2,6 +2,7 @@
 truth that a colour-histogram cut detector and a box check confirm, and the task folders."""
 import dataclasses
 import json
+import math
 from pathlib import Path
 
 import av
@@ -11,6 +12,7 @@ import pytest
 
 from vivi.ingest.shots import detect_cuts
 from vivi.synth import CLASS_NAMES, TASKS, WorldConfig, make_world
+from vivi.synth.backgrounds import pattern, sample_background
 from vivi.synth.render import render
 from vivi.synth.tasks import TRAIN_SIZE, render_task_image, split_labels, task_scene
 from vivi.synth.world import (TASK_DOMAIN, THEME_DOMAIN, VIDEO_DOMAIN, make_themes, plan_shots,
@@ -236,3 +238,50 @@ def test_count_task_label_matches_visible_objects():
     for position, label in enumerate(labels):
         scene = task_scene(config, themes, task_index, "test", position, label)
         assert render(scene, 64).visible[:, 0].sum() == label + 1
+
+
+def test_tracking_shots_slide_the_background_behind_the_objects():
+    """With ``tracking`` the camera travels and the objects travel with it: between frames 3 s
+    apart the background pixels change more than without, while the objects move on screen
+    no more than without (their own wandering)."""
+    def changes(tracking):
+        config = WorldConfig(size=64, tracking=tracking)
+        themes = make_themes(config)
+        background, moved = [], []
+        for shot_index in range(12):
+            shot = sample_shot(rng_for(7, VIDEO_DOMAIN, shot_index), themes[shot_index], config, 31)
+            frames = render(shot, config.size, slice(0, 31, 30))
+            clear = np.ones((64, 64), bool)          # pixels no object covers in either frame
+            for k in range(len(shot.objects)):
+                for x0, y0, x1, y1 in frames.boxes[k]:
+                    clear[y0:y1, x0:x1] = False
+                if frames.visible[k].all():
+                    centres = (frames.boxes[k, :, :2] + frames.boxes[k, :, 2:]) / 2
+                    moved.append(np.abs(centres[1] - centres[0]).max())
+            diff = np.abs(frames.rgb[1].astype(int) - frames.rgb[0]).mean(-1)
+            background.append(diff[clear].mean())
+        return np.mean(background), np.median(moved)
+
+    still_bg, still_moved = changes(0.0)
+    tracking_bg, tracking_moved = changes(1.0)
+    assert tracking_bg > 1.3 * still_bg              # measured: 25 vs 15 grey levels
+    assert tracking_moved <= still_moved + 3         # measured: 8 vs 7 pixels (median)
+
+
+def test_background_warp_bends_the_pattern_and_keeps_the_rest():
+    """``warp`` only adds a bending to the instance (the other draws are those of an unwarped
+    instance, so worlds without it are unchanged); the warped pattern stays in [0, 1], differs
+    from the unwarped one, and is no longer periodic across its stripes."""
+    colors = np.array([[0.1, 0.2, 0.3], [0.8, 0.7, 0.6]], np.float32)
+    plain = sample_background(np.random.default_rng(3), 1, colors)           # stripes
+    bent = sample_background(np.random.default_rng(3), 1, colors, warp=1.0)
+    assert plain.warp is None and bent.warp.shape == (2, 3)
+    assert dataclasses.replace(bent, warp=None).frequency == plain.frequency
+    assert np.array_equal(dataclasses.replace(bent, warp=None).shading, plain.shading)
+    x, y = np.meshgrid(np.linspace(-4, 4, 200, dtype=np.float32), np.linspace(-4, 4, 200, dtype=np.float32))
+    p, q = pattern(plain, x, y), pattern(bent, x, y)
+    assert 0 <= q.min() and q.max() <= 1 and np.abs(p - q).mean() > 0.05
+    # one period across the stripes: the unbent pattern repeats exactly, the bent one does not
+    step = np.array([math.cos(plain.angle), math.sin(plain.angle)], np.float32) / plain.frequency
+    assert np.abs(pattern(plain, x + step[0], y + step[1]) - p).max() < 1e-3
+    assert np.abs(pattern(bent, x + step[0], y + step[1]) - q).mean() > 0.02

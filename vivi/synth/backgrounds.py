@@ -33,10 +33,18 @@ class BackgroundInstance:
     contrast: float             # how far the pattern swings from the mean colour towards each
                                 # colour (1 = fully); below 1 the texture stays ground, not figure
     shading: np.ndarray         # (3, 4) low-frequency waves: amplitude, frequency, angle, phase
+    warp: np.ndarray | None = None  # (2, 3) slow bending of the pattern: amplitude (world units),
+                                    # frequency (cycles per world unit), phase; None: unbent
 
 
-def sample_background(rng: np.random.Generator, family: int, colors: np.ndarray) -> BackgroundInstance:
-    """A random instance of ``family`` with the two given colours."""
+def sample_background(rng: np.random.Generator, family: int, colors: np.ndarray,
+                      warp: float = 0.0) -> BackgroundInstance:
+    """A random instance of ``family`` with the two given colours.
+
+    ``warp`` > 0 bends the pattern over large distances (a displacement of up to ``warp`` x
+    0.5 pattern periods that changes over ~5 world units), so that a camera travelling across it
+    sees the texture's local angle and spacing change while its family stays. Drawn last: a world
+    without warp draws the same backgrounds as before."""
     frequency = {"plain": 0.3, "rings": 1.6, "grid": 1.3, "dots": 2.0}.get(
         BACKGROUND_FAMILIES[family], 1.5) * rng.uniform(0.7, 1.3)
     shading = np.stack([
@@ -45,11 +53,14 @@ def sample_background(rng: np.random.Generator, family: int, colors: np.ndarray)
         rng.uniform(0, np.pi, 3),               # angle
         rng.uniform(0, 2 * np.pi, 3),           # phase
     ], axis=1)
-    return BackgroundInstance(
-        family=int(family), colors=np.asarray(colors, np.float32),
-        frequency=float(frequency), angle=float(rng.uniform(0, np.pi)),
-        phase=rng.uniform(0, 1, 2), sharpness=float(rng.uniform(3.0, 6.0)),
-        contrast=float(rng.uniform(0.35, 0.8)), shading=shading)
+    fields = dict(family=int(family), colors=np.asarray(colors, np.float32),
+                  frequency=float(frequency), angle=float(rng.uniform(0, np.pi)),
+                  phase=rng.uniform(0, 1, 2), sharpness=float(rng.uniform(3.0, 6.0)),
+                  contrast=float(rng.uniform(0.35, 0.8)), shading=shading)
+    if warp > 0:
+        fields["warp"] = np.stack([warp * rng.uniform(0.25, 0.5, 2) / frequency,
+                                   rng.uniform(0.15, 0.25, 2), rng.uniform(0, 2 * np.pi, 2)], axis=1)
+    return BackgroundInstance(**fields)
 
 
 def _sigmoid(x):
@@ -64,6 +75,9 @@ def pattern(background: BackgroundInstance, x: np.ndarray, y: np.ndarray) -> np.
 def _texture(background: BackgroundInstance, x: np.ndarray, y: np.ndarray) -> np.ndarray:
     """The family's pattern at full contrast, in [0, 1]."""
     name = BACKGROUND_FAMILIES[background.family]
+    if background.warp is not None:        # bend: x moves with y and y with x, slowly
+        (ax, fx, px), (ay, fy, py) = background.warp.tolist()
+        x, y = x + ax * np.sin((2 * math.pi * fx) * y + px), y + ay * np.sin((2 * math.pi * fy) * x + py)
     # Python floats keep float32 arrays float32 (numpy scalars would promote to float64).
     c, s, f = math.cos(background.angle), math.sin(background.angle), background.frequency
     p0, p1 = float(background.phase[0]), float(background.phase[1])

@@ -62,13 +62,13 @@ class TaskSpec:
         return len(self.class_names)
 
 
-def _still(rng, theme: Theme, family: int | None = None):
+def _still(rng, theme: Theme, config: WorldConfig, family: int | None = None):
     """Background, camera and lighting of a random one-frame set-up of ``theme``, and the
     palette colours left for objects (as in ``world.sample_shot``)."""
     times = np.zeros(1)
     order = rng.permutation(len(theme.palette))
     family = theme.background if family is None else family
-    background = sample_background(rng, family, theme.palette[order[:2]])
+    background = sample_background(rng, family, theme.palette[order[:2]], config.background_warp)
     return background, sample_camera(rng, times, 0.0), sample_lighting(rng, times, 0.0), theme.palette[order[2:]]
 
 
@@ -83,7 +83,7 @@ def _log_uniform(rng, low, high):
 
 
 def _object_class_scene(rng, label, theme, config):
-    background, camera, lighting, colors = _still(rng, theme)
+    background, camera, lighting, colors = _still(rng, theme, config)
     radius = _log_uniform(rng, 0.3, 0.55)
     obj = _object(rng, config, 0, label, colors, camera, screen_radius=radius,
                   screen_center=rng.uniform(-0.9 + radius, 0.9 - radius, 2))
@@ -91,7 +91,7 @@ def _object_class_scene(rng, label, theme, config):
 
 
 def _background_scene(rng, label, theme, config):
-    background, camera, lighting, colors = _still(rng, theme, family=label)
+    background, camera, lighting, colors = _still(rng, theme, config, family=label)
     objects = [_object(rng, config, i, rng.choice(theme.classes), colors, camera)
                for i in range(int(rng.integers(0, 4)))]
     return Shot(background, camera, lighting, objects)
@@ -99,7 +99,7 @@ def _background_scene(rng, label, theme, config):
 
 def _count_scene(rng, label, theme, config):
     """label + 1 objects, fully inside the frame and apart, so the count is unambiguous."""
-    background, camera, lighting, colors = _still(rng, theme)
+    background, camera, lighting, colors = _still(rng, theme, config)
     placed, tries = [], 0
     while len(placed) < label + 1:
         radius = rng.uniform(0.13, 0.22)
@@ -115,7 +115,7 @@ def _count_scene(rng, label, theme, config):
 
 
 def _position_scene(rng, label, theme, config):
-    background, camera, lighting, colors = _still(rng, theme)
+    background, camera, lighting, colors = _still(rng, theme, config)
     width = 2 * POSITION_RANGE / POSITION_BINS
     x = -POSITION_RANGE + (label + rng.uniform()) * width
     obj = _object(rng, config, 0, rng.choice(theme.classes), colors, camera,
@@ -125,7 +125,7 @@ def _position_scene(rng, label, theme, config):
 
 def _orientation_scene(rng, label, theme, config):
     """One object of a class without rotational symmetry (its 0 is the shape as drawn)."""
-    background, camera, lighting, colors = _still(rng, theme)
+    background, camera, lighting, colors = _still(rng, theme, config)
     angle = (label + rng.uniform()) * 2 * math.pi / ORIENTATION_BINS
     obj = _object(rng, config, 0, rng.choice(ORIENTED_CLASSES), colors, camera, angle=angle,
                   screen_center=rng.uniform(-0.35, 0.35, 2), screen_radius=rng.uniform(0.3, 0.5),
@@ -139,7 +139,7 @@ def _scale_edges():
 
 
 def _scale_scene(rng, label, theme, config):
-    background, camera, lighting, colors = _still(rng, theme)
+    background, camera, lighting, colors = _still(rng, theme, config)
     edges = _scale_edges()
     radius = _log_uniform(rng, edges[label], edges[label + 1])
     reach = max(0.0, 0.95 - radius)

@@ -8,7 +8,9 @@ The world is built so that every level of the VIVI hierarchy carries its own sig
   objects; frames of one shot look alike (what the shot-level exemplar loss uses) and a cut
   changes the set-up abruptly (what the colour-histogram cut detector finds);
 * frame -> the set-up at one instant: objects move, rotate, scale and deform smoothly, the
-  camera pans and zooms, the lighting drifts;
+  camera pans and zooms, the lighting drifts; in a tracking shot the camera travels with the
+  objects, so the background slides by behind them (what a shot holds constant that a frame's
+  crops do not tell apart: the objects, not the stretch of background; docs/demo-study.md);
 * object -> a shape class (``shapes.py``) painted with the theme's palette, so that only shape
   tells the class (what the object-level loss of the object-centric paper uses).
 
@@ -21,7 +23,7 @@ from __future__ import annotations
 
 import colorsys
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -67,6 +69,9 @@ class WorldConfig:
     object_wander: tuple[float, float] = (0.05, 0.25)   # amplitude of its wandering, screen units (x motion)
     motion: float = 1.0             # scales object and camera speeds; ~2.5 is "strong motion"
     lighting_drift: float = 1.0     # scales within-shot lighting change; ~2.5 is "strong"
+    tracking: float = 1.0           # tracking shots: the camera travels across the background at
+                                    # up to 0.3 x this world units/s and the objects travel with it
+    background_warp: float = 1.0    # bends backgrounds over large distances (see backgrounds.py)
     min_cut_distance: float = 0.6   # a new shot is redrawn until the half-L1 colour-histogram
                                     # distance across the cut exceeds this (detector threshold 0.4)
     max_shot_distance: float = 0.16 # ...and until no two consecutive frames of it exceed this
@@ -209,9 +214,13 @@ def sample_lighting(rng, times, drift: float) -> Lighting:
                     gradient=(strength * np.stack([np.cos(direction), np.sin(direction)], 1)).astype(np.float32))
 
 
-def sample_camera(rng, times, motion: float) -> Camera:
+def sample_camera(rng, times, motion: float, tracking: float = 0.0) -> Camera:
     """Camera of one shot: a random place in the (infinite) background and a zoom, then a steady
-    pan and a slow push in / pull out (``motion`` scales both; 0 freezes them)."""
+    pan and a slow push in / pull out (``motion`` scales both; 0 freezes them).
+
+    ``tracking`` > 0 makes it a tracking shot: the camera also travels at U(0.15, 0.3) x
+    ``tracking`` world units a second in a random direction (drawn last), and
+    :func:`sample_shot` moves the objects with it, so that the background slides by behind them."""
     zoom0 = math.exp(rng.uniform(math.log(0.75), math.log(1.4)))
     # push in and pull out rather than zoom without end, so that long shots keep textures and
     # objects at sizes the frame can resolve
@@ -219,6 +228,9 @@ def sample_camera(rng, times, motion: float) -> Camera:
     zoom = zoom0 * np.exp(push - push[0])
     start = rng.uniform(-3, 3, 2)
     pan = rng.normal(0, 0.05 * motion, 2)
+    if tracking > 0:
+        heading = rng.uniform(0, 2 * np.pi)
+        pan = pan + rng.uniform(0.15, 0.3) * tracking * motion * np.array([math.cos(heading), math.sin(heading)])
     center = start + pan * times[:, None]
     return Camera(center=center.astype(np.float32), zoom=zoom.astype(np.float32))
 
@@ -276,8 +288,8 @@ def sample_shot(rng: np.random.Generator, theme: Theme, config: WorldConfig, num
     times = np.arange(num_frames, dtype=np.float64) / config.fps
     order = rng.permutation(len(theme.palette))
     background_colors, object_colors = theme.palette[order[:2]], theme.palette[order[2:]]
-    background = sample_background(rng, theme.background, background_colors)
-    camera = sample_camera(rng, times, config.motion)
+    background = sample_background(rng, theme.background, background_colors, config.background_warp)
+    camera = sample_camera(rng, times, config.motion, config.tracking)
     lighting = sample_lighting(rng, times, config.lighting_drift)
     count = int(rng.integers(config.objects_per_shot[0], config.objects_per_shot[1] + 1))
     objects = []
@@ -287,4 +299,7 @@ def sample_shot(rng: np.random.Generator, theme: Theme, config: WorldConfig, num
                                      camera, times, config.motion, radius_range=config.object_radius,
                                      textured=config.object_textures, spin_range=config.object_spin,
                                      wander_range=config.object_wander))
+    if config.tracking > 0:         # the objects travel with the camera; the background slides by
+        travel = camera.center - camera.center[:1]
+        objects = [replace(o, center=o.center + travel) for o in objects]
     return Shot(background=background, camera=camera, lighting=lighting, objects=objects)
