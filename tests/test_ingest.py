@@ -161,6 +161,23 @@ def test_truncated_shard_is_not_taken_as_complete(dataset, tmp_path):
     _assert_same_dataset(dataset, copy)
 
 
+def test_the_plan_is_written_with_the_shards(dataset, tmp_path):
+    """A new plan goes to disk in the durable round of the first shard, or of the manifest when
+    every shard is already complete (here: plan.json lost); the dataset is the same either way."""
+    import shutil
+    inputs = [Path(s) for s in json.loads((dataset / "plan.json").read_text())["inputs"]]
+    copy = tmp_path / "ds"
+    shutil.copytree(dataset, copy)
+    (copy / "plan.json").unlink()
+    summary = ingest(inputs, copy, TINY_INGEST, progress=False)
+    assert summary.shards_written == 0 and summary.complete
+    _assert_same_dataset(dataset, copy)
+    fresh = tmp_path / "fresh"
+    ingest(inputs, fresh, TINY_INGEST, progress=False)
+    _assert_same_dataset(dataset, fresh)
+    assert not list(fresh.rglob("*.tmp")) and not list(copy.rglob("*.tmp"))
+
+
 def test_killed_ingest_resumes_to_the_same_dataset(world, dataset, tmp_path):
     out = tmp_path / "ds"
     command = [sys.executable, "-m", "vivi.cli", "ingest", str(world / "videos"), "--out", str(out),
@@ -294,3 +311,16 @@ def test_tar_writer_matches_tarfile_byte_for_byte(tmp_path):
     assert written.getvalue() == expected.getvalue()
     for (offset, size), (_, data) in zip(offsets, members):
         assert written.getvalue()[offset:offset + size] == data
+
+
+def test_decoder_threads_only_for_large_frames_on_idle_cores(monkeypatch):
+    import os
+    from vivi.ingest import decode
+    assert decode.decoder_threads(64, 64) == 1
+    cores = os.cpu_count() or 1
+    monkeypatch.setattr(decode._OTHERS, "cores", lambda: 0.0)
+    assert decode.decoder_threads(256, 256) == (0 if cores >= 2 else 1)
+    monkeypatch.setattr(decode._OTHERS, "cores", lambda: float(cores))
+    assert decode.decoder_threads(256, 256) == 1
+    monkeypatch.setattr(decode._OTHERS, "cores", lambda: None)    # not measurable: FFmpeg's threads
+    assert decode.decoder_threads(256, 256) == 0

@@ -9,6 +9,8 @@ converted, resized to the stored size and JPEG-encoded.
 """
 from __future__ import annotations
 
+import os
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -63,9 +65,8 @@ def decode_video(path: str | Path, config: SamplingConfig = SamplingConfig(), th
     s, s + 1/r, s + 2/r, ... (r = ``sample_fps``) that lie before the next cut. Raises
     :class:`VideoError` naming the problem for anything that is not a decodable video.
 
-    ``threads``: decoder threads; 0 chooses one thread for small frames (up to 128x128, where
-    FFmpeg's threads cost more than they give: 2x slower at 64x64) and FFmpeg's frame and slice
-    threads above. Ingest passes 1 when its worker processes already occupy every core.
+    ``threads``: decoder threads; 0 chooses (:func:`decoder_threads`). Ingest passes 1 when its
+    worker processes already occupy every core.
     """
     path = Path(path)
     if not path.is_file():
@@ -89,7 +90,7 @@ def decode_video(path: str | Path, config: SamplingConfig = SamplingConfig(), th
         width, height = stream.codec_context.width, stream.codec_context.height
         if not width or not height:
             raise VideoError("video stream has no frame size")
-        threads = threads or (1 if width * height <= 128 * 128 else 0)
+        threads = threads or decoder_threads(width, height)
         if threads == 1:
             stream.thread_count = 1
         else:
@@ -128,6 +129,58 @@ def decode_video(path: str | Path, config: SamplingConfig = SamplingConfig(), th
         shot_starts=list(detector.shot_starts), shot_starts_s=[round(s, 6) for s in sampler.shot_starts_s],
         frame_times_s=sampler.times, frame_native_index=sampler.native, frame_shot=sampler.shots,
         frame_size=(out_h, out_w), jpegs=sampler.jpegs)
+
+
+def decoder_threads(width: int, height: int) -> int:
+    """1 (one decoder thread), or 0 (FFmpeg's frame and slice threads) where they help.
+
+    Small frames (up to 128x128): one thread; FFmpeg's threads cost more than they give (2x
+    slower at 64x64). Larger frames: FFmpeg's threads only where the other processes leave a core
+    idle besides this one (measured by :data:`_OTHERS` over the previous video); on busy cores
+    they only add hand-offs (256x256, two other processes on 2 cores: 156 us a frame for
+    ``decode_video`` with them, 134 without; bare decoding 120 and 95).
+    """
+    if width * height <= 128 * 128:
+        return 1
+    others = _OTHERS.cores()
+    return 0 if others is None or others <= (os.cpu_count() or 1) - 1.5 else 1
+
+
+class _OtherProcesses:
+    """CPU cores used by all other processes, averaged since the previous reading (over at least
+    ``WINDOW`` seconds: a shorter one keeps the previous value). Linux (/proc/stat); None elsewhere
+    and until a first window has passed."""
+
+    WINDOW = 0.2
+
+    def __init__(self):
+        self._last = self._read()
+        self._cores: float | None = None
+
+    @staticmethod
+    def _read() -> tuple[float, float] | None:
+        """(monotonic time, CPU seconds of the whole machine minus this process's) or None."""
+        try:
+            with open("/proc/stat") as f:
+                ticks = [int(x) for x in f.readline().split()[1:9]]
+        except (OSError, ValueError):
+            return None
+        # user nice system idle iowait irq softirq steal: busy is all but idle and iowait
+        busy = (sum(ticks) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")
+        own = os.times()
+        return time.monotonic(), busy - own.user - own.system
+
+    def cores(self) -> float | None:
+        now = self._read()
+        if now is None or self._last is None:
+            return None
+        if now[0] - self._last[0] >= self.WINDOW:
+            self._cores = max(0.0, (now[1] - self._last[1]) / (now[0] - self._last[0]))
+            self._last = now
+        return self._cores
+
+
+_OTHERS = _OtherProcesses()
 
 
 def _shot_starts(samples: ColourSamples, detector: HistogramCutDetector, batch: list) -> set[int]:

@@ -12,7 +12,10 @@ A dataset folder holds::
 A shard is complete exactly when its index exists: the tar and the index are written to
 temporary names and flushed to disk, then the tar is renamed, then the index. A crash leaves at
 worst ``.tmp`` files or a tar without an index, which the next run rewrites; never a truncated
-shard that looks complete.
+shard that looks complete. Files are made durable in rounds (:func:`replace_durably`): every
+file of a round is flushed, by concurrent fsyncs that share one journal commit, before the first
+rename; each round costs a few ms however many files it holds, so ingest puts the plan in the
+round of its first shard and the manifest in the round of its last.
 Member headers carry no time stamps or owners, so a shard's bytes depend only on its content.
 
 The tar is written directly (:func:`member_header`) rather than through ``tarfile``: the bytes are
@@ -54,23 +57,36 @@ def write_all_atomic(files: list[tuple[Path, bytes]]) -> None:
     """Write several files through temporary files, then rename them in the order given.
 
     Every file is on disk (fsync) before the first rename, so when a file appears, it and every
-    file before it are complete. The fsyncs run concurrently: they then share one journal commit
-    (one fsync's ~4 ms instead of one per file, a large part of a short ingest's time).
+    file before it are complete.
     """
-    tmps = [_tmp_name(path) for path, _ in files]
-    for tmp, (_, data) in zip(tmps, files):
-        with open(tmp, "wb") as f:
+    replace_durably(stage_files(files))
+
+
+def stage_files(files: list[tuple[Path, bytes]]) -> list[tuple[Path, Path]]:
+    """Write each ``(path, data)`` to its temporary name; return the renames for :func:`replace_durably`."""
+    renames = []
+    for path, data in files:
+        with open(_tmp_name(path), "wb") as f:
             f.write(data)
-    replace_durably(list(zip(tmps, [path for path, _ in files])))
+        renames.append((_tmp_name(path), path))
+    return renames
+
+
+# fsync threads live as long as the process: starting a thread can cost as much as an fsync
+# (~1-4 ms on a loaded virtual machine), and an ingest makes durable several rounds of files.
+_FSYNC_THREADS = ThreadPoolExecutor(8, thread_name_prefix="vivi-fsync")
 
 
 def replace_durably(renames: list[tuple[Path, Path]]) -> None:
-    """fsync the written files ``tmp`` (all at once), then ``os.replace(tmp, path)`` in order."""
+    """fsync the written files ``tmp``, then ``os.replace(tmp, path)`` in order.
+
+    The fsyncs run concurrently: they then share one journal commit (one fsync's ~4 ms instead
+    of one per file, a large part of a short ingest's time).
+    """
     if len(renames) == 1:
         _fsync(renames[0][0])
-    else:
-        with ThreadPoolExecutor(len(renames)) as pool:
-            list(pool.map(_fsync, [tmp for tmp, _ in renames]))
+    elif renames:
+        list(_FSYNC_THREADS.map(_fsync, [tmp for tmp, _ in renames]))
     for tmp, path in renames:
         os.replace(tmp, path)
 
@@ -88,7 +104,12 @@ def _tmp_name(path: Path) -> Path:
 
 
 def write_json_atomic(path: Path, obj: Any) -> None:
-    write_atomic(path, (json.dumps(obj, indent=1) + "\n").encode())
+    write_atomic(path, json_bytes(obj))
+
+
+def json_bytes(obj: Any) -> bytes:
+    """``obj`` as indented JSON, the layout of the dataset's small JSON files."""
+    return (json.dumps(obj, indent=1) + "\n").encode()
 
 
 # USTAR header: name, mode, uid, gid, size, mtime, checksum, type, linkname, magic+version,
@@ -147,6 +168,16 @@ def write_shard(root: Path, index: int, samples: list[tuple[dict, list[bytes]]],
     ``samples`` are (record, frame JPEGs) of the videos that were ingested, in key order; the
     record's ``key`` names the sample. ``failures`` are the shard's videos that were not.
     """
+    shard_index, renames = stage_shard(root, index, samples, failures)
+    replace_durably(renames)
+    return shard_index
+
+
+def stage_shard(root: Path, index: int, samples: list[tuple[dict, list[bytes]]],
+                failures: list[dict]) -> tuple[dict, list[tuple[Path, Path]]]:
+    """:func:`write_shard` up to the renames: write the tar and index to their temporary names;
+    return the index and the renames, tar first (an index never names a tar that is not all there),
+    for :func:`replace_durably`, alone or in a round with other files."""
     folder = root / SHARD_DIR
     folder.mkdir(parents=True, exist_ok=True)
     name = shard_name(index)
@@ -163,9 +194,7 @@ def write_shard(root: Path, index: int, samples: list[tuple[dict, list[bytes]]],
     shard_index = {"shard": f"{SHARD_DIR}/{name}.tar", "bytes": size, "videos": videos, "failures": failures}
     with open(_tmp_name(index_path), "wb") as f:
         f.write((json.dumps(shard_index) + "\n").encode())
-    # The tar is renamed before the index: an index never names a tar that is not all there.
-    replace_durably([(_tmp_name(tar_path), tar_path), (_tmp_name(index_path), index_path)])
-    return shard_index
+    return shard_index, [(_tmp_name(tar_path), tar_path), (_tmp_name(index_path), index_path)]
 
 
 def read_shard_index(root: Path, index: int) -> dict | None:
