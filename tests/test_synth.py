@@ -34,11 +34,12 @@ def world(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def single_shot_world(tmp_path_factory):
-    """Strong motion and lighting drift in one shot per video; the generator's own within-shot
+    """Strong motion and lighting drift in one tracking shot per video (the background slides by
+    at 2.5x the tracking speed); the generator's own within-shot
     check is switched off (max_shot_distance=1) so the detector is tested, not the redraws."""
     out = tmp_path_factory.mktemp("single")
     make_world(out, workers=2, tasks=False, shots=(1, 1), motion=2.5, lighting_drift=2.5,
-               max_shot_distance=1.0, **TINY)
+               tracking=1.0, background_warp=1.0, max_shot_distance=1.0, **TINY)
     return out
 
 

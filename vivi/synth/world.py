@@ -8,9 +8,9 @@ The world is built so that every level of the VIVI hierarchy carries its own sig
   objects; frames of one shot look alike (what the shot-level exemplar loss uses) and a cut
   changes the set-up abruptly (what the colour-histogram cut detector finds);
 * frame -> the set-up at one instant: objects move, rotate, scale and deform smoothly, the
-  camera pans and zooms, the lighting drifts; in a tracking shot the camera travels with the
-  objects, so the background slides by behind them (what a shot holds constant that a frame's
-  crops do not tell apart: the objects, not the stretch of background; docs/demo-study.md);
+  camera pans and zooms, the lighting drifts; with ``tracking`` the camera travels with the
+  objects, so the background slides by behind them (then a shot holds its objects constant but
+  not its stretch of background, which a frame's crops cannot imitate: docs/demo-study.md §9);
 * object -> a shape class (``shapes.py``) painted with the theme's palette, so that only shape
   tells the class (what the object-level loss of the object-centric paper uses).
 
@@ -69,9 +69,9 @@ class WorldConfig:
     object_wander: tuple[float, float] = (0.05, 0.25)   # amplitude of its wandering, screen units (x motion)
     motion: float = 1.0             # scales object and camera speeds; ~2.5 is "strong motion"
     lighting_drift: float = 1.0     # scales within-shot lighting change; ~2.5 is "strong"
-    tracking: float = 1.0           # tracking shots: the camera travels across the background at
+    tracking: float = 0.0           # tracking shots: the camera travels across the background at
                                     # up to 0.3 x this world units/s and the objects travel with it
-    background_warp: float = 1.0    # bends backgrounds over large distances (see backgrounds.py)
+    background_warp: float = 0.0    # bends backgrounds over large distances (see backgrounds.py)
     min_cut_distance: float = 0.6   # a new shot is redrawn until the half-L1 colour-histogram
                                     # distance across the cut exceeds this (detector threshold 0.4)
     max_shot_distance: float = 0.16 # ...and until no two consecutive frames of it exceed this
