@@ -304,7 +304,7 @@ def _finalize(out: Path, plan: dict, complete: list[dict], renames: list, min_sh
     manifest = _manifest(plan, complete)
     failures = manifest.pop("failures")
     shards.replace_durably(renames + shards.stage_files([
-        (out / "manifest.json", (json.dumps(manifest, indent=1) + "\n").encode()),
+        (out / "manifest.json", shards.json_bytes(manifest)),
         (out / "failures.jsonl", "".join(json.dumps(f) + "\n" for f in failures).encode())]))
     return IngestSummary(
         out=out, videos_planned=manifest["videos_planned"], shards_planned=manifest["shards_planned"],

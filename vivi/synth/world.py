@@ -70,7 +70,7 @@ class WorldConfig:
     motion: float = 1.0             # scales object and camera speeds; ~2.5 is "strong motion"
     lighting_drift: float = 1.0     # scales within-shot lighting change; ~2.5 is "strong"
     tracking: float = 0.0           # tracking shots: the camera travels across the background at
-                                    # up to 0.3 x this world units/s and the objects travel with it
+                                    # up to 0.3 x this (x motion) world units/s, the objects with it
     background_warp: float = 0.0    # bends backgrounds over large distances (see backgrounds.py)
     min_cut_distance: float = 0.6   # a new shot is redrawn until the half-L1 colour-histogram
                                     # distance across the cut exceeds this (detector threshold 0.4)
@@ -219,7 +219,7 @@ def sample_camera(rng, times, motion: float, tracking: float = 0.0) -> Camera:
     pan and a slow push in / pull out (``motion`` scales both; 0 freezes them).
 
     ``tracking`` > 0 makes it a tracking shot: the camera also travels at U(0.15, 0.3) x
-    ``tracking`` world units a second in a random direction (drawn last), and
+    ``tracking`` x ``motion`` world units a second in a random direction (drawn last), and
     :func:`sample_shot` moves the objects with it, so that the background slides by behind them."""
     zoom0 = math.exp(rng.uniform(math.log(0.75), math.log(1.4)))
     # push in and pull out rather than zoom without end, so that long shots keep textures and
