@@ -269,6 +269,32 @@ def test_tracking_shots_slide_the_background_behind_the_objects():
     assert tracking_moved <= still_moved + 3         # measured: 8 vs 7 pixels (median)
 
 
+def test_tracking_share_makes_some_shots_tracking_shots(monkeypatch):
+    """``tracking_share`` < 1 draws per shot whether it tracks (about that share of the shots
+    do); without tracking it draws nothing, so such a world equals the one without the knob."""
+    from vivi.synth import world
+    tracking = []
+    original = world.sample_camera
+    monkeypatch.setattr(world, "sample_camera", lambda *a: tracking.append(a[3]) or original(*a))
+
+    def shots(config, count):
+        tracking.clear()
+        themes = make_themes(config)
+        made = [sample_shot(rng_for(3, VIDEO_DOMAIN, i), themes[i % len(themes)], config, 11) for i in range(count)]
+        return made, list(tracking)
+
+    _, half = shots(WorldConfig(size=64, tracking=1.0, tracking_share=0.5), 200)
+    assert set(half) == {0.0, 1.0} and 0.4 < np.mean(half) < 0.6
+    _, every = shots(WorldConfig(size=64, tracking=1.0), 5)
+    assert every == [1.0] * 5
+    still, _ = shots(WorldConfig(size=64), 5)
+    same, _ = shots(WorldConfig(size=64, tracking_share=0.5), 5)
+    assert all(np.array_equal(a.camera.center, b.camera.center) and
+               np.array_equal(a.objects[0].center, b.objects[0].center) for a, b in zip(still, same))
+    with pytest.raises(ValueError, match="tracking_share"):
+        WorldConfig(tracking_share=1.5)
+
+
 def test_background_warp_bends_the_pattern_and_keeps_the_rest():
     """``warp`` only adds a bending to the instance (the other draws are those of an unwarped
     instance, so worlds without it are unchanged); the warped pattern stays in [0, 1], differs

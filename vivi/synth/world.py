@@ -71,6 +71,7 @@ class WorldConfig:
     lighting_drift: float = 1.0     # scales within-shot lighting change; ~2.5 is "strong"
     tracking: float = 0.0           # tracking shots: the camera travels across the background at
                                     # up to 0.3 x this (x motion) world units/s, the objects with it
+    tracking_share: float = 1.0     # with tracking > 0: the fraction of shots that are tracking shots
     background_warp: float = 0.0    # bends backgrounds over large distances (see backgrounds.py)
     min_cut_distance: float = 0.6   # a new shot is redrawn until the half-L1 colour-histogram
                                     # distance across the cut exceeds this (detector threshold 0.4)
@@ -89,6 +90,8 @@ class WorldConfig:
             raise ValueError(f"palette_size must be >= 3 (2 background colours + objects), got {self.palette_size}")
         if not 1 <= self.objects_per_shot[0] <= self.objects_per_shot[1]:
             raise ValueError(f"objects_per_shot must be (min, max) with min >= 1, got {self.objects_per_shot}")
+        if not 0 <= self.tracking_share <= 1:
+            raise ValueError(f"tracking_share must be in [0, 1], got {self.tracking_share}")
         if not 0 < self.object_radius[0] <= self.object_radius[1] <= 1:
             raise ValueError(f"object_radius must be (min, max) with 0 < min <= max <= 1, got {self.object_radius}")
 
@@ -289,7 +292,10 @@ def sample_shot(rng: np.random.Generator, theme: Theme, config: WorldConfig, num
     order = rng.permutation(len(theme.palette))
     background_colors, object_colors = theme.palette[order[:2]], theme.palette[order[2:]]
     background = sample_background(rng, theme.background, background_colors, config.background_warp)
-    camera = sample_camera(rng, times, config.motion, config.tracking)
+    tracking = config.tracking      # a share below 1 draws which shots track (only then: same stream)
+    if tracking > 0 and config.tracking_share < 1 and rng.random() >= config.tracking_share:
+        tracking = 0.0
+    camera = sample_camera(rng, times, config.motion, tracking)
     lighting = sample_lighting(rng, times, config.lighting_drift)
     count = int(rng.integers(config.objects_per_shot[0], config.objects_per_shot[1] + 1))
     objects = []
@@ -299,7 +305,7 @@ def sample_shot(rng: np.random.Generator, theme: Theme, config: WorldConfig, num
                                      camera, times, config.motion, radius_range=config.object_radius,
                                      textured=config.object_textures, spin_range=config.object_spin,
                                      wander_range=config.object_wander))
-    if config.tracking > 0:         # the objects travel with the camera; the background slides by
+    if tracking > 0:                # the objects travel with the camera; the background slides by
         travel = camera.center - camera.center[:1]
         objects = [replace(o, center=o.center + travel) for o in objects]
     return Shot(background=background, camera=camera, lighting=lighting, objects=objects)
