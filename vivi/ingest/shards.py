@@ -162,22 +162,15 @@ class _TarWriter:
         return self.offset
 
 
-def write_shard(root: Path, index: int, samples: list[tuple[dict, list[bytes]]], failures: list[dict]) -> dict:
-    """Write shard ``index`` of the dataset at ``root`` and its index; return the index.
+def stage_shard(root: Path, index: int, samples: list[tuple[dict, list[bytes]]],
+                failures: list[dict]) -> tuple[dict, list[tuple[Path, Path]]]:
+    """Write shard ``index`` of the dataset at ``root`` and its index to their temporary names;
+    return the index and the renames, tar first (an index never names a tar that is not all there),
+    for :func:`replace_durably`, alone or in a round with other files.
 
     ``samples`` are (record, frame JPEGs) of the videos that were ingested, in key order; the
     record's ``key`` names the sample. ``failures`` are the shard's videos that were not.
     """
-    shard_index, renames = stage_shard(root, index, samples, failures)
-    replace_durably(renames)
-    return shard_index
-
-
-def stage_shard(root: Path, index: int, samples: list[tuple[dict, list[bytes]]],
-                failures: list[dict]) -> tuple[dict, list[tuple[Path, Path]]]:
-    """:func:`write_shard` up to the renames: write the tar and index to their temporary names;
-    return the index and the renames, tar first (an index never names a tar that is not all there),
-    for :func:`replace_durably`, alone or in a round with other files."""
     folder = root / SHARD_DIR
     folder.mkdir(parents=True, exist_ok=True)
     name = shard_name(index)
