@@ -91,3 +91,27 @@ def test_at_least_pair_reports_whether_a_shortfall_is_significant():
     methods["vivi-ex4-obj"]["mean"] = [0.20, 0.21, 0.20]
     (check,) = ordering(methods)
     assert check["significantly_worse"] and check["p_worse"] < 0.05
+
+
+def test_world_settings_and_training_size_reach_the_world_and_the_runs(tmp_path):
+    with pytest.raises(ValueError, match="trackin: not a world setting; valid: .*tracking"):
+        run_demo(tmp_path / "bad", **TINY, world={"trackin": 1.0})
+    with pytest.raises(ValueError, match="tracking_share"):
+        run_demo(tmp_path / "bad", **TINY, world={"tracking_share": 2.0})
+    with pytest.raises(ValueError, match="its own option"):
+        run_demo(tmp_path / "bad", **TINY, world={"videos": 3})
+    assert not (tmp_path / "bad").exists()         # refused before anything is written
+
+    out = tmp_path / "demo"
+    small = {**TINY, "videos": 4, "steps": 2, "test_size": 20}
+    result = run_demo(out, **small, methods=["ex-yt-s"], world={"tracking": 1.0, "background_warp": 1.0},
+                      train_size=24)
+    config = json.loads((out / "world" / "world.json").read_text())["config"]
+    assert config["tracking"] == 1.0 and config["background_warp"] == 1.0
+    assert "size: 24" in (out / "runs" / "ex-yt-s-seed0" / "config.yaml").read_text()
+    assert result["settings"]["world"] == {"tracking": 1.0, "background_warp": 1.0}
+    assert result["settings"]["train_size"] == 24
+    report = (out / "report" / "report.md").read_text()
+    assert "`tracking=1.0`" in report and "24 px" in report
+    with pytest.raises(ValueError, match="other settings.*train_size"):
+        run_demo(out, **small, methods=["ex-yt-s"], world={"tracking": 1.0, "background_warp": 1.0})

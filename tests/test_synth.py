@@ -312,3 +312,26 @@ def test_background_warp_bends_the_pattern_and_keeps_the_rest():
     step = np.array([math.cos(plain.angle), math.sin(plain.angle)], np.float32) / plain.frequency
     assert np.abs(pattern(plain, x + step[0], y + step[1]) - p).max() < 1e-3
     assert np.abs(pattern(bent, x + step[0], y + step[1]) - q).mean() > 0.02
+
+
+def test_world_overrides_parse_and_check_values():
+    from vivi.synth import world_overrides
+    parsed = world_overrides(["tracking=1", "background_warp=0.5", "shots=[1, 1]", "object_textures=true"])
+    assert parsed == {"tracking": 1.0, "background_warp": 0.5, "shots": (1, 1), "object_textures": True}
+    assert isinstance(parsed["tracking"], float) and WorldConfig(**parsed).shots == (1, 1)
+    for bad, message in [("trackin=1", "not a world setting; valid: .*tracking"), ("tracking", "KEY=VALUE"),
+                         ("seed=3", "its own option"), ("shots=[1]", "2 numbers"), ("crf=1.5", "an integer"),
+                         ("motion=fast", "a number"), ("object_textures=1", "true or false")]:
+        with pytest.raises(ValueError, match=message):
+            world_overrides([bad])
+
+
+def test_synth_cli_takes_world_settings(tmp_path):
+    from vivi.cli import main
+    out = tmp_path / "w"
+    assert main(["synth", str(out), "--videos", "1", "--seconds", "3", "--workers", "1", "--no-tasks",
+                 "--world", "tracking=1", "background_warp=1"]) == 0
+    config = json.loads((out / "world.json").read_text())["config"]
+    assert config["tracking"] == 1.0 and config["background_warp"] == 1.0 and config["videos"] == 1
+    assert main(["synth", str(tmp_path / "bad"), "--videos", "1", "--world", "traking=1"]) == 2
+    assert not (tmp_path / "bad").exists()

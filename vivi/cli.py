@@ -9,9 +9,10 @@ from pathlib import Path
 
 
 def _synth(args: argparse.Namespace) -> None:
-    from .synth import make_world
+    from .synth import make_world, world_overrides
     summary = make_world(args.out, videos=args.videos, seconds=args.seconds, fps=args.fps, size=args.size,
-                         seed=args.seed, workers=args.workers, tasks=not args.no_tasks)
+                         seed=args.seed, workers=args.workers, tasks=not args.no_tasks,
+                         **world_overrides(args.world))
     print(f"wrote {summary['videos']} videos ({summary['shots']} shots, {summary['frames']} frames, "
           f"{summary['boxes']} boxes) and {summary['task_images']} task images to {args.out} "
           f"in {summary['seconds']:.1f} s")
@@ -63,9 +64,10 @@ def _inspect(args: argparse.Namespace) -> None:
 
 def _demo(args: argparse.Namespace) -> None:
     from .demo import run_demo
+    from .synth import world_overrides
     mode = "quick" if args.quick else "full" if args.full else "default"
     run_demo(args.out, mode=mode, workers=args.workers, methods=args.methods, rotation=args.rotation,
-             steps=args.steps, seeds=args.seeds)
+             world=world_overrides(args.world), train_size=args.train_size, steps=args.steps, seeds=args.seeds)
 
 
 def _train(args: argparse.Namespace) -> None:
@@ -140,6 +142,10 @@ def _report(args: argparse.Namespace) -> None:
     print(f"report written to {args.out}/report.md (plots accuracy.png, relative.png)")
 
 
+WORLD_HELP = ("other settings of the synthetic world (vivi.synth.WorldConfig), e.g. --world tracking=1 "
+              "background_warp=1 (tracking shots, docs/synth.md)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .ingest.pipeline import default_workers
     parser = argparse.ArgumentParser(
@@ -158,6 +164,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="random seed; the world is deterministic for a seed")
     p.add_argument("--workers", type=int, default=default_workers(), help="parallel processes")
     p.add_argument("--no-tasks", action="store_true", help="skip the labeled downstream tasks")
+    p.add_argument("--world", nargs="+", default=[], metavar="KEY=VALUE", help=WORLD_HELP)
     p.set_defaults(func=_synth)
 
     p = sub.add_parser("ingest", help="videos -> shots -> frames -> sharded dataset")
@@ -213,6 +220,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rotation", action="store_true", help="add the rotation variants (Rot-YT-F, VIVI-Rot(4))")
     p.add_argument("--steps", type=int, default=None, help="training steps per method (overrides the mode's)")
     p.add_argument("--seeds", type=int, default=None, help="pre-training seeds per method (overrides the mode's)")
+    p.add_argument("--world", nargs="+", default=[], metavar="KEY=VALUE", help=WORLD_HELP)
+    p.add_argument("--train-size", type=int, default=None, metavar="PX",
+                   help="training crop size of every method (default: the presets' 32; the probe stays at 64)")
     p.add_argument("--workers", type=int, default=default_workers(), help="parallel processes (default: CPU count)")
     p.set_defaults(func=_demo)
 

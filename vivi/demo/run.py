@@ -46,8 +46,8 @@ def _check_settings(out: Path, settings: dict) -> None:
 
 
 def run_demo(out: str | Path = "demo", *, mode: str = "default", workers: int = 2, seed: int = 0,
-             methods: list[str] | None = None, rotation: bool = False, progress: bool = True,
-             **scale_overrides) -> dict:
+             methods: list[str] | None = None, rotation: bool = False, world: dict | None = None,
+             train_size: int | None = None, progress: bool = True, **scale_overrides) -> dict:
     """Run the demo into ``out`` and return its summary (also in ``OUT/report/results.json``).
 
     mode: ``quick`` (a first look, a few minutes), ``default`` (≤ 15 min on a 2-core CPU) or
@@ -55,6 +55,10 @@ def run_demo(out: str | Path = "demo", *, mode: str = "default", workers: int = 
     workers: processes for synth, ingest, and the jobs that train and evaluate side by side.
     seed: the world's seed. methods: names from ``vivi.demo.METHODS`` (default: the exemplar
         family); rotation: add the rotation variants.
+    world: other :class:`vivi.synth.WorldConfig` settings of the world, e.g. ``{"tracking": 1.0,
+        "background_warp": 1.0}`` (docs/demo-study.md compares such worlds).
+    train_size: the training crop size of every method (``augment.size``; the presets' is 32);
+        the linear probe stays at the world's 64 px.
     scale_overrides: any :class:`Scale` field (videos, seconds, steps, seeds, test_size), for tests
         and studies.
     """
@@ -62,28 +66,41 @@ def run_demo(out: str | Path = "demo", *, mode: str = "default", workers: int = 
     from vivi.detect import build_detector, detect_dataset
     from vivi.eval.tasks import load_suite
     from vivi.ingest import IngestConfig, SamplingConfig, ingest
-    from vivi.synth import make_world
+    from vivi.synth import WorldConfig, make_world
+    from vivi.synth.world import check_world_key
 
     out = Path(out)
     scale = demo_scale(mode, **scale_overrides)
     chosen = select_methods(methods, rotation)
+    world_settings = dict(world or {})
+    for key in world_settings:            # the mode sets the world's size; --seed its seed
+        check_world_key(key)
+    WorldConfig(**world_settings)         # its range checks, before anything is written
     settings = {"mode": mode, **asdict(scale), "world_seed": seed, "methods": [m.name for m in chosen]}
+    if world_settings:            # recorded only when set: demo folders of the defaults stay valid
+        settings["world"] = {k: list(v) if isinstance(v, tuple) else v for k, v in world_settings.items()}
+    if train_size is not None:
+        if train_size < 16:
+            raise ValueError(f"train_size {train_size} is too small: the tiny encoder needs >= 16 px")
+        settings["train_size"] = train_size
+        chosen = [replace(m, overrides=(*m.overrides, f"augment.size={train_size}")) if m.trained else m
+                  for m in chosen]
     _check_settings(out, settings)
     timings: dict[str, float] = {}
-    world, data, report = out / "world", out / "data", out / "report"
+    world_dir, data, report = out / "world", out / "data", out / "report"
 
     t = time.perf_counter()
-    if (world / "world.json").exists():
-        _stage(1, f"synth: {world} exists, kept")
+    if (world_dir / "world.json").exists():
+        _stage(1, f"synth: {world_dir} exists, kept")
     else:
-        _stage(1, f"synth: {scale.videos} videos x {scale.seconds:g} s and six downstream tasks -> {world}")
-        make_world(world, videos=scale.videos, seconds=scale.seconds, size=64, seed=seed, workers=workers,
-                   task_test_size=scale.test_size, progress=progress)
+        _stage(1, f"synth: {scale.videos} videos x {scale.seconds:g} s and six downstream tasks -> {world_dir}")
+        make_world(world_dir, videos=scale.videos, seconds=scale.seconds, size=64, seed=seed, workers=workers,
+                   task_test_size=scale.test_size, progress=progress, **world_settings)
     timings["synth"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    _stage(2, f"ingest: {world / 'videos'} -> {data}")
-    print(ingest([world / "videos"], data, IngestConfig(sampling=SamplingConfig(short_side=64)), workers=workers,
+    _stage(2, f"ingest: {world_dir / 'videos'} -> {data}")
+    print(ingest([world_dir / "videos"], data, IngestConfig(sampling=SamplingConfig(short_side=64)), workers=workers,
                  progress=progress))
     timings["ingest"] = time.perf_counter() - t
 
@@ -97,15 +114,15 @@ def run_demo(out: str | Path = "demo", *, mode: str = "default", workers: int = 
     (report / "dataset.json").write_text(json.dumps(stats, indent=1))
     timings["detect + inspect"] = time.perf_counter() - t
 
-    suite = load_suite(world)
+    suite = load_suite(world_dir)
     images = len(suite) * (1000 + scale.test_size)        # train800val200 + test of every task
-    jobs = plan_jobs(out, data, world, chosen, scale, eval_images=images)
+    jobs = plan_jobs(out, data, world_dir, chosen, scale, eval_images=images)
     trained = [m.label for m in chosen if m.trained]
     _stage(4, f"train {', '.join(trained)}: {scale.steps} steps each, {scale.seeds} seed(s); "
               f"evaluate them and the random-init encoder on {len(suite)} tasks (linear probe), "
               f"{workers} job(s) at a time")
     t = time.perf_counter()
-    run_jobs(jobs, scale=scale, data=data, world=world, tasks=len(suite), workers=workers, progress=progress)
+    run_jobs(jobs, scale=scale, data=data, world=world_dir, tasks=len(suite), workers=workers, progress=progress)
     wall = time.perf_counter() - t
     work = {stage: sum(j.seconds for j in jobs if j.stage == stage) for stage in ("train", "eval")}
     timings["train + eval (wall)"] = wall

@@ -131,6 +131,16 @@ def write_method_results(methods: dict, evals_dir: Path) -> list[Path]:
     return folders
 
 
+def _variant_lines(settings: dict) -> list[str]:
+    """What a run changed from the default world and training size (``--world``, ``--train-size``)."""
+    lines = []
+    if settings.get("world"):
+        lines.append("World settings: " + ", ".join(f"`{k}={v}`" for k, v in settings["world"].items()) + ".")
+    if settings.get("train_size"):
+        lines.append(f"Training crops of {settings['train_size']} px (the presets' default is 32).")
+    return lines
+
+
 def write_report(methods: dict, out: Path, *, settings: dict, timings: dict) -> dict:
     """``report.md``, ``results.json``, ``means.png`` and the per-task plots of ``vivi report``."""
     out.mkdir(parents=True, exist_ok=True)
@@ -144,7 +154,8 @@ def write_report(methods: dict, out: Path, *, settings: dict, timings: dict) -> 
     md = ["# vivi demo: what the video hierarchy adds, on the synthetic world", "",
           f"{settings['videos']} videos x {settings['seconds']:g} s, {settings['steps']} training steps per method, "
           f"{seeds} seed{'s' if seeds > 1 else ''} per method; linear probe on the frozen encoder "
-          f"({settings['eval_resolution']} px, C picked on val200, {settings['test_size']} test images per task).", "",
+          f"({settings['eval_resolution']} px, C picked on val200, {settings['test_size']} test images per task).",
+          *_variant_lines(settings), "",
           "Top-1 accuracy (%)" + (", mean ± std over seeds" if seeds > 1 else "") + ":", "",
           "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     md += ["| " + " | ".join(r) + " |" for r in rows]

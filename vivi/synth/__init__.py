@@ -9,6 +9,6 @@ from .backgrounds import BACKGROUND_FAMILIES
 from .make import make_world
 from .shapes import CLASS_NAMES
 from .tasks import TASK_NAMES, TASKS
-from .world import WorldConfig
+from .world import WorldConfig, world_overrides
 
-__all__ = ["make_world", "WorldConfig", "CLASS_NAMES", "BACKGROUND_FAMILIES", "TASKS", "TASK_NAMES"]
+__all__ = ["make_world", "WorldConfig", "CLASS_NAMES", "BACKGROUND_FAMILIES", "TASKS", "TASK_NAMES", "world_overrides"]

@@ -104,6 +104,64 @@ class WorldConfig:
         return max(4, math.ceil(self.min_shot_seconds * self.fps))
 
 
+# Fields that ``vivi synth`` and ``vivi demo`` set with options of their own, not through --world.
+OWN_OPTIONS = ("videos", "seconds", "fps", "size", "seed")
+
+
+def world_overrides(items: list[str], reserved: tuple[str, ...] = OWN_OPTIONS) -> dict:
+    """``KEY=VALUE`` strings (``vivi synth/demo --world``) -> :class:`WorldConfig` keyword arguments.
+
+    Values are YAML (``tracking=1``, ``shots=[1,1]``, ``object_textures=true``) and are checked
+    against the field's default: a float field takes any number, a pair takes two numbers, an
+    unknown or ``reserved`` key is refused with the valid ones named.
+    """
+    import yaml
+    fields = {f.name: f.default for f in WorldConfig.__dataclass_fields__.values()}
+    out = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise ValueError(f"--world {item!r}: expected KEY=VALUE, e.g. tracking=1")
+        check_world_key(key, reserved)
+        try:
+            value = yaml.safe_load(text)
+        except yaml.YAMLError:
+            raise ValueError(f"--world {item!r}: {text!r} is not a value") from None
+        out[key] = _as_field_type(key, value, fields[key])
+    return out
+
+
+def check_world_key(key: str, reserved: tuple[str, ...] = OWN_OPTIONS) -> None:
+    """Raise ``ValueError`` naming the fix if ``key`` is not a :class:`WorldConfig` field one may set."""
+    if key in reserved:
+        raise ValueError(f"--world {key}: has its own option, `vivi synth --{key}` (`vivi demo` sets it from "
+                         "its mode), not --world")
+    if key not in WorldConfig.__dataclass_fields__:
+        valid = ", ".join(k for k in WorldConfig.__dataclass_fields__ if k not in reserved)
+        raise ValueError(f"--world {key}: not a world setting; valid: {valid}")
+
+
+def _as_field_type(key: str, value, default):
+    """``value`` converted to the type of ``default`` (bool, int, float, str or a pair of numbers)."""
+    def number(v, kind):
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or (kind is int and not float(v).is_integer()):
+            raise ValueError(f"--world {key}={value!r}: expected {'an integer' if kind is int else 'a number'}")
+        return kind(v)
+    if isinstance(default, bool):
+        if not isinstance(value, bool):
+            raise ValueError(f"--world {key}={value!r}: expected true or false")
+        return value
+    if isinstance(default, (int, float)):
+        return number(value, type(default))
+    if isinstance(default, tuple):
+        if not isinstance(value, list) or len(value) != len(default):
+            raise ValueError(f"--world {key}={value!r}: expected {len(default)} numbers like "
+                             f"[{', '.join(map(str, default))}]")
+        return tuple(number(v, type(d)) for v, d in zip(value, default))
+    return str(value)
+
+
 @dataclass(frozen=True)
 class Theme:
     """What all shots of a video share."""
