@@ -1,5 +1,6 @@
 """`vivi demo` end to end at the smallest scale: every stage leaves its outputs, trained methods
-beat random init somewhere, a re-run redoes nothing, other settings in the same folder are refused."""
+beat random init somewhere, a re-run redoes nothing, more seeds extend a folder, other settings in the
+same folder are refused."""
 from __future__ import annotations
 
 import json
@@ -115,3 +116,11 @@ def test_world_settings_and_training_size_reach_the_world_and_the_runs(tmp_path)
     assert "`tracking=1.0`" in report and "24 px" in report
     with pytest.raises(ValueError, match="other settings.*train_size"):
         run_demo(out, **small, methods=["ex-yt-s"], world={"tracking": 1.0, "background_warp": 1.0})
+
+    # more seeds extend the folder: seed 1's jobs run, seed 0's are kept as they are
+    first_run = (out / "runs" / "ex-yt-s-seed0" / "metrics.jsonl").stat().st_mtime_ns
+    more = run_demo(out, **small, seeds=2, methods=["ex-yt-s"], world={"tracking": 1.0, "background_warp": 1.0},
+                    train_size=24)
+    assert len(more["methods"]["ex-yt-s"]["mean"]) == 2 and len(more["methods"]["random"]["mean"]) == 2
+    assert (out / "runs" / "ex-yt-s-seed1" / "config.yaml").exists()
+    assert (out / "runs" / "ex-yt-s-seed0" / "metrics.jsonl").stat().st_mtime_ns == first_run

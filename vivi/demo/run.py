@@ -33,12 +33,18 @@ def demo_scale(mode: str = "default", **overrides) -> Scale:
     return replace(SCALES[mode], **{k: v for k, v in overrides.items() if v is not None})
 
 
+# Settings that only choose which jobs run: more seeds or other methods extend a demo folder.
+SELECTION = ("seeds", "methods")
+
+
 def _check_settings(out: Path, settings: dict) -> None:
+    """Refuse ``out`` when it holds results made with other settings (world, scale, sizes); record ``settings``."""
     path = out / "demo.json"
     if path.exists():
         previous = json.loads(path.read_text())
-        if previous != settings:
-            changed = sorted(k for k in settings.keys() | previous.keys() if settings.get(k) != previous.get(k))
+        changed = sorted(k for k in settings.keys() | previous.keys()
+                         if k not in SELECTION and settings.get(k) != previous.get(k))
+        if changed:
             raise ValueError(f"{out} holds a demo run with other settings ({', '.join(changed)} differ; see {path}): "
                              "use another --out, or delete the folder to start again")
     out.mkdir(parents=True, exist_ok=True)

@@ -23,10 +23,12 @@ from __future__ import annotations
 
 import colorsys
 import math
+import typing
 from dataclasses import dataclass, field, replace
 
 import numpy as np
 
+from vivi.registry import typed_value
 from .backgrounds import BACKGROUND_FAMILIES, BackgroundInstance, sample_background
 from .shapes import CLASS_NAMES
 
@@ -112,11 +114,12 @@ def world_overrides(items: list[str], reserved: tuple[str, ...] = OWN_OPTIONS) -
     """``KEY=VALUE`` strings (``vivi synth/demo --world``) -> :class:`WorldConfig` keyword arguments.
 
     Values are YAML (``tracking=1``, ``shots=[1,1]``, ``object_textures=true``) and are checked
-    against the field's default: a float field takes any number, a pair takes two numbers, an
-    unknown or ``reserved`` key is refused with the valid ones named.
+    against the field's type (:func:`vivi.registry.typed_value`: a float field takes any number, a
+    pair takes two numbers; ``TypeError`` otherwise); an unknown or ``reserved`` key is refused
+    (``ValueError``) with the valid ones named.
     """
     import yaml
-    fields = {f.name: f.default for f in WorldConfig.__dataclass_fields__.values()}
+    hints = typing.get_type_hints(WorldConfig)
     out = {}
     for item in items:
         key, sep, text = item.partition("=")
@@ -128,7 +131,7 @@ def world_overrides(items: list[str], reserved: tuple[str, ...] = OWN_OPTIONS) -
             value = yaml.safe_load(text)
         except yaml.YAMLError:
             raise ValueError(f"--world {item!r}: {text!r} is not a value") from None
-        out[key] = _as_field_type(key, value, fields[key])
+        out[key] = typed_value(value, hints[key], f"--world {key}")
     return out
 
 
@@ -140,26 +143,6 @@ def check_world_key(key: str, reserved: tuple[str, ...] = OWN_OPTIONS) -> None:
     if key not in WorldConfig.__dataclass_fields__:
         valid = ", ".join(k for k in WorldConfig.__dataclass_fields__ if k not in reserved)
         raise ValueError(f"--world {key}: not a world setting; valid: {valid}")
-
-
-def _as_field_type(key: str, value, default):
-    """``value`` converted to the type of ``default`` (bool, int, float, str or a pair of numbers)."""
-    def number(v, kind):
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or (kind is int and not float(v).is_integer()):
-            raise ValueError(f"--world {key}={value!r}: expected {'an integer' if kind is int else 'a number'}")
-        return kind(v)
-    if isinstance(default, bool):
-        if not isinstance(value, bool):
-            raise ValueError(f"--world {key}={value!r}: expected true or false")
-        return value
-    if isinstance(default, (int, float)):
-        return number(value, type(default))
-    if isinstance(default, tuple):
-        if not isinstance(value, list) or len(value) != len(default):
-            raise ValueError(f"--world {key}={value!r}: expected {len(default)} numbers like "
-                             f"[{', '.join(map(str, default))}]")
-        return tuple(number(v, type(d)) for v, d in zip(value, default))
-    return str(value)
 
 
 @dataclass(frozen=True)

@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
+
+from vivi.registry import typed_value
 
 __all__ = ["AugmentSection", "DataConfig", "LossConfig", "ModelConfig", "OptimConfig", "PRESET_DIR",
            "RunConfig", "TrainConfig", "UnknownKeyError", "apply_overrides", "config_from_dict", "config_to_dict",
@@ -172,42 +173,6 @@ def _hints(cls) -> dict[str, object]:
     return typing.get_type_hints(cls)
 
 
-def _check_value(value, hint, key: str):
-    """``value`` converted to the field type ``hint``; a clear TypeError otherwise."""
-    origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        inner = [a for a in args if a is not type(None)]
-        return _check_value(value, inner[0], key)
-    if origin is list:
-        if not isinstance(value, (list, tuple)):
-            raise TypeError(f"{key} expects a list of {args[0].__name__}, got {value!r}")
-        return [_check_value(v, args[0], f"{key}[{i}]") for i, v in enumerate(value)]
-    if hint is bool:
-        if not isinstance(value, bool):
-            raise TypeError(f"{key} expects true/false, got {value!r}")
-        return value
-    if hint is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise TypeError(f"{key} expects an integer, got {value!r}")
-        return value
-    if hint is float:
-        if isinstance(value, str):   # YAML 1.1 reads "1e30" (no dot) as a string
-            try:
-                value = float(value)
-            except ValueError:
-                pass
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise TypeError(f"{key} expects a number, got {value!r}")
-        return float(value)
-    if hint is str:
-        if not isinstance(value, str):
-            raise TypeError(f"{key} expects a string, got {value!r}")
-        return value
-    raise TypeError(f"{key}: unsupported field type {hint}")
-
-
 def config_from_dict(raw: dict, base: TrainConfig | None = None) -> TrainConfig:
     """A TrainConfig from nested dicts (a YAML preset); unknown keys and wrong types raise."""
     config = base or TrainConfig()
@@ -216,7 +181,7 @@ def config_from_dict(raw: dict, base: TrainConfig | None = None) -> TrainConfig:
         if section not in top:
             raise UnknownKeyError(f"unknown config key {section!r}; valid: {', '.join(top)}")
         if section in ("name", "description"):
-            setattr(config, section, _check_value(values, top[section], section))
+            setattr(config, section, typed_value(values, top[section], section))
             continue
         if not isinstance(values, dict):
             raise TypeError(f"config section {section!r} must be a mapping, got {values!r}")
@@ -226,7 +191,7 @@ def config_from_dict(raw: dict, base: TrainConfig | None = None) -> TrainConfig:
             if key not in hints:
                 raise UnknownKeyError(f"unknown config key {section}.{key}; valid: "
                                + ", ".join(f"{section}.{k}" for k in hints))
-            setattr(target, key, _check_value(value, hints[key], f"{section}.{key}"))
+            setattr(target, key, typed_value(value, hints[key], f"{section}.{key}"))
     return config
 
 
