@@ -219,7 +219,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "also rot-yt-f vivi-rot4)")
     p.add_argument("--rotation", action="store_true", help="add the rotation variants (Rot-YT-F, VIVI-Rot(4))")
     p.add_argument("--steps", type=int, default=None, help="training steps per method (overrides the mode's)")
-    p.add_argument("--seeds", type=int, default=None, help="pre-training seeds per method (overrides the mode's); more seeds in an existing --out add their jobs")
+    p.add_argument("--seeds", type=int, default=None,
+                   help="pre-training seeds per method (overrides the mode's); more seeds in an existing --out "
+                        "add their jobs")
     p.add_argument("--world", nargs="+", default=[], metavar="KEY=VALUE", help=WORLD_HELP)
     p.add_argument("--train-size", type=int, default=None, metavar="PX",
                    help="training crop size of every method (default: the presets' 32; the probe stays at 64)")
