@@ -54,6 +54,30 @@ def test_frame_mode_repeats_one_frame(dataset):
         ClipConfig(mode="frames")
 
 
+def test_frame_mode_keeps_one_frame_per_video_unless_asked_for_each_draw(dataset):
+    """The papers' Ex-YT-F data set holds one frame per video (VIVI §4): every draw of a video gives
+    the same frame, chosen by the seed; ``each_draw`` gives the video's other frames too."""
+    def frames_drawn(choice, seed, index):
+        clips = VideoClipDataset(dataset, ClipConfig(shots=1, frames=2, mode="frame", frame_choice=choice))
+        clips.seed = seed
+        return {int(clips[(index, draw)]["frame_index"][0, 0]) for draw in range(40)}, clips.videos[index]
+
+    for index in range(3):
+        fixed, video = frames_drawn("fixed", 0, index)
+        assert len(fixed) == 1
+        each, _ = frames_drawn("each_draw", 0, index)
+        assert len(each) > 1 and each <= set(range(video.num_frames))
+    # the seed picks the frame: over a few seeds a video's fixed frame changes
+    assert len({next(iter(frames_drawn("fixed", seed, 0)[0])) for seed in range(8)}) > 1
+    # the same frames whatever the number of workers (the choice is made from the key, not the process)
+    config = ClipConfig(shots=1, frames=2, mode="frame")
+    a = _batches(make_loader(dataset, config, batch_size=2, workers=0, seed=3), 3)
+    b = _batches(make_loader(dataset, config, batch_size=2, workers=2, seed=3), 3)
+    assert all(torch.equal(x["frame_index"], y["frame_index"]) for x, y in zip(a, b))
+    with pytest.raises(ValueError, match="valid: fixed, each_draw"):
+        ClipConfig(frame_choice="random")
+
+
 def test_seeded_and_independent_of_worker_count(dataset):
     config = ClipConfig(shots=2, frames=2)
     a = _batches(make_loader(dataset, config, batch_size=2, workers=0, seed=3), 4)

@@ -5,8 +5,13 @@ video; from it K consecutive shots are taken (videos with fewer shots are skippe
 shot F consecutive frames (sampled at 1 Hz by ingest). The baselines use the same reader:
 
 * ``mode="shots"``: the default, K x F frames as above (Ex-YT-S is K = 1, VIVI is K = 2 or 4);
-* ``mode="frame"``: Ex-YT-F, one random frame of the video repeated F times (its copies become
-  different exemplars only through augmentation; no temporal signal).
+* ``mode="frame"``: Ex-YT-F / Rot-YT-F, one frame of the video repeated F times (its copies become
+  different exemplars only through augmentation; no temporal signal). With ``frame_choice="fixed"``
+  (the default) it is the same frame at every draw: the papers' "YT8M frames", "a data set obtained
+  by sampling one frame from each video in our training set" (VIVI §4 "Baseline methods"), chosen
+  per video by the loader's seed; ``"each_draw"`` takes a new random frame at every draw, so the
+  baseline sees every frame of the videos (more data than the papers' baseline, still no temporal
+  signal; docs/demo-study.md §17).
 
 A shot with fewer than F sampled frames gives its frames in order, each repeated about F/n times
 (index ``floor(j * n / F)`` for j < F), so order inside a shot is kept and no frame of another
@@ -20,6 +25,7 @@ of DataLoader workers, and a resumed run continues the stream where it stopped.
 from __future__ import annotations
 
 import math
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +40,8 @@ from .boxes import load_detections
 from .reader import Video, VideoDataset
 
 MODES = ("shots", "frame")
+_FIXED_FRAME_STREAM = 0x46524D   # a third seed word: the fixed frames' stream is apart from every draw's
+FRAME_CHOICES = ("fixed", "each_draw")
 
 
 @dataclass(frozen=True)
@@ -41,6 +49,8 @@ class ClipConfig:
     shots: int = 4                 # K: consecutive shots per video (VIVI: 2 or 4; shot/frame baselines: 1)
     frames: int = 8                # F: consecutive frames per shot (exemplar: 8, rotation: 4)
     mode: str = "shots"            # "shots" (K x F frames) or "frame" (Ex-YT-F: one frame, F copies)
+    frame_choice: str = "fixed"    # mode "frame": "fixed" (one frame per video for the whole run, the
+                                   # papers' frame data set) or "each_draw" (a new random frame every draw)
     size: int | None = None        # frames are resized (shorter side) and centre-cropped to size x size;
                                    # None keeps the stored size (all videos must then share it)
     detector: str | None = None    # read boxes from the detections of this detector (see boxes.py)
@@ -49,6 +59,8 @@ class ClipConfig:
     def __post_init__(self):
         if self.mode not in MODES:
             raise ValueError(f"unknown clip mode {self.mode!r}; valid modes: {', '.join(MODES)}")
+        if self.frame_choice not in FRAME_CHOICES:
+            raise ValueError(f"unknown frame choice {self.frame_choice!r}; valid: {', '.join(FRAME_CHOICES)}")
         if self.shots < 1 or self.frames < 1:
             raise ValueError(f"need at least one shot and one frame per clip, got K={self.shots}, F={self.frames}")
 
@@ -87,7 +99,7 @@ class VideoClipDataset(Dataset):
         """The shots and, for each, the frame indices of one clip of ``video``."""
         K, F = self.config.shots, self.config.frames
         if self.config.mode == "frame":
-            frame = int(rng.integers(video.num_frames))
+            frame = self.fixed_frame(video) if self.config.frame_choice == "fixed" else int(rng.integers(video.num_frames))
             return [video.frame_shot[frame]] * K, [[frame] * F for _ in range(K)]
         first = int(rng.integers(video.num_shots - K + 1))
         shots = list(range(first, first + K))
@@ -102,6 +114,12 @@ class VideoClipDataset(Dataset):
             else:
                 frames.append([available[j * n // F] for j in range(F)])
         return shots, frames
+
+    def fixed_frame(self, video: Video) -> int:
+        """The one frame of ``video`` in the papers' frame data set: drawn from the loader's seed and
+        the video's key (not its position), so every rank and worker, and a resumed run, agree."""
+        rng = np.random.default_rng([self.seed, zlib.crc32(video.key.encode()), _FIXED_FRAME_STREAM])
+        return int(rng.integers(video.num_frames))
 
     def __getitem__(self, item: tuple[int, int]) -> dict[str, torch.Tensor]:
         index, draw = item

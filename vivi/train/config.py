@@ -40,6 +40,8 @@ class DataConfig:
     shots: int = 4                   # K: consecutive shots per video (VIVI: 2 or 4; Ex-YT-S / Rot: 1)
     frames: int = 8                  # F: consecutive frames per shot (exemplar 8, rotation 4; SPEC §1)
     mode: str = "shots"              # "shots" (K x F frames) or "frame" (Ex-YT-F / Rot-YT-F: one frame, F copies)
+    frame_choice: str = "fixed"      # mode "frame": "fixed" = one frame per video for the whole run (the papers'
+                                     # "YT8M frames" data set, VIVI §4), "each_draw" = a new random frame each draw
     videos: int = 512                # N: videos per step over all ranks (N·K = 2048 in VIVI); split over ranks
     size: int | None = 256           # loader resizes the shorter side and centre-crops to size², so videos of
                                      # any aspect batch (None: as stored, all videos must share one size);

@@ -178,8 +178,8 @@ def train(config: TrainConfig | str | Path, data: str | Path, out: str | Path, r
 
     # ============ data: this rank's shard of the video stream (+ labelled images) ============
     d = config.data
-    clip = ClipConfig(shots=d.shots, frames=d.frames, mode=d.mode, size=d.size, detector=d.detector,
-                      max_boxes=d.max_boxes)
+    clip = ClipConfig(shots=d.shots, frames=d.frames, mode=d.mode, frame_choice=d.frame_choice, size=d.size,
+                      detector=d.detector, max_boxes=d.max_boxes)
     cotrain = None
     if config.loss.cotrain_weight > 0:
         from vivi.data.images import LabeledImages
