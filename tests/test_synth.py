@@ -295,6 +295,25 @@ def test_tracking_share_makes_some_shots_tracking_shots(monkeypatch):
         WorldConfig(tracking_share=1.5)
 
 
+def test_shots_share_only_classes_without_theme_background_and_palette():
+    """With ``theme_background`` and ``theme_palette`` off, the shots of one video draw their own
+    background family and palette (so they share only the theme's classes); with them on (the
+    default) every shot keeps the theme's, and the shots equal those of a world without the knobs."""
+    config = WorldConfig(size=64, theme_background=False, theme_palette=False)
+    theme = make_themes(config)[0]
+    shots = [sample_shot(rng_for(3, VIDEO_DOMAIN, 0, i), theme, config, 11) for i in range(40)]
+    assert len({s.background.family for s in shots}) > 4
+    theme_colors = {tuple(np.round(c, 5)) for c in theme.palette}
+    assert all(not {tuple(np.round(c, 5)) for c in s.background.colors} <= theme_colors for s in shots)
+    assert {o.class_id for s in shots for o in s.objects} <= set(theme.classes)
+    kept = [sample_shot(rng_for(3, VIDEO_DOMAIN, 0, i), theme, WorldConfig(size=64), 11) for i in range(5)]
+    assert {s.background.family for s in kept} == {theme.background}
+    assert all({tuple(np.round(c, 5)) for c in s.background.colors} <= theme_colors for s in kept)
+    # the default draws nothing more: this shot is the one the world gave before the knobs existed
+    assert kept[0].camera.center[0].tolist() == pytest.approx([-0.75130939, 2.22329855])
+    assert kept[0].background.family == 7 and [o.class_id for o in kept[0].objects] == [3]
+
+
 def test_background_warp_bends_the_pattern_and_keeps_the_rest():
     """``warp`` only adds a bending to the instance (the other draws are those of an unwarped
     instance, so worlds without it are unchanged); the warped pattern stays in [0, 1], differs

@@ -3,7 +3,8 @@
 The world is built so that every level of the VIVI hierarchy carries its own signal:
 
 * video -> a THEME: a set of object classes, a colour palette and a background family, shared by
-  all shots of the video (what the video-level losses can predict from one shot to the next);
+  all shots of the video (what the video-level losses can predict from one shot to the next;
+  ``theme_background`` / ``theme_palette`` off leave the shots only the classes to share);
 * shot -> a camera SET-UP: a background instance, camera position and zoom, lighting, and the
   objects; frames of one shot look alike (what the shot-level exemplar loss uses) and a cut
   changes the set-up abruptly (what the colour-histogram cut detector finds);
@@ -75,6 +76,9 @@ class WorldConfig:
                                     # up to 0.3 x this (x motion) world units/s, the objects with it
     tracking_share: float = 1.0     # with tracking > 0: the fraction of shots that are tracking shots
     background_warp: float = 0.0    # bends backgrounds over large distances (see backgrounds.py)
+    theme_background: bool = True   # False: each shot draws its own background family ...
+    theme_palette: bool = True      # ... and its own palette: with both, the shots of a video share
+                                    # only their object classes (docs/demo-study.md §19)
     min_cut_distance: float = 0.6   # a new shot is redrawn until the half-L1 colour-histogram
                                     # distance across the cut exceeds this (detector threshold 0.4)
     max_shot_distance: float = 0.16 # ...and until no two consecutive frames of it exceed this
@@ -330,9 +334,12 @@ def sample_shot(rng: np.random.Generator, theme: Theme, config: WorldConfig, num
     are positives for the object-level loss).
     """
     times = np.arange(num_frames, dtype=np.float64) / config.fps
-    order = rng.permutation(len(theme.palette))
-    background_colors, object_colors = theme.palette[order[:2]], theme.palette[order[2:]]
-    background = sample_background(rng, theme.background, background_colors, config.background_warp)
+    # a shot's own palette or background family only where the world asks for it (only then: same stream)
+    palette = theme.palette if config.theme_palette else sample_palette(rng, config.palette_size)
+    family = theme.background if config.theme_background else int(rng.integers(len(BACKGROUND_FAMILIES)))
+    order = rng.permutation(len(palette))
+    background_colors, object_colors = palette[order[:2]], palette[order[2:]]
+    background = sample_background(rng, family, background_colors, config.background_warp)
     tracking = config.tracking      # a share below 1 draws which shots track (only then: same stream)
     if tracking > 0 and config.tracking_share < 1 and rng.random() >= config.tracking_share:
         tracking = 0.0
