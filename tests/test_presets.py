@@ -63,6 +63,7 @@ def test_paper_hyper_parameters():
     assert ex4.model.encoder == "resnet50_v2" and ex4.model.norm == "bn" and ex4.loss.predictor == "lstm"
     f = load_config("ex-yt-f")
     assert f.data.mode == "frame" and f.optim.warmup_steps == 17000 and f.loss.video == "none"
+    assert f.data.frame_choice == "fixed"    # the papers' frame data set: one frame per video (VIVI §4)
     assert load_config("vivi-ex4-aa").loss.video_weight == pytest.approx(ex4.loss.video_weight / 2)
     obj = load_config("objcentric")
     assert obj.loss.object_weight == 5.0 and obj.loss.video_weight == 0.04 and obj.data.detector
@@ -95,6 +96,8 @@ def test_unknown_names_list_the_valid_ones():
         load_config("vivi-ex9")
     with pytest.raises(ValueError, match="loss.frame='triplet' is not valid; valid: exemplar, rotation, none"):
         load_config("tiny-vivi-ex4", ["loss.frame=triplet"])
+    with pytest.raises(ValueError, match="data.frame_choice='random' is not valid; valid: fixed, each_draw"):
+        load_config("tiny-ex-yt-f", ["data.frame_choice=random"])
     with pytest.raises(ValueError, match="model.encoder=.*valid: .*resnet50_v2"):
         load_config("tiny-vivi-ex4", ["model.encoder=vgg"])
     with pytest.raises(ValueError, match="needs data.shots >= 2"):
