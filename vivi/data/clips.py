@@ -40,8 +40,8 @@ from .boxes import load_detections
 from .reader import Video, VideoDataset
 
 MODES = ("shots", "frame")
-_FIXED_FRAME_STREAM = 0x46524D   # a third seed word: the fixed frames' stream is apart from every draw's
 FRAME_CHOICES = ("fixed", "each_draw")
+_FIXED_FRAME_STREAM = 0x46524D   # a third seed word: the fixed frames' stream is apart from every draw's
 
 
 @dataclass(frozen=True)
@@ -99,7 +99,10 @@ class VideoClipDataset(Dataset):
         """The shots and, for each, the frame indices of one clip of ``video``."""
         K, F = self.config.shots, self.config.frames
         if self.config.mode == "frame":
-            frame = self.fixed_frame(video) if self.config.frame_choice == "fixed" else int(rng.integers(video.num_frames))
+            if self.config.frame_choice == "fixed":
+                frame = self.fixed_frame(video)
+            else:
+                frame = int(rng.integers(video.num_frames))
             return [video.frame_shot[frame]] * K, [[frame] * F for _ in range(K)]
         first = int(rng.integers(video.num_shots - K + 1))
         shots = list(range(first, first + K))
