@@ -129,8 +129,9 @@ class TrainConfig:
         def one_of(value, valid, name):
             if value not in valid:
                 raise ValueError(f"{name}={value!r} is not valid; valid: {', '.join(valid)}")
-        one_of(self.data.mode, ("shots", "frame"), "data.mode")
-        one_of(self.data.frame_choice, ("fixed", "each_draw"), "data.frame_choice")
+        from vivi.data.clips import FRAME_CHOICES, MODES
+        one_of(self.data.mode, MODES, "data.mode")
+        one_of(self.data.frame_choice, FRAME_CHOICES, "data.frame_choice")
         one_of(self.model.norm, ("bn", "gnws"), "model.norm")
         one_of(self.loss.frame, FRAME_LOSSES, "loss.frame")
         one_of(self.loss.video, VIDEO_LOSSES, "loss.video")
