@@ -57,7 +57,7 @@ def run_demo(out: str | Path = "demo", *, mode: str = "default", workers: int = 
     """Run the demo into ``out`` and return its summary (also in ``OUT/report/results.json``).
 
     mode: ``quick`` (a first look, a few minutes), ``default`` (≤ 15 min on a 2-core CPU) or
-        ``full`` (more steps, five seeds: the significance of the papers' ordering).
+        ``full`` (8000 steps, five seeds: the significance of the papers' ordering).
     workers: processes for synth, ingest, and the jobs that train and evaluate side by side.
     seed: the world's seed. methods: names from ``vivi.demo.METHODS`` (default: the exemplar
         family); rotation: add the rotation variants.
