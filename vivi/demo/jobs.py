@@ -169,7 +169,8 @@ def run_jobs(jobs: list[Job], *, scale: Scale, data: Path, world: Path, tasks: i
     running: dict[Future, Job] = {}
     total = sum(j.total for j in jobs)
     context = multiprocessing.get_context("forkserver")
-    bar = tqdm(total=round(total), initial=0, unit="frame", unit_scale=True, desc="train + eval",
+    done = round(sum(_progress(j, scale, tasks) for j in jobs))   # a resumed run's earlier work: not in the rate
+    bar = tqdm(total=round(total), initial=done, unit="frame", unit_scale=True, desc="train + eval",
                disable=not progress, dynamic_ncols=True, smoothing=0.05)
     pool = ProcessPoolExecutor(workers, mp_context=context)
     try:
