@@ -169,8 +169,10 @@ def run_jobs(jobs: list[Job], *, scale: Scale, data: Path, world: Path, tasks: i
     running: dict[Future, Job] = {}
     total = sum(j.total for j in jobs)
     context = multiprocessing.get_context("forkserver")
-    done = round(sum(_progress(j, scale, tasks) for j in jobs))   # a resumed run's earlier work: not in the rate
-    bar = tqdm(total=round(total), initial=done, unit="frame", unit_scale=True, desc="train + eval",
+    def done() -> int:
+        return round(sum(_progress(j, scale, tasks) for j in jobs))
+    # initial: a resumed run's earlier work is not counted in the rate and ETA
+    bar = tqdm(total=round(total), initial=done(), unit="frame", unit_scale=True, desc="train + eval",
                disable=not progress, dynamic_ncols=True, smoothing=0.05)
     pool = ProcessPoolExecutor(workers, mp_context=context)
     try:
@@ -188,7 +190,7 @@ def run_jobs(jobs: list[Job], *, scale: Scale, data: Path, world: Path, tasks: i
                     raise RuntimeError(f"demo job '{job.name}' failed ({job.folder}): {error}") from error
                 job.seconds, job.done = job.result["seconds"], True
                 bar.write(_describe(job))
-            bar.n = round(sum(_progress(j, scale, tasks) for j in jobs))
+            bar.n = done()
             bar.set_postfix_str(", ".join(j.name for j in running.values()), refresh=False)
             bar.refresh()
     except BaseException:
