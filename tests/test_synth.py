@@ -15,7 +15,7 @@ from vivi.synth import CLASS_NAMES, TASKS, WorldConfig, make_world
 from vivi.synth.backgrounds import pattern, sample_background
 from vivi.synth.render import render
 from vivi.synth.tasks import TRAIN_SIZE, render_task_image, split_labels, task_scene
-from vivi.synth.world import (TASK_DOMAIN, THEME_DOMAIN, VIDEO_DOMAIN, make_themes, plan_shots,
+from vivi.synth.world import (TASK_DOMAIN, THEME_DOMAIN, VIDEO_DOMAIN, make_themes, plan_shots, sample_cast,
                               rng_for, sample_object, sample_shot)
 
 TINY = dict(videos=3, seconds=6.0, fps=10, size=64, seed=0, progress=False)
@@ -355,3 +355,35 @@ def test_synth_cli_takes_world_settings(tmp_path):
     assert config["tracking"] == 1.0 and config["background_warp"] == 1.0 and config["videos"] == 1
     assert main(["synth", str(tmp_path / "bad"), "--videos", "1", "--world", "traking=1"]) == 2
     assert not (tmp_path / "bad").exists()
+
+
+def test_cast_keeps_count_classes_and_sizes_across_the_shots_of_a_video(tmp_path):
+    """With ``cast`` every shot of a video shows the video's objects: the same number and classes
+    in every shot, each near its own size (log sd ``cast_size_spread``), at new places; without it
+    shots draw their own objects (and the world is the one from before the knob)."""
+    config = WorldConfig(size=64, cast=True, objects_per_shot=(1, 3))
+    theme = make_themes(config)[0]
+    counts, sizes = set(), []
+    for video in range(6):
+        rng = rng_for(3, VIDEO_DOMAIN, video)
+        cast = sample_cast(rng, theme, config)
+        shots = [sample_shot(rng, theme, config, 11, cast=cast) for _ in range(5)]
+        for shot in shots:
+            assert [o.class_id for o in shot.objects] == [m.class_id for m in cast]
+            ratio = [o.radius[0] * float(shot.camera.zoom[0]) / m.radius for o, m in zip(shot.objects, cast)]
+            sizes.extend(np.log(ratio))
+        first = [(shot.objects[0].center[0] - shot.camera.center[0]) * shot.camera.zoom[0] for shot in shots]
+        assert len({tuple(np.round(c, 3)) for c in first}) == 5          # new places in every shot
+        counts.add(len(cast))
+    assert counts == {1, 2, 3}
+    assert 0.08 < np.std(sizes) < 0.25 and abs(np.mean(sizes)) < 0.1    # cast_size_spread 0.15
+    # a whole video: the ground truth records the cast, and every frame's objects are cast members
+    from vivi.synth.video import make_video
+    make_video(tmp_path, 0, WorldConfig(size=32, seconds=6, cast=True), make_themes(WorldConfig(size=32, cast=True)))
+    truth = json.loads((tmp_path / "video_00000.json").read_text())
+    names = sorted(m["class_name"] for m in truth["cast"])
+    assert all(sorted(f["class_names"]) == names for f in truth["frames"] if len(f["boxes"]) == len(names))
+    make_video(tmp_path, 1, WorldConfig(size=32, seconds=6), make_themes(WorldConfig(size=32)))
+    assert "cast" not in json.loads((tmp_path / "video_00001.json").read_text())
+    with pytest.raises(ValueError, match="cast_size_spread"):
+        WorldConfig(cast_size_spread=-1)

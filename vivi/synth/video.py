@@ -15,6 +15,9 @@ Ground truth, ``video_NNNNN.json`` next to ``video_NNNNN.mp4``::
      "frames": [{"boxes": [[x0, y0, x1, y1], ...], "class_ids": [...], "class_names": [...],
                  "object_ids": [...]}, ...]}
 
+and, in a world with a ``cast``, ``"cast": [{"class_id", "class_name", "radius"}, ...]`` (the
+objects every shot shows; ``radius`` their usual size on screen, screen units).
+
 Boxes are integer pixels, x1 and y1 exclusive (see ``render.py``); ``object_ids`` follow one
 object through its shot (unique within the video).
 """
@@ -30,7 +33,8 @@ import numpy as np
 from .cuts import cut_distance, frame_signatures, max_step_distance
 from .render import RenderedFrames, render
 from .shapes import CLASS_NAMES
-from .world import VIDEO_DOMAIN, Shot, Theme, WorldConfig, plan_shots, rng_for, sample_shot
+from .world import (VIDEO_DOMAIN, CastMember, Shot, Theme, WorldConfig, plan_shots, rng_for, sample_cast,
+                    sample_shot)
 
 MAX_SETUP_DRAWS = 30        # redraws of a shot set-up before keeping the best one seen
 
@@ -61,12 +65,13 @@ class VideoShot:
 
 
 def draw_shot(rng, theme: Theme, config: WorldConfig, num_frames: int, first_object_id: int,
-              previous: tuple | None) -> tuple[VideoShot, tuple]:
+              previous: tuple | None, cast: list[CastMember] | None = None) -> tuple[VideoShot, tuple]:
     """A set-up meeting both histogram margins (or, after MAX_SETUP_DRAWS, the best one seen)
-    and the histogram signatures of its last frame. ``previous``: those of the previous shot."""
+    and the histogram signatures of its last frame. ``previous``: those of the previous shot;
+    ``cast``: the video's objects, if it has one."""
     best, best_score, best_last = None, -np.inf, None
     for draw in range(1, MAX_SETUP_DRAWS + 1):
-        shot = sample_shot(rng, theme, config, num_frames, first_object_id)
+        shot = sample_shot(rng, theme, config, num_frames, first_object_id, cast)
         cut = 1.0
         if previous is not None:     # cheap test on the first frame before rendering the rest
             cut = cut_distance(previous, frame_signatures(render(shot, config.size, slice(0, 1)).rgb))
@@ -122,9 +127,11 @@ def make_video(out_dir: Path, index: int, config: WorldConfig, themes: list[Them
     """Render video ``index`` of the world and write its .mp4 and .json; return its statistics."""
     rng = rng_for(config.seed, VIDEO_DOMAIN, index)
     theme_id = int(rng.integers(len(themes)))
+    lengths = plan_shots(rng, config)
+    cast = sample_cast(rng, themes[theme_id], config) if config.cast else None   # drawn only then: same stream
     shots, previous, next_object_id = [], None, 0
-    for length in plan_shots(rng, config):
-        video_shot, previous = draw_shot(rng, themes[theme_id], config, length, next_object_id, previous)
+    for length in lengths:
+        video_shot, previous = draw_shot(rng, themes[theme_id], config, length, next_object_id, previous, cast)
         shots.append(video_shot)
         next_object_id += len(video_shot.shot.objects)
 
@@ -136,6 +143,9 @@ def make_video(out_dir: Path, index: int, config: WorldConfig, themes: list[Them
              "seed": [config.seed, VIDEO_DOMAIN, index], "fps": config.fps,
              "num_frames": len(frames), "width": config.size, "height": config.size,
              "theme": theme_id, "shot_starts": starts, "frames": frames}
+    if cast is not None:
+        truth["cast"] = [{"class_id": m.class_id, "class_name": CLASS_NAMES[m.class_id], "radius": round(m.radius, 4)}
+                         for m in cast]
     (out_dir / f"{name}.json").write_text(json.dumps(truth, separators=(",", ":")))
     return {"frames": len(frames), "shots": len(shots),
             "boxes": sum(len(f["boxes"]) for f in frames),

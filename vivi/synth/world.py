@@ -6,7 +6,9 @@ The world is built so that every level of the VIVI hierarchy carries its own sig
   all shots of the video (what the video-level losses can predict from one shot to the next;
   ``theme_background`` / ``theme_palette`` off leave the shots only the classes to share);
 * shot -> a camera SET-UP: a background instance, camera position and zoom, lighting, and the
-  objects; frames of one shot look alike (what the shot-level exemplar loss uses) and a cut
+  objects (with ``cast`` the video's own objects, the same number, classes and sizes in every
+  shot, at new places: then count and scale belong to the video, docs/demo-study.md §23); frames
+  of one shot look alike (what the shot-level exemplar loss uses) and a cut
   changes the set-up abruptly (what the colour-histogram cut detector finds);
 * frame -> the set-up at one instant: objects move, rotate, scale and deform smoothly, the
   camera pans and zooms, the lighting drifts; with ``tracking`` the camera travels with the
@@ -79,6 +81,11 @@ class WorldConfig:
     theme_background: bool = True   # False: each shot draws its own background family ...
     theme_palette: bool = True      # ... and its own palette: with both, the shots of a video share
                                     # only their object classes (docs/demo-study.md §19)
+    cast: bool = False              # a video draws its objects once (a count in objects_per_shot, a
+                                    # class and a size each) and every shot shows that cast at new
+                                    # places, as the people of a video appear in its shots
+    cast_size_spread: float = 0.15  # with cast: sd of the log of an object's size from shot to shot
+                                    # about its own (the camera's distance varies a little)
     min_cut_distance: float = 0.6   # a new shot is redrawn until the half-L1 colour-histogram
                                     # distance across the cut exceeds this (detector threshold 0.4)
     max_shot_distance: float = 0.16 # ...and until no two consecutive frames of it exceed this
@@ -98,6 +105,8 @@ class WorldConfig:
             raise ValueError(f"objects_per_shot must be (min, max) with min >= 1, got {self.objects_per_shot}")
         if not 0 <= self.tracking_share <= 1:
             raise ValueError(f"tracking_share must be in [0, 1], got {self.tracking_share}")
+        if self.cast_size_spread < 0:
+            raise ValueError(f"cast_size_spread must be >= 0, got {self.cast_size_spread}")
         if not 0 < self.object_radius[0] <= self.object_radius[1] <= 1:
             raise ValueError(f"object_radius must be (min, max) with 0 < min <= max <= 1, got {self.object_radius}")
 
@@ -325,13 +334,31 @@ def sample_object(rng, object_id: int, class_id: int, colors: np.ndarray, camera
         texture_frequency=float(rng.uniform(1.0, 2.5)))
 
 
+@dataclass(frozen=True)
+class CastMember:
+    """An object that appears in every shot of its video (``WorldConfig.cast``)."""
+    class_id: int
+    radius: float                   # its usual size on screen (screen units), in the first frame of a shot
+
+
+def sample_cast(rng: np.random.Generator, theme: Theme, config: WorldConfig) -> list[CastMember]:
+    """A video's cast: a count in ``objects_per_shot``, then a class of the theme (with repeats) and
+    a log-uniform size in ``object_radius`` for each member."""
+    count = int(rng.integers(config.objects_per_shot[0], config.objects_per_shot[1] + 1))
+    return [CastMember(int(rng.choice(theme.classes)),
+                       math.exp(rng.uniform(math.log(config.object_radius[0]), math.log(config.object_radius[1]))))
+            for _ in range(count)]
+
+
 def sample_shot(rng: np.random.Generator, theme: Theme, config: WorldConfig, num_frames: int,
-                first_object_id: int = 0) -> Shot:
+                first_object_id: int = 0, cast: list[CastMember] | None = None) -> Shot:
     """A random camera set-up of ``theme`` with objects moving for ``num_frames`` frames.
 
     The background takes two palette colours and the objects the others, so objects stand out;
     the object classes come from the theme, with repeats (several objects of one class in a shot
-    are positives for the object-level loss).
+    are positives for the object-level loss). With a ``cast`` (:func:`sample_cast`) the shot shows
+    exactly its members, each at its own size times a log-normal factor (sd ``cast_size_spread``),
+    at new places and in new colours of the palette.
     """
     times = np.arange(num_frames, dtype=np.float64) / config.fps
     # a shot's own palette or background family only where the world asks for it (only then: same stream)
@@ -345,12 +372,20 @@ def sample_shot(rng: np.random.Generator, theme: Theme, config: WorldConfig, num
         tracking = 0.0
     camera = sample_camera(rng, times, config.motion, tracking)
     lighting = sample_lighting(rng, times, config.lighting_drift)
-    count = int(rng.integers(config.objects_per_shot[0], config.objects_per_shot[1] + 1))
     objects = []
-    for i in range(count):
+    if cast is None:                # the shot's own objects (this stream is the world's without a cast)
+        count = int(rng.integers(config.objects_per_shot[0], config.objects_per_shot[1] + 1))
+        for i in range(count):
+            colors = object_colors[rng.integers(len(object_colors), size=2)]
+            objects.append(sample_object(rng, first_object_id + i, rng.choice(theme.classes), colors,
+                                         camera, times, config.motion, radius_range=config.object_radius,
+                                         textured=config.object_textures, spin_range=config.object_spin,
+                                         wander_range=config.object_wander))
+    for i, member in enumerate(cast or ()):
         colors = object_colors[rng.integers(len(object_colors), size=2)]
-        objects.append(sample_object(rng, first_object_id + i, rng.choice(theme.classes), colors,
-                                     camera, times, config.motion, radius_range=config.object_radius,
+        radius = member.radius * math.exp(rng.normal(0, config.cast_size_spread))
+        objects.append(sample_object(rng, first_object_id + i, member.class_id, colors, camera, times,
+                                     config.motion, screen_radius=min(radius, 1.0),
                                      textured=config.object_textures, spin_range=config.object_spin,
                                      wander_range=config.object_wander))
     if tracking > 0:                # the objects travel with the camera; the background slides by
