@@ -372,20 +372,17 @@ def sample_shot(rng: np.random.Generator, theme: Theme, config: WorldConfig, num
         tracking = 0.0
     camera = sample_camera(rng, times, config.motion, tracking)
     lighting = sample_lighting(rng, times, config.lighting_drift)
+    # the shot's own objects, or the video's cast (without one, this stream is the world's from before the knob)
+    count = int(rng.integers(config.objects_per_shot[0], config.objects_per_shot[1] + 1)) if cast is None else len(cast)
     objects = []
-    if cast is None:                # the shot's own objects (this stream is the world's without a cast)
-        count = int(rng.integers(config.objects_per_shot[0], config.objects_per_shot[1] + 1))
-        for i in range(count):
-            colors = object_colors[rng.integers(len(object_colors), size=2)]
-            objects.append(sample_object(rng, first_object_id + i, rng.choice(theme.classes), colors,
-                                         camera, times, config.motion, radius_range=config.object_radius,
-                                         textured=config.object_textures, spin_range=config.object_spin,
-                                         wander_range=config.object_wander))
-    for i, member in enumerate(cast or ()):
+    for i in range(count):
         colors = object_colors[rng.integers(len(object_colors), size=2)]
-        radius = member.radius * math.exp(rng.normal(0, config.cast_size_spread))
-        objects.append(sample_object(rng, first_object_id + i, member.class_id, colors, camera, times,
-                                     config.motion, screen_radius=min(radius, 1.0),
+        if cast is None:
+            class_id, radius = rng.choice(theme.classes), None      # a radius drawn in object_radius
+        else:
+            class_id, radius = cast[i].class_id, min(cast[i].radius * math.exp(rng.normal(0, config.cast_size_spread)), 1.0)
+        objects.append(sample_object(rng, first_object_id + i, class_id, colors, camera, times, config.motion,
+                                     screen_radius=radius, radius_range=config.object_radius,
                                      textured=config.object_textures, spin_range=config.object_spin,
                                      wander_range=config.object_wander))
     if tracking > 0:                # the objects travel with the camera; the background slides by
