@@ -193,7 +193,8 @@ def run_jobs(jobs: list[Job], *, scale: Scale, data: Path, world: Path, tasks: i
             bar.n = done()
             # a resumed training drops the steps logged after its last checkpoint: count them as
             # work to redo, not as negative progress (tqdm's rate is (n - initial) / elapsed)
-            bar.initial = min(bar.initial, bar.n)
+            if not bar.disable:
+                bar.initial = min(bar.initial, bar.n)
             bar.set_postfix_str(", ".join(j.name for j in running.values()), refresh=False)
             bar.refresh()
     except BaseException:
