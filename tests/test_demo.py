@@ -124,3 +124,19 @@ def test_world_settings_and_training_size_reach_the_world_and_the_runs(tmp_path)
     assert len(more["methods"]["ex-yt-s"]["mean"]) == 2 and len(more["methods"]["random"]["mean"]) == 2
     assert (out / "runs" / "ex-yt-s-seed1" / "config.yaml").exists()
     assert (out / "runs" / "ex-yt-s-seed0" / "metrics.jsonl").stat().st_mtime_ns == first_run
+
+    # a finished world of other settings (an older vivi's defaults, say) stops the demo before
+    # anything is written; a world whose generation stopped before the end is made again
+    path = out / "world" / "world.json"
+    stored = json.loads(path.read_text())
+    path.write_text(json.dumps({**stored, "config": {**stored["config"], "cast": not stored["config"]["cast"]}}))
+    settings = (out / "demo.json").read_text()
+    with pytest.raises(ValueError, match=r"world made with other settings \(cast: .* there"):
+        run_demo(out, **small, seeds=2, methods=["ex-yt-s"], world={"tracking": 1.0, "background_warp": 1.0},
+                 train_size=24)
+    assert (out / "demo.json").read_text() == settings
+    (out / "world" / "tasks" / "suite.json").unlink()
+    again = run_demo(out, **small, seeds=2, methods=["ex-yt-s"], world={"tracking": 1.0, "background_warp": 1.0},
+                     train_size=24)
+    assert json.loads(path.read_text())["config"] == stored["config"]
+    assert (out / "world" / "tasks" / "suite.json").exists() and again["methods"] == more["methods"]

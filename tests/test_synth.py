@@ -22,7 +22,7 @@ TINY = dict(videos=3, seconds=6.0, fps=10, size=64, seed=0, progress=False)
 TEST_SIZE = 300
 FRAME_KEYS = {"boxes", "class_ids", "class_names", "object_ids"}
 VIDEO_KEYS = {"video", "file", "index", "seed", "fps", "num_frames", "width", "height", "theme",
-              "shot_starts", "frames"}
+              "shot_starts", "frames", "cast"}
 
 
 @pytest.fixture(scope="module")
@@ -360,7 +360,7 @@ def test_synth_cli_takes_world_settings(tmp_path):
 def test_cast_keeps_count_classes_and_sizes_across_the_shots_of_a_video(tmp_path):
     """With ``cast`` every shot of a video shows the video's objects: the same number and classes
     in every shot, each near its own size (log sd ``cast_size_spread``), at new places; without it
-    shots draw their own objects (and the world is the one from before the knob)."""
+    shots draw their own objects (the world of sessions 1-11)."""
     config = WorldConfig(size=64, cast=True, objects_per_shot=(1, 3))
     theme = make_themes(config)[0]
     counts, sizes = set(), []
@@ -383,7 +383,8 @@ def test_cast_keeps_count_classes_and_sizes_across_the_shots_of_a_video(tmp_path
     truth = json.loads((tmp_path / "video_00000.json").read_text())
     names = sorted(m["class_name"] for m in truth["cast"])
     assert all(sorted(f["class_names"]) == names for f in truth["frames"] if len(f["boxes"]) == len(names))
-    make_video(tmp_path, 1, WorldConfig(size=32, seconds=6), make_themes(WorldConfig(size=32)))
+    assert WorldConfig().cast                     # the default since session 12 (docs/demo-study.md §23)
+    make_video(tmp_path, 1, WorldConfig(size=32, seconds=6, cast=False), make_themes(WorldConfig(size=32)))
     assert "cast" not in json.loads((tmp_path / "video_00001.json").read_text())
     with pytest.raises(ValueError, match="cast_size_spread"):
         WorldConfig(cast_size_spread=-1)

@@ -51,6 +51,22 @@ def _check_settings(out: Path, settings: dict) -> None:
     path.write_text(json.dumps(settings, indent=1))
 
 
+def _kept_world(world_dir: Path, config: dict) -> bool:
+    """Whether ``world_dir`` holds a finished world made with ``config`` (a ``WorldConfig`` as
+    JSON); False when there is none or its generation stopped before the end (it is made again).
+    A finished world of other settings (an older vivi's defaults, say) stops the demo."""
+    path = world_dir / "world.json"
+    if not path.exists() or not (world_dir / "tasks" / "suite.json").exists():   # suite.json: written last
+        return False
+    stored = json.loads(path.read_text()).get("config", {})
+    changed = sorted(k for k in config.keys() | stored.keys() if config.get(k) != stored.get(k))
+    if changed:
+        details = ", ".join(f"{k}: {stored.get(k, 'unset')} there, {config.get(k, 'unset')} now" for k in changed)
+        raise ValueError(f"{world_dir} holds a world made with other settings ({details}): use another --out, "
+                         "or delete the folder to start again")
+    return True
+
+
 def run_demo(out: str | Path = "demo", *, mode: str = "default", workers: int = 2, seed: int = 0,
              methods: list[str] | None = None, rotation: bool = False, world: dict | None = None,
              train_size: int | None = None, progress: bool = True, **scale_overrides) -> dict:
@@ -81,7 +97,8 @@ def run_demo(out: str | Path = "demo", *, mode: str = "default", workers: int = 
     world_settings = dict(world or {})
     for key in world_settings:            # the mode sets the world's size; --seed its seed
         check_world_key(key)
-    WorldConfig(**world_settings)         # its range checks, before anything is written
+    world_config = WorldConfig(videos=scale.videos, seconds=scale.seconds, size=64, seed=seed,
+                               **world_settings)     # its range checks, before anything is written
     settings = {"mode": mode, **asdict(scale), "world_seed": seed, "methods": [m.name for m in chosen]}
     if world_settings:            # recorded only when set: demo folders of the defaults stay valid
         settings["world"] = {k: list(v) if isinstance(v, tuple) else v for k, v in world_settings.items()}
@@ -91,12 +108,13 @@ def run_demo(out: str | Path = "demo", *, mode: str = "default", workers: int = 
         settings["train_size"] = train_size
         chosen = [replace(m, overrides=(*m.overrides, f"augment.size={train_size}")) if m.trained else m
                   for m in chosen]
+    world_dir, data, report = out / "world", out / "data", out / "report"
+    kept = _kept_world(world_dir, json.loads(json.dumps(asdict(world_config))))
     _check_settings(out, settings)
     timings: dict[str, float] = {}
-    world_dir, data, report = out / "world", out / "data", out / "report"
 
     t = time.perf_counter()
-    if (world_dir / "world.json").exists():
+    if kept:
         _stage(1, f"synth: {world_dir} exists, kept")
     else:
         _stage(1, f"synth: {scale.videos} videos x {scale.seconds:g} s and six downstream tasks -> {world_dir}")

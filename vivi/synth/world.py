@@ -81,9 +81,10 @@ class WorldConfig:
     theme_background: bool = True   # False: each shot draws its own background family ...
     theme_palette: bool = True      # ... and its own palette: with both, the shots of a video share
                                     # only their object classes (docs/demo-study.md §19)
-    cast: bool = False              # a video draws its objects once (a count in objects_per_shot, a
+    cast: bool = True               # a video draws its objects once (a count in objects_per_shot, a
                                     # class and a size each) and every shot shows that cast at new
-                                    # places, as the people of a video appear in its shots
+                                    # places, as the people of a video appear in its shots; False:
+                                    # every shot draws its own (the default before session 12)
     cast_size_spread: float = 0.15  # with cast: sd of the log of an object's size from shot to shot
                                     # about its own (the camera's distance varies a little)
     min_cut_distance: float = 0.6   # a new shot is redrawn until the half-L1 colour-histogram
