@@ -63,7 +63,7 @@ class Scale:
 
 SCALES: dict[str, Scale] = {
     "quick": Scale(videos=48, seconds=20.0, steps=300, seeds=1, test_size=500),
-    "default": Scale(videos=200, seconds=20.0, steps=3000, seeds=1, test_size=1000),
+    "default": Scale(videos=200, seconds=20.0, steps=2500, seeds=1, test_size=1000),
     # 8000 steps: at 4000 the frame level's easier task favoured it and the shot level did not show
     # (docs/demo-study.md §20); 5 seeds: with 3, objects' +2.4 had p = 0.1
     "full": Scale(videos=200, seconds=20.0, steps=8000, seeds=5, test_size=2000),
