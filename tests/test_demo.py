@@ -125,6 +125,11 @@ def test_world_settings_and_training_size_reach_the_world_and_the_runs(tmp_path)
     assert (out / "runs" / "ex-yt-s-seed1" / "config.yaml").exists()
     assert (out / "runs" / "ex-yt-s-seed0" / "metrics.jsonl").stat().st_mtime_ns == first_run
 
+    # a setting given at its default value names the same world (cast is on by default)
+    same = run_demo(out, **small, seeds=2, methods=["ex-yt-s"],
+                    world={"tracking": 1.0, "background_warp": 1.0, "cast": True}, train_size=24)
+    assert same["settings"]["world"] == {"tracking": 1.0, "background_warp": 1.0}
+
     # a finished world of other settings (an older vivi's defaults, say) stops the demo before
     # anything is written; a world whose generation stopped before the end is made again
     path = out / "world" / "world.json"

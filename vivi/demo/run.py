@@ -37,11 +37,22 @@ def demo_scale(mode: str = "default", **overrides) -> Scale:
 SELECTION = ("seeds", "methods")
 
 
+def _non_default(world: dict) -> dict:
+    """The world settings that differ from ``WorldConfig``'s defaults, as JSON values: what
+    ``demo.json`` records, so that ``--world cast=true`` and no ``--world`` name the same world."""
+    from vivi.synth import WorldConfig
+    defaults = json.loads(json.dumps(asdict(WorldConfig())))
+    return {k: v for k, v in json.loads(json.dumps(world)).items() if v != defaults.get(k)}
+
+
 def _check_settings(out: Path, settings: dict) -> None:
     """Refuse ``out`` when it holds results made with other settings (world, scale, sizes); record ``settings``."""
     path = out / "demo.json"
     if path.exists():
         previous = json.loads(path.read_text())
+        world = _non_default(previous.pop("world", {}))    # as this vivi's defaults record it
+        if world:
+            previous["world"] = world
         changed = sorted(k for k in settings.keys() | previous.keys()
                          if k not in SELECTION and settings.get(k) != previous.get(k))
         if changed:
@@ -100,8 +111,8 @@ def run_demo(out: str | Path = "demo", *, mode: str = "default", workers: int = 
     world_config = WorldConfig(videos=scale.videos, seconds=scale.seconds, size=64, seed=seed,
                                **world_settings)     # its range checks, before anything is written
     settings = {"mode": mode, **asdict(scale), "world_seed": seed, "methods": [m.name for m in chosen]}
-    if world_settings:            # recorded only when set: demo folders of the defaults stay valid
-        settings["world"] = {k: list(v) if isinstance(v, tuple) else v for k, v in world_settings.items()}
+    if _non_default(world_settings):     # recorded only when not the defaults' world
+        settings["world"] = _non_default(world_settings)
     if train_size is not None:
         if train_size < 16:
             raise ValueError(f"train_size {train_size} is too small: the tiny encoder needs >= 16 px")
