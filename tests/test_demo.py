@@ -9,7 +9,7 @@ import time
 import pytest
 
 from vivi.demo import demo_scale, run_demo, select_methods
-from vivi.demo.summary import ordering
+from vivi.demo.summary import one_seed_caveat, ordering
 
 TINY = dict(mode="quick", workers=2, videos=6, seconds=8.0, steps=30, test_size=60, progress=False)
 
@@ -34,6 +34,7 @@ def test_every_stage_leaves_its_outputs(demo):
     assert {"synth", "ingest", "train + eval (wall)"} <= set(result["timings"])
     report = (out / "report" / "report.md").read_text()
     assert "VIVI-Ex(4) + objects" in report and "The papers' ordering" in report
+    assert "One seed: a difference" in report and "`vivi demo --full` (8000 steps, 5 seeds)" in report
 
 
 def test_trained_methods_beat_random_init_on_some_task(demo):
@@ -73,6 +74,7 @@ def test_ordering_significance_over_seeds():
     low_high = {(c["low"], c["high"]): c for c in ordering(methods)}
     assert low_high[("random", "ex-yt-f")]["significant"] and low_high[("random", "ex-yt-f")]["holds"]
     assert not low_high[("ex-yt-f", "ex-yt-s")]["significant"]
+    assert one_seed_caveat(ordering(methods)) is None         # tested: nothing to warn about
 
 
 def test_method_selection_and_scales():

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from .jobs import eval_folder, plan_jobs, run_jobs
 from .methods import SCALES, Scale, select_methods
-from .summary import collect, format_ordering, format_table, table, write_report
+from .summary import collect, format_ordering, format_table, one_seed_caveat, table, write_report
 
 STAGES = 6
 
@@ -171,6 +171,8 @@ def run_demo(out: str | Path = "demo", *, mode: str = "default", workers: int = 
     print()
     for line in format_ordering(summary["ordering"], results):
         print(line)
+    if one_seed_caveat(summary["ordering"]):
+        print(one_seed_caveat(summary["ordering"]))
 
     _stage(6, f"report -> {report / 'report.md'}")
     print("time: " + ", ".join(f"{k} {v:.0f} s" for k, v in timings.items()))

@@ -89,6 +89,15 @@ def format_ordering(checks: list[dict], methods: dict) -> list[str]:
     return lines
 
 
+def one_seed_caveat(checks: list[dict]) -> str | None:
+    """What a run without significance tests cannot tell (None when the ordering was tested)."""
+    if not checks or any(c["p_value"] is not None for c in checks):
+        return None
+    full = SCALES["full"]
+    return ("One seed: a difference of a point or two on the mean is within the spread between seeds; "
+            f"`vivi demo --full` ({full.steps} steps, {full.seeds} seeds) tests every step of the ordering.")
+
+
 def plot_means(methods: dict, path: Path) -> Path:
     """Mean over tasks and per group, one bar per method, error bars = std over seeds."""
     import matplotlib
@@ -159,8 +168,9 @@ def write_report(methods: dict, out: Path, *, settings: dict, timings: dict) -> 
           "Top-1 accuracy (%)" + (", mean ± std over seeds" if seeds > 1 else "") + ":", "",
           "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     md += ["| " + " | ".join(r) + " |" for r in rows]
+    caveat = one_seed_caveat(checks)
     md += ["", "## The papers' ordering", "", *[f"- {line}" for line in format_ordering(checks, methods)], "",
-           "## Where the time went", "", "| stage | seconds |", "|---|---|"]
+           *([caveat, ""] if caveat else []), "## Where the time went", "", "| stage | seconds |", "|---|---|"]
     md += [f"| {k} | {v:.0f} |" for k, v in timings.items()]
     md += ["", "![means](means.png)", "", "Per task: [per-task/report.md](per-task/report.md), "
            "![accuracy](per-task/accuracy.png)", "", "Frames the methods learned from, with the world's boxes: "
