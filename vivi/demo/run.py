@@ -111,8 +111,9 @@ def run_demo(out: str | Path = "demo", *, mode: str = "default", workers: int = 
     world_config = WorldConfig(videos=scale.videos, seconds=scale.seconds, size=64, seed=seed,
                                **world_settings)     # its range checks, before anything is written
     settings = {"mode": mode, **asdict(scale), "world_seed": seed, "methods": [m.name for m in chosen]}
-    if _non_default(world_settings):     # recorded only when not the defaults' world
-        settings["world"] = _non_default(world_settings)
+    recorded = _non_default(world_settings)
+    if recorded:                  # recorded only when not the defaults' world
+        settings["world"] = recorded
     if train_size is not None:
         if train_size < 16:
             raise ValueError(f"train_size {train_size} is too small: the tiny encoder needs >= 16 px")
@@ -171,8 +172,9 @@ def run_demo(out: str | Path = "demo", *, mode: str = "default", workers: int = 
     print()
     for line in format_ordering(summary["ordering"], results):
         print(line)
-    if one_seed_caveat(summary["ordering"]):
-        print(one_seed_caveat(summary["ordering"]))
+    caveat = one_seed_caveat(summary["ordering"])
+    if caveat:
+        print(caveat)
 
     _stage(6, f"report -> {report / 'report.md'}")
     print("time: " + ", ".join(f"{k} {v:.0f} s" for k, v in timings.items()))
