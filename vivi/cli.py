@@ -143,7 +143,7 @@ def _report(args: argparse.Namespace) -> None:
 
 
 WORLD_HELP = ("other settings of the synthetic world (vivi.synth.WorldConfig), e.g. --world tracking=1 "
-              "background_warp=1 (tracking shots, docs/synth.md)")
+              "background_warp=1 (tracking shots), --world cast=false (shots draw their own objects; docs/synth.md)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -212,7 +212,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=Path("demo"), help="output folder (default ./demo)")
     size = p.add_mutually_exclusive_group()
     size.add_argument("--quick", action="store_true", help="a small world and short training: a first look in minutes")
-    size.add_argument("--full", action="store_true", help="8000 steps and five seeds per method (~3 h 15 min on 2 "
+    size.add_argument("--full", action="store_true", help="8000 steps and five seeds per method (~3 h on 2 "
                       "cores): the significance of the papers' ordering")
     p.add_argument("--methods", nargs="+", default=None, metavar="NAME",
                    help="methods to compare (default: random ex-yt-f ex-yt-s vivi-ex4 vivi-ex4-obj; "
