@@ -37,12 +37,22 @@ def demo_scale(mode: str = "default", **overrides) -> Scale:
 SELECTION = ("seeds", "methods")
 
 
+def _as_json(value):
+    """``value`` as it reads back from a JSON file (tuples become lists)."""
+    return json.loads(json.dumps(value))
+
+
+def _differing(a: dict, b: dict, ignore: tuple = ()) -> list[str]:
+    """The keys, sorted, whose values differ between ``a`` and ``b`` (a missing key is None)."""
+    return sorted(k for k in a.keys() | b.keys() if k not in ignore and a.get(k) != b.get(k))
+
+
 def _non_default(world: dict) -> dict:
     """The world settings that differ from ``WorldConfig``'s defaults, as JSON values: what
     ``demo.json`` records, so that ``--world cast=true`` and no ``--world`` name the same world."""
     from vivi.synth import WorldConfig
-    defaults = json.loads(json.dumps(asdict(WorldConfig())))
-    return {k: v for k, v in json.loads(json.dumps(world)).items() if v != defaults.get(k)}
+    defaults = _as_json(asdict(WorldConfig()))
+    return {k: v for k, v in _as_json(world).items() if v != defaults.get(k)}
 
 
 def _check_settings(out: Path, settings: dict) -> None:
@@ -53,8 +63,7 @@ def _check_settings(out: Path, settings: dict) -> None:
         world = _non_default(previous.pop("world", {}))    # as this vivi's defaults record it
         if world:
             previous["world"] = world
-        changed = sorted(k for k in settings.keys() | previous.keys()
-                         if k not in SELECTION and settings.get(k) != previous.get(k))
+        changed = _differing(settings, previous, ignore=SELECTION)
         if changed:
             raise ValueError(f"{out} holds a demo run with other settings ({', '.join(changed)} differ; see {path}): "
                              "use another --out, or delete the folder to start again")
@@ -62,15 +71,15 @@ def _check_settings(out: Path, settings: dict) -> None:
     path.write_text(json.dumps(settings, indent=1))
 
 
-def _kept_world(world_dir: Path, config: dict) -> bool:
-    """Whether ``world_dir`` holds a finished world made with ``config`` (a ``WorldConfig`` as
-    JSON); False when there is none or its generation stopped before the end (it is made again).
+def _kept_world(world_dir: Path, config) -> bool:
+    """Whether ``world_dir`` holds a finished world made with ``config`` (a ``WorldConfig``);
+    False when there is none or its generation stopped before the end (it is made again).
     A finished world of other settings (an older vivi's defaults, say) stops the demo."""
     path = world_dir / "world.json"
     if not path.exists() or not (world_dir / "tasks" / "suite.json").exists():   # suite.json: written last
         return False
-    stored = json.loads(path.read_text()).get("config", {})
-    changed = sorted(k for k in config.keys() | stored.keys() if config.get(k) != stored.get(k))
+    config, stored = _as_json(asdict(config)), json.loads(path.read_text()).get("config", {})
+    changed = _differing(config, stored)
     if changed:
         details = ", ".join(f"{k}: {stored.get(k, 'unset')} there, {config.get(k, 'unset')} now" for k in changed)
         raise ValueError(f"{world_dir} holds a world made with other settings ({details}): use another --out, "
@@ -121,7 +130,7 @@ def run_demo(out: str | Path = "demo", *, mode: str = "default", workers: int = 
         chosen = [replace(m, overrides=(*m.overrides, f"augment.size={train_size}")) if m.trained else m
                   for m in chosen]
     world_dir, data, report = out / "world", out / "data", out / "report"
-    kept = _kept_world(world_dir, json.loads(json.dumps(asdict(world_config))))
+    kept = _kept_world(world_dir, world_config)
     _check_settings(out, settings)
     timings: dict[str, float] = {}
 
