@@ -142,8 +142,11 @@ def test_world_settings_and_training_size_reach_the_world_and_the_runs(tmp_path)
         run_demo(out, **small, seeds=2, methods=["ex-yt-s"], world={"tracking": 1.0, "background_warp": 1.0},
                  train_size=24)
     assert (out / "demo.json").read_text() == settings
+    path.write_text(json.dumps(stored))        # the world as made, but its generation did not finish
     (out / "world" / "tasks" / "suite.json").unlink()
+    (out / "world" / "videos" / "video_00003.mp4").unlink()
     again = run_demo(out, **small, seeds=2, methods=["ex-yt-s"], world={"tracking": 1.0, "background_warp": 1.0},
                      train_size=24)
     assert json.loads(path.read_text())["config"] == stored["config"]
     assert (out / "world" / "tasks" / "suite.json").exists() and again["methods"] == more["methods"]
+    assert (out / "world" / "videos" / "video_00003.mp4").exists()
