@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from fractions import Fraction
 from pathlib import Path
 
 import av
@@ -46,13 +47,24 @@ def ground_truth(world: Path) -> dict[str, dict]:
             for p in sorted((world / "videos").glob("*.json"))}
 
 
-def write_video(path: Path, frames: np.ndarray, fps: int = 10) -> Path:
-    """Encode (T, H, W, 3) uint8 RGB frames as H.264 with PyAV."""
+def write_video(path: Path, frames: np.ndarray, fps: int = 10, *, display: tuple[int, bool, bool] | None = None,
+                sample_aspect: Fraction | None = None) -> Path:
+    """Encode (T, H, W, 3) uint8 RGB frames as H.264 with PyAV.
+
+    ``display``: (degrees, hflip, vflip) of PyAV's ``set_display_rotation``, a display matrix
+    saying "turn the frames this many degrees counter-clockwise, then mirror them" (as phones
+    store portrait video). ``sample_aspect``: the pixels' shape (width / height), as DV and DVDs.
+    """
     with av.open(str(path), "w") as container:
         stream = container.add_stream("libx264", rate=fps)
         stream.height, stream.width = frames.shape[1:3]
         stream.pix_fmt = "yuv420p"
         stream.options = {"preset": "ultrafast"}
+        if display is not None:
+            degrees, hflip, vflip = display
+            stream.set_display_rotation(degrees, hflip=hflip, vflip=vflip)
+        if sample_aspect is not None:
+            stream.codec_context.sample_aspect_ratio = sample_aspect
         for frame in frames:
             container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
         container.mux(stream.encode())

@@ -6,14 +6,18 @@ import signal
 import subprocess
 import sys
 import time
+from fractions import Fraction
 from pathlib import Path
 
+import av
+import cv2
 import numpy as np
 import pytest
 
 from conftest import TINY_INGEST, ground_truth, write_bad_inputs, write_video
 from vivi.data.inspect import dataset_stats, render_contact_sheet
 from vivi.ingest import IngestConfig, SamplingConfig, decode_video, detect_cuts, ingest
+from vivi.ingest.decode import decode_jpeg
 from vivi.ingest.shards import read_shard_index, shard_name
 
 
@@ -97,6 +101,59 @@ def test_stored_frames_are_the_sampled_native_frames(world, dataset):
     for i, n in enumerate(video.frame_native_index):
         stored = data.read_frame(video, i).astype(int)
         assert np.abs(stored - native[n]).mean() < 6, "stored JPEG differs from its native frame"
+
+
+def _asymmetric_frame(height: int = 32, width: int = 64) -> np.ndarray:
+    """A frame that looks different under each of the 8 turns and mirrors: ramps and a corner block."""
+    frame = np.zeros((height, width, 3), np.uint8)
+    frame[..., 1] = np.linspace(0, 220, width)[None].astype(np.uint8)
+    frame[..., 2] = np.linspace(0, 220, height)[:, None].astype(np.uint8)
+    frame[: height // 3, : width // 3, 0] = 255
+    return frame
+
+
+@pytest.mark.skipif(not hasattr(av.video.stream.VideoStream, "set_display_rotation"),
+                    reason="this PyAV cannot write display matrices")
+def test_frames_are_stored_as_the_video_is_shown(tmp_path):
+    # A display matrix (how phones store portrait video) says: turn the decoded frame `degrees`
+    # counter-clockwise, then mirror it. All 8 orientations, each in two ways.
+    frame = _asymmetric_frame()
+    for degrees in (0, 90, 180, 270):
+        for hflip in (False, True):
+            for vflip in (False, True):
+                path = write_video(tmp_path / f"{degrees}-{hflip:d}{vflip:d}.mp4", np.stack([frame] * 3),
+                                   display=(degrees, hflip, vflip))
+                shown = np.rot90(frame, degrees // 90)
+                shown = shown[:, ::-1] if hflip else shown
+                shown = shown[::-1] if vflip else shown
+                video = decode_video(path)
+                stored = decode_jpeg(video.jpegs[0])
+                assert stored.shape == shown.shape and video.frame_size == shown.shape[:2], (degrees, hflip, vflip)
+                assert np.abs(stored.astype(int) - shown).mean() < 6, (degrees, hflip, vflip)
+    # Quarter turns alone as OpenCV's own reader turns them (it ignores mirrors).
+    for degrees in (90, 180, 270):
+        video = decode_video(tmp_path / f"{degrees}-00.mp4")
+        ok, bgr = cv2.VideoCapture(str(tmp_path / f"{degrees}-00.mp4")).read()
+        assert ok and bgr.shape[:2] == video.frame_size
+        assert np.abs(decode_jpeg(video.jpegs[0]).astype(int) - bgr[..., ::-1]).mean() < 6
+
+
+@pytest.mark.skipif(not hasattr(av.video.stream.VideoStream, "set_display_rotation"),
+                    reason="this PyAV cannot write display matrices")
+def test_portrait_and_anamorphic_videos_in_the_dataset(tmp_path):
+    frame = _asymmetric_frame()
+    portrait = write_video(tmp_path / "portrait.mp4", np.stack([frame] * 12), display=(-90, False, False))
+    wide = write_video(tmp_path / "wide.mp4", np.stack([frame] * 12), sample_aspect=Fraction(3, 2))
+    out = tmp_path / "data"
+    ingest([portrait, wide], out, IngestConfig(sampling=SamplingConfig(short_side=16)), progress=False)
+    records = {Path(r["source"]).name: r for r in read_shard_index(out, 0)["videos"]}
+    # turned clockwise (as a phone's portrait video is), then the shorter side to 16
+    assert records["portrait.mp4"]["display"] == {"rotation_cw": 90, "hflip": False, "sample_aspect": 1.0}
+    assert records["portrait.mp4"]["frame_size"] == [32, 16]
+    # 64 x 32 pixels each 1.5 as wide as high: shown 96 x 32, stored 48 x 16
+    assert records["wide.mp4"]["display"] == {"rotation_cw": 0, "hflip": False, "sample_aspect": 1.5}
+    assert records["wide.mp4"]["frame_size"] == [16, 48]
+    assert records["wide.mp4"]["width"] == 64 and records["wide.mp4"]["height"] == 32   # as coded
 
 
 def test_contact_sheet(dataset, tmp_path):

@@ -5,7 +5,8 @@ not lost); everything else is kept off the per-frame path. Decoded frames are ha
 batches: the detector reads their colour samples straight off the decoded Y/Cb/Cr planes (no
 colour conversion) with a few array operations per batch (``shots.py``), then the sampler walks
 the batch's time stamps, and only the frames sampled for the dataset (1 Hz by default) are
-converted, resized to the stored size and JPEG-encoded.
+converted, resized to the stored size, turned as the video is shown (``display.py``: phone
+videos upright, non-square pixels at their shape) and JPEG-encoded.
 """
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ import cv2
 from av.video.reformatter import VideoReformatter
 import numpy as np
 
+from .display import Display, frame_display
 from .shots import ColourSamples, CutDetectorConfig, HistogramCutDetector, batch_size
 
 
@@ -49,6 +51,7 @@ class DecodedVideo:
     frame_native_index: list[int]    # native frame index of every sampled frame
     frame_shot: list[int]            # shot index of every sampled frame
     frame_size: tuple[int, int]      # (height, width) of the stored frames
+    display: Display                 # how the decoded frames were turned to be stored as shown
     jpegs: list[bytes]
 
 
@@ -95,10 +98,9 @@ def decode_video(path: str | Path, config: SamplingConfig = SamplingConfig(), th
             stream.thread_count = 1
         else:
             stream.thread_type, stream.thread_count = "AUTO", threads
-        out_h, out_w = stored_size(width, height, config.short_side)
         # The sampled frames have their own reformatter: each keeps its swscale context (switching
         # geometry on one rebuilds it, ~1 ms); the detector's samples keep theirs for other formats.
-        sampler = _Sampler(out_w, out_h, 1.0 / config.sample_fps, config.jpeg_quality,
+        sampler = _Sampler(stream, config.short_side, 1.0 / config.sample_fps, config.jpeg_quality,
                            float(stream.time_base) if stream.time_base else None, fps)
         samples, detector = ColourSamples(config.histogram_width), HistogramCutDetector(config.cuts)
         size = batch_size(width, height)
@@ -128,7 +130,7 @@ def decode_video(path: str | Path, config: SamplingConfig = SamplingConfig(), th
         duration_s=round(last_t + 1.0 / fps, 6),
         shot_starts=list(detector.shot_starts), shot_starts_s=[round(s, 6) for s in sampler.shot_starts_s],
         frame_times_s=sampler.times, frame_native_index=sampler.native, frame_shot=sampler.shots,
-        frame_size=(out_h, out_w), jpegs=sampler.jpegs)
+        frame_size=sampler.frame_size, display=sampler.display, jpegs=sampler.jpegs)
 
 
 def decoder_threads(width: int, height: int) -> int:
@@ -192,11 +194,16 @@ class _Sampler:
     """Sampling inside shots (see :func:`decode_video`), JPEG-encoding the frames it keeps.
 
     ``add(batch, starts)`` takes the next decoded frames and which of them start a shot. Only
-    the kept frames are converted (one swscale call to the stored size and BGR) and encoded.
+    the kept frames are converted (one swscale call to the stored size and BGR), turned as shown
+    and encoded. The first frame (always kept) sets how the video is shown and the stored size.
     """
 
-    def __init__(self, out_w: int, out_h: int, period: float, quality: int, time_base: float | None, fps: float):
-        self.out_w, self.out_h, self.period, self.time_base, self.fps = out_w, out_h, period, time_base, fps
+    def __init__(self, stream, short_side: int, period: float, quality: int, time_base: float | None, fps: float):
+        self.stream, self.short_side = stream, short_side
+        self.period, self.time_base, self.fps = period, time_base, fps
+        self.display = Display()
+        self.frame_size = (0, 0)      # (height, width) stored, set by the first frame kept
+        self.out_w = self.out_h = 0   # the swscale output (decoded orientation)
         self.encode = [int(cv2.IMWRITE_JPEG_QUALITY), int(quality)]
         self.to_stored = VideoReformatter()
         self.index = 0                # native index of the next frame
@@ -224,6 +231,12 @@ class _Sampler:
         self.index += len(batch)
         self.last_t = times[-1]
 
+    def _set_size(self, frame: av.VideoFrame) -> None:
+        self.display = frame_display(frame, self.stream)
+        self.frame_size = stored_size(*self.display.shown_size(frame.width, frame.height), self.short_side)
+        out_h, out_w = self.frame_size
+        self.out_w, self.out_h = (out_h, out_w) if self.display.transposes else (out_w, out_h)
+
     def _times(self, batch: list[av.VideoFrame]) -> list[float]:
         """Seconds from the first frame: from pts, or from the frame index where pts is missing."""
         base, first = self.time_base, self.index
@@ -237,8 +250,12 @@ class _Sampler:
         return [t - t0 for t in times]
 
     def _keep(self, frame: av.VideoFrame, index: int, t: float) -> None:
+        if not self.out_w:
+            self._set_size(frame)
         bgr = self.to_stored.reformat(frame, self.out_w, self.out_h, "bgr24", interpolation="AREA",
                                       threads=1).to_ndarray()
+        if self.display.rotation_cw or self.display.hflip:
+            bgr = self.display.apply(bgr)
         ok, data = cv2.imencode(".jpg", bgr, self.encode)
         if not ok:
             raise VideoError(f"JPEG encoding failed at frame {index}")

@@ -127,7 +127,7 @@ def _ingest_one(job: tuple[int, str, SamplingConfig, int]) -> tuple[int, dict | 
         "key": shards.video_key(index), "source": source, "fps": video.fps,
         "width": video.width, "height": video.height, "num_native_frames": video.num_native_frames,
         "duration_s": video.duration_s, "shot_starts": video.shot_starts, "shot_starts_s": video.shot_starts_s,
-        "frame_size": list(video.frame_size), "frame_times_s": video.frame_times_s,
+        "frame_size": list(video.frame_size), "display": video.display.record(), "frame_times_s": video.frame_times_s,
         "frame_native_index": video.frame_native_index, "frame_shot": video.frame_shot,
     }
     return index, record, video.jpegs, None
