@@ -48,18 +48,19 @@ def ground_truth(world: Path) -> dict[str, dict]:
 
 
 def write_video(path: Path, frames: np.ndarray, fps: int = 10, *, display: tuple[int, bool, bool] | None = None,
-                sample_aspect: Fraction | None = None) -> Path:
+                sample_aspect: Fraction | None = None, key_every: int | None = None) -> Path:
     """Encode (T, H, W, 3) uint8 RGB frames as H.264 with PyAV.
 
     ``display``: (degrees, hflip, vflip) of PyAV's ``set_display_rotation``, a display matrix
     saying "turn the frames this many degrees counter-clockwise, then mirror them" (as phones
     store portrait video). ``sample_aspect``: the pixels' shape (width / height), as DV and DVDs.
+    ``key_every``: a key frame every this many frames (x264's default is 250).
     """
     with av.open(str(path), "w") as container:
         stream = container.add_stream("libx264", rate=fps)
         stream.height, stream.width = frames.shape[1:3]
         stream.pix_fmt = "yuv420p"
-        stream.options = {"preset": "ultrafast"}
+        stream.options = {"preset": "ultrafast", **({"g": str(key_every)} if key_every else {})}
         if display is not None:
             degrees, hflip, vflip = display
             stream.set_display_rotation(degrees, hflip=hflip, vflip=vflip)

@@ -17,7 +17,7 @@ import pytest
 from conftest import TINY_INGEST, ground_truth, write_bad_inputs, write_video
 from vivi.data.inspect import dataset_stats, render_contact_sheet
 from vivi.ingest import IngestConfig, SamplingConfig, decode_video, detect_cuts, ingest
-from vivi.ingest.decode import decode_jpeg
+from vivi.ingest.decode import VideoError, decode_jpeg
 from vivi.ingest.shards import read_shard_index, shard_name
 
 
@@ -154,6 +154,45 @@ def test_portrait_and_anamorphic_videos_in_the_dataset(tmp_path):
     assert records["wide.mp4"]["display"] == {"rotation_cw": 0, "hflip": False, "sample_aspect": 1.5}
     assert records["wide.mp4"]["frame_size"] == [16, 48]
     assert records["wide.mp4"]["width"] == 64 and records["wide.mp4"]["height"] == 32   # as coded
+
+
+def _damage_packets(path: Path, packets: list[int]) -> Path:
+    """Overwrite the bytes of the video packets ``packets`` (in decoding order) with zeros."""
+    with av.open(str(path)) as container:
+        where = [(p.pos, p.size) for p in container.demux(video=0) if p.size]
+    data = bytearray(path.read_bytes())
+    for k in packets:
+        pos, size = where[k]
+        data[pos:pos + size] = bytes(size)
+    damaged = path.with_name(f"damaged-{path.name}")
+    damaged.write_bytes(bytes(data))
+    return damaged
+
+
+def test_a_damaged_packet_costs_the_frames_it_spoils_not_the_video(tmp_path):
+    # Three shots of 3 s at 10 fps, a key frame every 15 frames; packets 40 and 41 are damaged:
+    # skipped (as the ffmpeg command line does), and the frames decoded after them until the key
+    # frame at 4.5 s are not stored. The cuts, and every other frame, are as without the damage.
+    rng = np.random.default_rng(0)
+    frames = np.concatenate([np.full((30, 32, 48, 3), c, np.uint8) for c in [(200, 30, 30), (30, 200, 30), (30, 30, 200)]])
+    frames = np.clip(frames + rng.integers(-20, 20, frames.shape), 0, 255).astype(np.uint8)
+    clean = decode_video(write_video(tmp_path / "shots.mp4", frames, key_every=15))
+    video = decode_video(_damage_packets(tmp_path / "shots.mp4", [40, 41]))
+    assert (video.damaged_packets, video.unclean_frames, video.num_native_frames) == (2, 3, 88)
+    assert video.shot_starts_s == clean.shot_starts_s == [0.0, 3.0, 6.0]
+    assert clean.frame_times_s == [0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0]
+    assert video.frame_times_s == [0.0, 1.0, 2.0, 3.0, 4.5, 5.0, 6.0, 7.0, 8.0]   # 4.0 lost, 4.1-4.4 spoilt
+    for k in (0, 1, 2, 3, 5, 6, 7, 8):
+        assert video.jpegs[k] == clean.jpegs[k]
+    # damage beyond 5 % of the packets: the video is reported, not ingested
+    with pytest.raises(VideoError, match="damaged: 10 of its 90 packets"):
+        decode_video(_damage_packets(tmp_path / "shots.mp4", list(range(40, 50))))
+    summary = ingest([tmp_path / "damaged-shots.mp4", tmp_path / "shots.mp4"], tmp_path / "data",
+                     TINY_INGEST, progress=False)
+    assert summary.videos == 1 and summary.failed == 1 and summary.damaged == 0
+    _damage_packets(tmp_path / "shots.mp4", [40, 41])
+    summary = ingest([tmp_path / "damaged-shots.mp4"], tmp_path / "data2", TINY_INGEST, progress=False)
+    assert summary.videos == 1 and summary.damaged == 1 and "1 videos have damaged packets" in str(summary)
 
 
 def test_contact_sheet(dataset, tmp_path):

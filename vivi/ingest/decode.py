@@ -24,6 +24,11 @@ from .display import Display, frame_display
 from .shots import ColourSamples, CutDetectorConfig, HistogramCutDetector, batch_size
 
 
+# A video whose decoder rejects more than this fraction of its packets fails; below, the damaged
+# packets are skipped (as the ffmpeg command line does) and the frames they spoil are not stored.
+MAX_DAMAGED = 0.05
+
+
 class VideoError(Exception):
     """A video that cannot be ingested; the message says why (written to the failures report)."""
 
@@ -52,6 +57,8 @@ class DecodedVideo:
     frame_shot: list[int]            # shot index of every sampled frame
     frame_size: tuple[int, int]      # (height, width) of the stored frames
     display: Display                 # how the decoded frames were turned to be stored as shown
+    damaged_packets: int             # packets the decoder rejected (skipped)
+    unclean_frames: int              # frames decoded after one of them before a key frame, or flagged corrupt
     jpegs: list[bytes]
 
 
@@ -105,21 +112,43 @@ def decode_video(path: str | Path, config: SamplingConfig = SamplingConfig(), th
         samples, detector = ColourSamples(config.histogram_width), HistogramCutDetector(config.cuts)
         size = batch_size(width, height)
         batch: list[av.VideoFrame] = []
-        index = -1
+        unclean: set[int] = set()     # positions in ``batch`` of frames not to be stored
+        index, packets, damaged, unclean_frames, suspect = -1, 0, 0, 0, False
+        decode = stream.codec_context.decode
         try:
             # Frames are taken in batches (shots.py: the detector's cost is per batch, not per frame).
-            for index, frame in enumerate(container.decode(stream)):
-                batch.append(frame)
-                if len(batch) == size:
-                    sampler.add(batch, _shot_starts(samples, detector, batch))
-                    batch = []
+            for packet in container.demux(stream):
+                packets += packet.size > 0         # not the empty packet that flushes the decoder
+                try:
+                    frames = decode(packet)
+                except av.error.InvalidDataError:
+                    # A damaged packet: skipped, as the ffmpeg command line does. The frames that
+                    # follow may show its damage until the next key frame: they are not stored.
+                    damaged, suspect = damaged + 1, True
+                    continue
+                for frame in frames:
+                    index += 1
+                    if suspect or frame.is_corrupt:
+                        suspect = suspect and not frame.key_frame
+                        if suspect or frame.is_corrupt:
+                            unclean.add(len(batch))
+                    batch.append(frame)
+                    if len(batch) == size:
+                        sampler.add(batch, _shot_starts(samples, detector, batch), unclean)
+                        unclean_frames += len(unclean)
+                        batch, unclean = [], set()
+            unclean_frames += len(unclean)
             if batch:
-                sampler.add(batch, _shot_starts(samples, detector, batch))
+                sampler.add(batch, _shot_starts(samples, detector, batch), unclean)
         except av.error.FFmpegError as error:
             raise VideoError(f"decoding failed after {index + 1} frames: the file may be truncated or corrupt "
                              f"({_describe(error)})") from None
+        if damaged > MAX_DAMAGED * packets:
+            raise VideoError(f"damaged: {damaged} of its {packets} packets could not be decoded")
         if index < 0:
             raise VideoError("zero-length video: no frame could be decoded")
+        if not sampler.jpegs:
+            raise VideoError(f"damaged: none of its {index + 1} frames decoded cleanly")
         declared = container.duration / av.time_base if container.duration else None
         last_t = sampler.last_t
         decoded = last_t + 1.0 / fps
@@ -130,7 +159,8 @@ def decode_video(path: str | Path, config: SamplingConfig = SamplingConfig(), th
         duration_s=round(last_t + 1.0 / fps, 6),
         shot_starts=list(detector.shot_starts), shot_starts_s=[round(s, 6) for s in sampler.shot_starts_s],
         frame_times_s=sampler.times, frame_native_index=sampler.native, frame_shot=sampler.shots,
-        frame_size=sampler.frame_size, display=sampler.display, jpegs=sampler.jpegs)
+        frame_size=sampler.frame_size, display=sampler.display, damaged_packets=damaged,
+        unclean_frames=unclean_frames, jpegs=sampler.jpegs)
 
 
 def decoder_threads(width: int, height: int) -> int:
@@ -193,7 +223,8 @@ def _shot_starts(samples: ColourSamples, detector: HistogramCutDetector, batch: 
 class _Sampler:
     """Sampling inside shots (see :func:`decode_video`), JPEG-encoding the frames it keeps.
 
-    ``add(batch, starts)`` takes the next decoded frames and which of them start a shot. Only
+    ``add(batch, starts, unclean)`` takes the next decoded frames, which of them start a shot and
+    which are not to be stored (a damaged packet's aftermath: the next clean frame is kept). Only
     the kept frames are converted (one swscale call to the stored size and BGR), turned as shown
     and encoded. The first frame (always kept) sets how the video is shown and the stored size.
     """
@@ -216,14 +247,14 @@ class _Sampler:
         self.shots: list[int] = []
         self.jpegs: list[bytes] = []
 
-    def add(self, batch: list[av.VideoFrame], starts: set[int]) -> None:
+    def add(self, batch: list[av.VideoFrame], starts: set[int], unclean: set[int] = frozenset()) -> None:
         times = self._times(batch)
         threshold = self.next_sample - 1e-6
         for k, t in enumerate(times):
             if k in starts:
                 self.shot_starts_s.append(t)
                 self.next_sample, threshold = t, t - 1e-6
-            if t >= threshold:
+            if t >= threshold and not (unclean and k in unclean):   # an unclean frame: the next clean one
                 self._keep(batch[k], self.index + k, t)
                 while self.next_sample <= t + 1e-6:
                     self.next_sample += self.period

@@ -50,6 +50,7 @@ class IngestSummary:
     shots: int
     frames: int
     few_shots: int                # ingested videos with fewer than ``min_shots`` shots
+    damaged: int                  # ingested videos with damaged packets (skipped, their spoilt frames not stored)
     min_shots: int
     complete: bool                # every planned shard is done
     seconds: float
@@ -66,6 +67,9 @@ class IngestSummary:
         if self.few_shots:
             lines.append(f"{self.few_shots} videos have fewer than {self.min_shots} shots "
                          "(kept; the loader skips videos with fewer shots than it needs)")
+        if self.damaged:
+            lines.append(f"{self.damaged} videos have damaged packets (kept: the packets were skipped and the "
+                         "frames they spoil not stored; see damaged_packets in manifest.json)")
         if not self.complete:
             lines.append("not complete: other parts are missing or were interrupted; run the same command again")
         return "\n".join(lines)
@@ -127,7 +131,8 @@ def _ingest_one(job: tuple[int, str, SamplingConfig, int]) -> tuple[int, dict | 
         "key": shards.video_key(index), "source": source, "fps": video.fps,
         "width": video.width, "height": video.height, "num_native_frames": video.num_native_frames,
         "duration_s": video.duration_s, "shot_starts": video.shot_starts, "shot_starts_s": video.shot_starts_s,
-        "frame_size": list(video.frame_size), "display": video.display.record(), "frame_times_s": video.frame_times_s,
+        "frame_size": list(video.frame_size), "display": video.display.record(),
+        "damaged_packets": video.damaged_packets, "unclean_frames": video.unclean_frames, "frame_times_s": video.frame_times_s,
         "frame_native_index": video.frame_native_index, "frame_shot": video.frame_shot,
     }
     return index, record, video.jpegs, None
@@ -279,7 +284,8 @@ def _manifest(plan: dict, done: list[dict]) -> dict:
             per_video.append({"key": v["key"], "source": v["source"], "shard": shard_index["shard"],
                               "duration_s": v["duration_s"], "fps": v["fps"], "frames": len(v["frame_times_s"]),
                               "shots": len(v["shot_starts"]), "shot_starts_s": v["shot_starts_s"],
-                              "frames_per_shot": [v["frame_shot"].count(k) for k in range(len(v["shot_starts"]))]})
+                              "frames_per_shot": [v["frame_shot"].count(k) for k in range(len(v["shot_starts"]))],
+                              "damaged_packets": v.get("damaged_packets", 0)})
         failures.extend(shard_index["failures"])
     num_shards = (len(plan["inputs"]) + per_shard - 1) // per_shard
     return {
@@ -311,6 +317,7 @@ def _finalize(out: Path, plan: dict, complete: list[dict], renames: list, min_sh
         shards_done=manifest["shards_done"], shards_written=0, shards_skipped=0, videos=manifest["videos"],
         failed=len(failures), shots=manifest["shots"], frames=manifest["frames"],
         few_shots=sum(v["shots"] < min_shots for v in manifest["per_video"]), min_shots=min_shots,
+        damaged=sum(v["damaged_packets"] > 0 for v in manifest["per_video"]),
         complete=manifest["complete"], seconds=0.0,
         failure_reasons=dict(Counter(_reason_kind(f["reason"]) for f in failures)))
 
