@@ -95,5 +95,19 @@ def write_bad_inputs(folder: Path, good_video: Path) -> dict[str, str]:
             frame.sample_rate, frame.pts = 16000, i * 1024
             container.mux(stream.encode(frame))
         container.mux(stream.encode())
+    with av.open(str(folder / "music.mp4"), "w") as container:         # audio and its cover picture
+        audio = container.add_stream("aac", rate=16000)
+        cover = container.add_stream("mjpeg", rate=1)
+        cover.width = cover.height = 32
+        cover.pix_fmt = "yuvj420p"
+        cover.disposition = av.stream.Disposition.attached_pic
+        container.mux(cover.encode(av.VideoFrame.from_ndarray(np.zeros((32, 32, 3), np.uint8), format="rgb24")))
+        container.mux(cover.encode())
+        for i in range(10):
+            frame = av.AudioFrame.from_ndarray(np.zeros((1, 1024), np.float32), format="fltp", layout="mono")
+            frame.sample_rate, frame.pts = 16000, i * 1024
+            container.mux(audio.encode(frame))
+        container.mux(audio.encode())
     return {"notes.mp4": "not a readable video", "empty.mp4": "empty file", "truncated.mp4": "truncated",
-            "truncated.mkv": "truncated", "zero.mkv": "zero-length", "audio.mp4": "no video stream"}
+            "truncated.mkv": "truncated", "zero.mkv": "zero-length", "audio.mp4": "no video stream",
+            "music.mp4": "only a cover picture"}

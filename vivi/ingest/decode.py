@@ -90,9 +90,11 @@ def decode_video(path: str | Path, config: SamplingConfig = SamplingConfig(), th
     except (av.error.FFmpegError, UnicodeDecodeError) as error:
         raise VideoError(f"not a readable video: not a video file, or truncated/corrupt ({_describe(error)})") from None
     with container:
-        if not container.streams.video:
-            raise VideoError("no video stream in the file")
-        stream = container.streams.video[0]
+        # A music file's cover art is a one-picture "video" stream: not a video.
+        videos = [s for s in container.streams.video if not s.disposition & av.stream.Disposition.attached_pic]
+        if not videos:
+            raise VideoError("no video stream in the file" + (" (only a cover picture)" if container.streams.video else ""))
+        stream = videos[0]
         rate = stream.average_rate or stream.guessed_rate or stream.base_rate
         if not rate or float(rate) <= 0:
             raise VideoError("video stream has no frame rate")
