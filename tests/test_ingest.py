@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from conftest import TINY_INGEST, ground_truth, write_bad_inputs, write_video
-from vivi.data.inspect import dataset_stats, render_contact_sheet
+from vivi.data.inspect import dataset_stats, format_stats, render_contact_sheet
 from vivi.ingest import IngestConfig, SamplingConfig, decode_video, detect_cuts, ingest
 from vivi.ingest.decode import VideoError, decode_jpeg
 from vivi.ingest.shards import read_shard_index, shard_name
@@ -193,6 +193,9 @@ def test_a_damaged_packet_costs_the_frames_it_spoils_not_the_video(tmp_path):
     _damage_packets(tmp_path / "shots.mp4", [40, 41])
     summary = ingest([tmp_path / "damaged-shots.mp4"], tmp_path / "data2", TINY_INGEST, progress=False)
     assert summary.videos == 1 and summary.damaged == 1 and "1 videos have damaged packets" in str(summary)
+    stats = dataset_stats(tmp_path / "data2")
+    assert stats["damaged"] == 1 and "with damaged packets 1" in format_stats(stats)
+    assert dataset_stats(tmp_path / "data")["damaged"] == 0
 
 
 def test_contact_sheet(dataset, tmp_path):

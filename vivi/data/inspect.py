@@ -20,7 +20,8 @@ from .reader import VideoDataset
 def dataset_stats(root: str | Path) -> dict:
     """Statistics of the dataset at ``root`` as a JSON-able dict.
 
-    Keys: ``videos``, ``shots``, ``frames``, ``failed``, ``complete``, ``duration_s`` (total),
+    Keys: ``videos``, ``shots``, ``frames``, ``failed``, ``damaged`` (videos ingested with damaged
+    packets skipped), ``complete``, ``duration_s`` (total),
     ``videos_with_at_least_k_shots`` ({k: count} for k in 1, 2, 4, 8), ``frames_per_shot`` and
     ``shots_per_video`` (min/median/mean/max), ``per_video``: a list of ``{key, source,
     duration_s, fps, frames, shots, shot_starts_s}``, and ``detections``: {name:
@@ -34,6 +35,7 @@ def dataset_stats(root: str | Path) -> dict:
         "root": str(root), "complete": manifest["complete"],
         "shards": f'{manifest["shards_done"]}/{manifest["shards_planned"]}',
         "videos": manifest["videos"], "failed": manifest["failed"],
+        "damaged": sum(v.get("damaged_packets", 0) > 0 for v in per_video),
         "shots": manifest["shots"], "frames": manifest["frames"],
         "duration_s": round(sum(v["duration_s"] for v in per_video), 3),
         "videos_with_at_least_k_shots": {k: sum(n >= k for n in shots_per_video) for k in (1, 2, 4, 8)},
@@ -78,7 +80,8 @@ def format_stats(stats: dict) -> str:
     spv, fps_ = stats["shots_per_video"], stats["frames_per_shot"]
     lines = [
         f"dataset {stats['root']} ({'complete' if stats['complete'] else 'INCOMPLETE'}, shards {stats['shards']})",
-        f"  videos  {stats['videos']:>8}   ({stats['duration_s'] / 3600:.2f} h)   failed {stats['failed']}",
+        f"  videos  {stats['videos']:>8}   ({stats['duration_s'] / 3600:.2f} h)   failed {stats['failed']}"
+        + (f"   with damaged packets {stats['damaged']}" if stats.get("damaged") else ""),
         f"  shots   {stats['shots']:>8}   per video min {spv['min']} median {spv['median']:g} max {spv['max']}",
         f"  frames  {stats['frames']:>8}   per shot  min {fps_['min']} median {fps_['median']:g} max {fps_['max']}",
         f"  videos with k shots: {at_least}",
