@@ -93,7 +93,8 @@ def decode_video(path: str | Path, config: SamplingConfig = SamplingConfig(), th
         # A music file's cover art is a one-picture "video" stream: not a video.
         videos = [s for s in container.streams.video if not s.disposition & av.stream.Disposition.attached_pic]
         if not videos:
-            raise VideoError("no video stream in the file" + (" (only a cover picture)" if container.streams.video else ""))
+            cover = " (only a cover picture)" if container.streams.video else ""
+            raise VideoError(f"no video stream in the file{cover}")
         stream = videos[0]
         rate = stream.average_rate or stream.guessed_rate or stream.base_rate
         if not rate or float(rate) <= 0:
@@ -130,16 +131,15 @@ def decode_video(path: str | Path, config: SamplingConfig = SamplingConfig(), th
                     continue
                 for frame in frames:
                     index += 1
+                    if suspect and frame.key_frame:
+                        suspect = False
                     if suspect or frame.is_corrupt:
-                        suspect = suspect and not frame.key_frame
-                        if suspect or frame.is_corrupt:
-                            unclean.add(len(batch))
+                        unclean.add(len(batch))
+                        unclean_frames += 1
                     batch.append(frame)
                     if len(batch) == size:
                         sampler.add(batch, _shot_starts(samples, detector, batch), unclean)
-                        unclean_frames += len(unclean)
                         batch, unclean = [], set()
-            unclean_frames += len(unclean)
             if batch:
                 sampler.add(batch, _shot_starts(samples, detector, batch), unclean)
         except av.error.FFmpegError as error:
@@ -285,10 +285,8 @@ class _Sampler:
     def _keep(self, frame: av.VideoFrame, index: int, t: float) -> None:
         if not self.out_w:
             self._set_size(frame)
-        bgr = self.to_stored.reformat(frame, self.out_w, self.out_h, "bgr24", interpolation="AREA",
-                                      threads=1).to_ndarray()
-        if self.display.rotation_cw or self.display.hflip:
-            bgr = self.display.apply(bgr)
+        bgr = self.display.apply(self.to_stored.reformat(frame, self.out_w, self.out_h, "bgr24",
+                                                         interpolation="AREA", threads=1).to_ndarray())
         ok, data = cv2.imencode(".jpg", bgr, self.encode)
         if not ok:
             raise VideoError(f"JPEG encoding failed at frame {index}")

@@ -18,6 +18,7 @@ from fractions import Fraction
 
 import cv2
 import numpy as np
+from av.sidedata.sidedata import Type
 
 _ROTATE = {90: cv2.ROTATE_90_CLOCKWISE, 180: cv2.ROTATE_180, 270: cv2.ROTATE_90_COUNTERCLOCKWISE}
 
@@ -45,7 +46,7 @@ class Display:
         return (height, width) if self.transposes else (width, height)
 
     def apply(self, image: np.ndarray) -> np.ndarray:
-        """The (H, W, C) decoded ``image``, already resized to its shown shape, turned as shown."""
+        """The (H, W, C) ``image`` of a decoded frame (resized, still in the decoded orientation), turned as shown."""
         if self.rotation_cw:
             image = cv2.rotate(image, _ROTATE[self.rotation_cw])
         if self.hflip:
@@ -83,11 +84,7 @@ def frame_display(frame, stream) -> Display:
     """The :class:`Display` of a decoded PyAV ``frame`` of ``stream``: the frame's display
     matrix (FFmpeg attaches the container's to every frame) and the stream's sample aspect."""
     rotation_cw, hflip = 0, False
-    try:
-        from av.sidedata.sidedata import Type
-        side = frame.side_data.get(Type.DISPLAYMATRIX)
-    except (ImportError, AttributeError):
-        side = None
+    side = frame.side_data.get(Type.DISPLAYMATRIX)
     if side is not None:
         values = np.frombuffer(bytes(side), np.int32)
         if len(values) == 9:

@@ -132,8 +132,9 @@ def _ingest_one(job: tuple[int, str, SamplingConfig, int]) -> tuple[int, dict | 
         "width": video.width, "height": video.height, "num_native_frames": video.num_native_frames,
         "duration_s": video.duration_s, "shot_starts": video.shot_starts, "shot_starts_s": video.shot_starts_s,
         "frame_size": list(video.frame_size), "display": video.display.record(),
-        "damaged_packets": video.damaged_packets, "unclean_frames": video.unclean_frames, "frame_times_s": video.frame_times_s,
-        "frame_native_index": video.frame_native_index, "frame_shot": video.frame_shot,
+        "damaged_packets": video.damaged_packets, "unclean_frames": video.unclean_frames,
+        "frame_times_s": video.frame_times_s, "frame_native_index": video.frame_native_index,
+        "frame_shot": video.frame_shot,
     }
     return index, record, video.jpegs, None
 
