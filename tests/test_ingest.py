@@ -412,14 +412,47 @@ def test_tar_writer_matches_tarfile_byte_for_byte(tmp_path):
         assert written.getvalue()[offset:offset + size] == data
 
 
-def test_decoder_threads_only_for_large_frames_on_idle_cores(monkeypatch):
+def test_kept_frames_encoded_aside_are_the_same_bytes(tmp_path, monkeypatch):
+    # A portrait video of three shots at 144x160 (sizes where an idle core takes the kept frames'
+    # JPEG): encoded in the second thread, with a short backlog, the stored frames are the same
+    # bytes in the same order as encoded in the decoding thread; a failure there is the video's.
+    import threading
+    from vivi.ingest import decode
+    rng = np.random.default_rng(1)
+    frames = np.concatenate([np.full((30, 144, 160, 3), c, np.uint8) for c in [(200, 30, 30), (30, 200, 30), (30, 30, 200)]])
+    frames = np.clip(frames + rng.integers(-20, 20, frames.shape), 0, 255).astype(np.uint8)
+    path = write_video(tmp_path / "portrait.mp4", frames, display=(90, False, False))
+    inline = decode_video(path, SamplingConfig(short_side=96), threads=1)
+    encoders, imencode = [], cv2.imencode
+
+    def recording(*args):
+        encoders.append(threading.current_thread().name)
+        return imencode(*args)
+    monkeypatch.setattr(decode.cv2, "imencode", recording)
+    monkeypatch.setattr(decode, "threading_plan", lambda width, height, threads: (1, True))
+    monkeypatch.setattr(decode._Sampler, "MAX_PENDING", 2)
+    aside = decode_video(path, SamplingConfig(short_side=96))
+    assert len(encoders) == 9 and all(name.startswith("vivi-jpeg") for name in encoders)
+    assert aside.jpegs == inline.jpegs and aside.frame_times_s == inline.frame_times_s
+    assert aside.frame_size == inline.frame_size == (106, 96) and aside.shot_starts == inline.shot_starts == [0, 30, 60]
+    encoders.clear()
+    monkeypatch.setattr(decode.cv2, "imencode", lambda *args: (False, None) if len(encoders) > 3 else recording(*args))
+    with pytest.raises(VideoError, match="JPEG encoding failed at frame 40"):
+        decode_video(path, SamplingConfig(short_side=96))
+    assert not [t for t in threading.enumerate() if t.name.startswith("vivi-jpeg")]
+
+
+def test_threading_plan_uses_idle_cores_only(monkeypatch):
     import os
     from vivi.ingest import decode
-    assert decode.decoder_threads(64, 64) == 1
+    plan = decode.threading_plan
     cores = os.cpu_count() or 1
-    monkeypatch.setattr(decode._OTHERS, "cores", lambda: 0.0)
-    assert decode.decoder_threads(256, 256) == (0 if cores >= 2 else 1)
-    monkeypatch.setattr(decode._OTHERS, "cores", lambda: float(cores))
-    assert decode.decoder_threads(256, 256) == 1
-    monkeypatch.setattr(decode._OTHERS, "cores", lambda: None)    # not measurable: FFmpeg's threads
-    assert decode.decoder_threads(256, 256) == 0
+    monkeypatch.setattr(decode._OTHERS, "cores", lambda: 0.0)          # an idle machine
+    assert plan(64, 64) == (1, False)
+    assert plan(256, 256) == (1, cores >= 2)                            # the JPEG aside on the idle core
+    assert plan(640, 480) == ((0 if cores >= 2 else 1), False)        # FFmpeg's threads
+    assert plan(640, 480, threads=1) == plan(256, 256, threads=1) == (1, False)   # the caller's processes fill the cores
+    monkeypatch.setattr(decode._OTHERS, "cores", lambda: float(cores))  # busy cores: nothing aside
+    assert plan(256, 256) == plan(640, 480) == (1, False)
+    monkeypatch.setattr(decode._OTHERS, "cores", lambda: None)          # not measurable: as if idle
+    assert plan(256, 256) == (1, True) and plan(640, 480) == (0, False)

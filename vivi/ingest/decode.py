@@ -6,12 +6,15 @@ batches: the detector reads their colour samples straight off the decoded Y/Cb/C
 colour conversion) with a few array operations per batch (``shots.py``), then the sampler walks
 the batch's time stamps, and only the frames sampled for the dataset (1 Hz by default) are
 converted, resized to the stored size, turned as the video is shown (``display.py``: phone
-videos upright, non-square pixels at their shape) and JPEG-encoded.
+videos upright, non-square pixels at their shape) and JPEG-encoded, for small videos on an
+otherwise idle core (:func:`threading_plan`).
 """
 from __future__ import annotations
 
 import os
 import time
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -75,8 +78,9 @@ def decode_video(path: str | Path, config: SamplingConfig = SamplingConfig(), th
     s, s + 1/r, s + 2/r, ... (r = ``sample_fps``) that lie before the next cut. Raises
     :class:`VideoError` naming the problem for anything that is not a decodable video.
 
-    ``threads``: decoder threads; 0 chooses (:func:`decoder_threads`). Ingest passes 1 when its
-    worker processes already occupy every core.
+    ``threads``: decoder threads; 0 chooses (:func:`threading_plan`), which may also JPEG-encode
+    the kept frames in a second thread. Ingest passes 1 when its worker processes already occupy
+    every core: one thread, nothing aside.
     """
     path = Path(path)
     if not path.is_file():
@@ -103,7 +107,7 @@ def decode_video(path: str | Path, config: SamplingConfig = SamplingConfig(), th
         width, height = stream.codec_context.width, stream.codec_context.height
         if not width or not height:
             raise VideoError("video stream has no frame size")
-        threads = threads or decoder_threads(width, height)
+        threads, encode_aside = threading_plan(width, height, threads)
         if threads == 1:
             stream.thread_count = 1
         else:
@@ -111,9 +115,9 @@ def decode_video(path: str | Path, config: SamplingConfig = SamplingConfig(), th
         # The sampled frames have their own reformatter: each keeps its swscale context (switching
         # geometry on one rebuilds it, ~1 ms); the detector's samples keep theirs for other formats.
         sampler = _Sampler(stream, config.short_side, 1.0 / config.sample_fps, config.jpeg_quality,
-                           float(stream.time_base) if stream.time_base else None, fps)
+                           float(stream.time_base) if stream.time_base else None, fps, encode_aside)
         samples, detector = ColourSamples(config.histogram_width), HistogramCutDetector(config.cuts)
-        size = batch_size(width, height)
+        size = batch_size(width, height, threaded=threads != 1)
         batch: list[av.VideoFrame] = []
         unclean: set[int] = set()     # positions in ``batch`` of frames not to be stored
         index, packets, damaged, unclean_frames, suspect = -1, 0, 0, 0, False
@@ -142,14 +146,17 @@ def decode_video(path: str | Path, config: SamplingConfig = SamplingConfig(), th
                         batch, unclean = [], set()
             if batch:
                 sampler.add(batch, _shot_starts(samples, detector, batch), unclean)
+            jpegs = sampler.finish()
         except av.error.FFmpegError as error:
             raise VideoError(f"decoding failed after {index + 1} frames: the file may be truncated or corrupt "
                              f"({_describe(error)})") from None
+        finally:
+            sampler.close()
         if damaged > MAX_DAMAGED * packets:
             raise VideoError(f"damaged: {damaged} of its {packets} packets could not be decoded")
         if index < 0:
             raise VideoError("zero-length video: no frame could be decoded")
-        if not sampler.jpegs:
+        if not jpegs:
             raise VideoError(f"damaged: none of its {index + 1} frames decoded cleanly")
         declared = container.duration / av.time_base if container.duration else None
         last_t = sampler.last_t
@@ -162,22 +169,39 @@ def decode_video(path: str | Path, config: SamplingConfig = SamplingConfig(), th
         shot_starts=list(detector.shot_starts), shot_starts_s=[round(s, 6) for s in sampler.shot_starts_s],
         frame_times_s=sampler.times, frame_native_index=sampler.native, frame_shot=sampler.shots,
         frame_size=sampler.frame_size, display=sampler.display, damaged_packets=damaged,
-        unclean_frames=unclean_frames, jpegs=sampler.jpegs)
+        unclean_frames=unclean_frames, jpegs=jpegs)
 
 
-def decoder_threads(width: int, height: int) -> int:
-    """1 (one decoder thread), or 0 (FFmpeg's frame and slice threads) where they help.
+def threading_plan(width: int, height: int, threads: int = 0) -> tuple[int, bool]:
+    """(decoder threads: 1, or 0 for FFmpeg's frame and slice threads; whether the kept frames
+    are converted and JPEG-encoded in a thread of their own) for one video.
 
-    Small frames (up to 128x128): one thread; FFmpeg's threads cost more than they give (2x
-    slower at 64x64). Larger frames: FFmpeg's threads only where the other processes leave a core
-    idle besides this one (measured by :data:`_OTHERS` over the previous video); on busy cores
-    they only add hand-offs (256x256, two other processes on 2 cores: 156 us a frame for
-    ``decode_video`` with them, 134 without; bare decoding 120 and 95).
+    ``threads=1`` (the caller's processes occupy every core): one decoder thread, nothing aside;
+    any other given number: that many FFmpeg threads. ``threads=0``: it depends on whether the
+    other processes leave a core idle besides this one (measured by :data:`_OTHERS` over the
+    previous video; on busy cores extra threads only add hand-offs: 256x256, two other processes
+    on 2 cores, 156 us a frame for ``decode_video`` with FFmpeg's threads, 134 without) and on
+    the frame size (idle machine, ``decode_video``, 5-7 alternated rounds, session 14):
+
+    * up to 128x128: one decoder thread, nothing aside (64x64: 38.7 us a frame; with FFmpeg's
+      threads 58; with the JPEG aside 41.1, its ~5 us a frame too few to pay for the hand-offs);
+    * up to QVGA (320x240): one decoder thread, and the kept frames' conversion and JPEG in a
+      second thread when a core is idle (OpenCV and swscale let go of the GIL): at 256x256
+      ``ultrafast``, 10 fps, 171 us a frame with FFmpeg's threads, 153 with one thread, 132 with
+      one thread and the JPEG aside (bare: 99); ``medium``, 25 fps: 160, 163, 142 (bare: 123);
+    * larger: FFmpeg's threads when a core is idle (352x352 ``medium``: 237 us a frame, 240 with
+      one thread and the JPEG aside; 480x480: 351 against 422), the JPEG in the decoding thread
+      (aside, it only competes with FFmpeg's threads for the cores: 357 at 480x480).
     """
+    if threads:
+        return threads, False
     if width * height <= 128 * 128:
-        return 1
+        return 1, False
     others = _OTHERS.cores()
-    return 0 if others is None or others <= (os.cpu_count() or 1) - 1.5 else 1
+    idle = others is None or others <= (os.cpu_count() or 1) - 1.5
+    if width * height <= 320 * 240:
+        return 1, idle
+    return (0 if idle else 1), False
 
 
 class _OtherProcesses:
@@ -229,9 +253,15 @@ class _Sampler:
     which are not to be stored (a damaged packet's aftermath: the next clean frame is kept). Only
     the kept frames are converted (one swscale call to the stored size and BGR), turned as shown
     and encoded. The first frame (always kept) sets how the video is shown and the stored size.
+    With ``encode_aside`` the conversion and encoding run in a thread of their own, while this
+    one goes on decoding (:func:`threading_plan`); :meth:`finish` gives the JPEGs in order,
+    :meth:`close` ends the thread.
     """
 
-    def __init__(self, stream, short_side: int, period: float, quality: int, time_base: float | None, fps: float):
+    MAX_PENDING = 8   # kept frames waiting for the encoding thread (each holds a decoded frame)
+
+    def __init__(self, stream, short_side: int, period: float, quality: int, time_base: float | None, fps: float,
+                 encode_aside: bool = False):
         self.stream, self.short_side = stream, short_side
         self.period, self.time_base, self.fps = period, time_base, fps
         self.display = Display()
@@ -248,6 +278,8 @@ class _Sampler:
         self.native: list[int] = []
         self.shots: list[int] = []
         self.jpegs: list[bytes] = []
+        self._encoder = ThreadPoolExecutor(1, thread_name_prefix="vivi-jpeg") if encode_aside else None
+        self._pending: deque[Future] = deque()
 
     def add(self, batch: list[av.VideoFrame], starts: set[int], unclean: set[int] = frozenset()) -> None:
         times = self._times(batch)
@@ -285,15 +317,37 @@ class _Sampler:
     def _keep(self, frame: av.VideoFrame, index: int, t: float) -> None:
         if not self.out_w:
             self._set_size(frame)
+        if self._encoder is None:
+            self.jpegs.append(self._jpeg(frame, index))
+        else:
+            if len(self._pending) >= self.MAX_PENDING:
+                self.jpegs.append(self._pending.popleft().result())
+            self._pending.append(self._encoder.submit(self._jpeg, frame, index))
+        self.times.append(round(t, 6))
+        self.native.append(index)
+        self.shots.append(len(self.shot_starts_s) - 1)
+
+    def _jpeg(self, frame: av.VideoFrame, index: int) -> bytes:
         bgr = self.display.apply(self.to_stored.reformat(frame, self.out_w, self.out_h, "bgr24",
                                                          interpolation="AREA", threads=1).to_ndarray())
         ok, data = cv2.imencode(".jpg", bgr, self.encode)
         if not ok:
             raise VideoError(f"JPEG encoding failed at frame {index}")
-        self.jpegs.append(data.tobytes())
-        self.times.append(round(t, 6))
-        self.native.append(index)
-        self.shots.append(len(self.shot_starts_s) - 1)
+        return data.tobytes()
+
+    def finish(self) -> list[bytes]:
+        """The JPEG bytes of every kept frame, in order (waits for the encoding thread)."""
+        while self._pending:
+            self.jpegs.append(self._pending.popleft().result())
+        return self.jpegs
+
+    def close(self) -> None:
+        """Ends the encoding thread; frames not yet encoded are dropped (after an error)."""
+        if self._encoder is not None:
+            for future in self._pending:
+                future.cancel()
+            self._encoder.shutdown(wait=True)
+            self._pending.clear()
 
 
 def _describe(error: Exception) -> str:

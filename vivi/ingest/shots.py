@@ -34,12 +34,14 @@ from av.video.reformatter import VideoReformatter
 
 PLANAR_420 = ("yuv420p", "yuvj420p")
 JOIN_BYTES = 32 * 1024       # frames with at most this many plane bytes are copied whole (see ColourSamples)
-# A batch holds its decoded frames alive until it is processed: about BATCH_BYTES of them, so
-# that they stay in the CPU caches (at 256x256 with FFmpeg's frame threads, batches of 16 frames
-# cost 20% more CPU than batches of 4), but at least MIN_BATCH frames and at most MAX_BATCH: the
-# few array operations per batch (~35 us) must stay amortised (at 64x64, one decoder thread,
-# under load: 32 frames make decode_video ~4% faster than 16, 64 are slower again).
-BATCH_BYTES = 512 << 10
+# A batch holds its decoded frames alive until it is processed: about BATCH_BYTES of them with
+# FFmpeg's frame threads, so that they stay in the CPU caches (at 256x256, batches of 16 frames
+# cost 20% more CPU than batches of 4), and about BATCH_BYTES_ONE_THREAD with one decoder thread,
+# where the few array operations per batch (~35 us) weigh more than the caches (256x256, idle,
+# one thread, session 14: 146 us a frame for ``decode_video`` with batches of 4, 138 with 8, 136
+# with 16); at least MIN_BATCH frames and at most MAX_BATCH (at 64x64, one decoder thread, under
+# load: 32 frames make decode_video ~4% faster than 16, 64 are slower again).
+BATCH_BYTES, BATCH_BYTES_ONE_THREAD = 512 << 10, 2 << 20
 MIN_BATCH, MAX_BATCH = 4, 32
 
 
@@ -50,9 +52,11 @@ class CutDetectorConfig:
     min_shot_frames: int = 4    # no cut within this many frames of the previous one (flashes)
 
 
-def batch_size(width: int, height: int) -> int:
-    """Frames per batch for frames of this size (4:2:0, with line padding: ~2 bytes a pixel)."""
-    return max(MIN_BATCH, min(MAX_BATCH, BATCH_BYTES // max(1, 2 * width * height)))
+def batch_size(width: int, height: int, threaded: bool = True) -> int:
+    """Frames per batch for frames of this size (4:2:0, with line padding: ~2 bytes a pixel),
+    decoded by FFmpeg's threads (``threaded``) or by one thread."""
+    budget = BATCH_BYTES if threaded else BATCH_BYTES_ONE_THREAD
+    return max(MIN_BATCH, min(MAX_BATCH, budget // max(1, 2 * width * height)))
 
 
 class ColourSamples:
