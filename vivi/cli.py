@@ -176,7 +176,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cut-threshold", type=float, default=0.4, help="histogram distance in [0, 1] above which a cut is declared (default 0.4)")
     p.add_argument("--min-shot-frames", type=int, default=4, help="minimum native frames between two cuts (default 4)")
     p.add_argument("--videos-per-shard", type=int, default=32, help="videos per tar shard (default 32)")
-    p.add_argument("--workers", type=int, default=default_workers(), help="parallel decoding processes")
+    p.add_argument("--workers", type=int, default=default_workers(),
+                   help="parallel decoding processes (default: CPU count)")
     p.add_argument("--part", default="0/1", help="process only part i of n (i/n), e.g. one task of a Slurm array")
     p.set_defaults(func=_ingest)
 
