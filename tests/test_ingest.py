@@ -419,7 +419,8 @@ def test_kept_frames_encoded_aside_are_the_same_bytes(tmp_path, monkeypatch):
     import threading
     from vivi.ingest import decode
     rng = np.random.default_rng(1)
-    frames = np.concatenate([np.full((30, 144, 160, 3), c, np.uint8) for c in [(200, 30, 30), (30, 200, 30), (30, 30, 200)]])
+    colours = [(200, 30, 30), (30, 200, 30), (30, 30, 200)]
+    frames = np.concatenate([np.full((30, 144, 160, 3), c, np.uint8) for c in colours])
     frames = np.clip(frames + rng.integers(-20, 20, frames.shape), 0, 255).astype(np.uint8)
     path = write_video(tmp_path / "portrait.mp4", frames, display=(90, False, False))
     inline = decode_video(path, SamplingConfig(short_side=96), threads=1)
@@ -451,7 +452,8 @@ def test_threading_plan_uses_idle_cores_only(monkeypatch):
     assert plan(64, 64) == (1, False)
     assert plan(256, 256) == (1, cores >= 2)                            # the JPEG aside on the idle core
     assert plan(640, 480) == ((0 if cores >= 2 else 1), False)        # FFmpeg's threads
-    assert plan(640, 480, threads=1) == plan(256, 256, threads=1) == (1, False)   # the caller's processes fill the cores
+    # the caller's processes fill the cores
+    assert plan(640, 480, threads=1) == plan(256, 256, threads=1) == (1, False)
     monkeypatch.setattr(decode._OTHERS, "cores", lambda: float(cores))  # busy cores: nothing aside
     assert plan(256, 256) == plan(640, 480) == (1, False)
     monkeypatch.setattr(decode._OTHERS, "cores", lambda: None)          # not measurable: as if idle
