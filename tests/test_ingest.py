@@ -431,7 +431,7 @@ def test_kept_frames_encoded_aside_are_the_same_bytes(tmp_path, monkeypatch):
         return imencode(*args)
     monkeypatch.setattr(decode.cv2, "imencode", recording)
     monkeypatch.setattr(decode, "threading_plan", lambda width, height, threads: (1, True))
-    monkeypatch.setattr(decode._Sampler, "MAX_PENDING", 2)
+    monkeypatch.setattr(decode._Encoder, "DEPTH", 2)
     aside = decode_video(path, SamplingConfig(short_side=96))
     assert len(encoders) == 9 and all(name.startswith("vivi-jpeg") for name in encoders)
     assert aside.jpegs == inline.jpegs and aside.frame_times_s == inline.frame_times_s
@@ -441,6 +441,35 @@ def test_kept_frames_encoded_aside_are_the_same_bytes(tmp_path, monkeypatch):
     with pytest.raises(VideoError, match="JPEG encoding failed at frame 40"):
         decode_video(path, SamplingConfig(short_side=96))
     assert not [t for t in threading.enumerate() if t.name.startswith("vivi-jpeg")]
+
+
+def test_encoding_thread_keeps_order_bounds_its_backlog_and_hands_errors_back():
+    import threading
+    from vivi.ingest.decode import _Encoder
+    release = threading.Event()
+
+    def encode(frame, index):
+        release.wait()
+        if frame == "bad":
+            raise VideoError(f"JPEG encoding failed at frame {index}")
+        return f"{frame}-{index}"
+    encoder = _Encoder(encode)
+    for index in range(_Encoder.DEPTH):          # up to DEPTH frames wait without blocking the decoder
+        encoder.submit("frame", index)
+    late = threading.Thread(target=encoder.submit, args=("frame", _Encoder.DEPTH))
+    late.start()
+    late.join(0.2)
+    assert late.is_alive() and encoder.results == []  # one more waits until a frame is encoded
+    release.set()
+    late.join(5)
+    assert not late.is_alive()
+    assert encoder.finish() == [f"frame-{i}" for i in range(_Encoder.DEPTH + 1)]
+    failing = _Encoder(encode)
+    for index, frame in enumerate(["frame", "bad", "frame"]):
+        failing.submit(frame, index)
+    with pytest.raises(VideoError, match="failed at frame 1"):
+        failing.finish()
+    assert failing.results == ["frame-0"] and not failing._thread.is_alive()
 
 
 def test_threading_plan_uses_idle_cores_only(monkeypatch):

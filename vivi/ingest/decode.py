@@ -12,9 +12,9 @@ otherwise idle core (:func:`threading_plan`).
 from __future__ import annotations
 
 import os
+import queue
+import threading
 import time
-from collections import deque
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -188,7 +188,8 @@ def threading_plan(width: int, height: int, threads: int = 0) -> tuple[int, bool
     * up to QVGA (320x240): one decoder thread, and the kept frames' conversion and JPEG in a
       second thread when a core is idle (OpenCV and swscale let go of the GIL): at 256x256
       ``ultrafast``, 10 fps, 171 us a frame with FFmpeg's threads, 153 with one thread, 132 with
-      one thread and the JPEG aside (bare: 99); ``medium``, 25 fps: 160, 163, 142 (bare: 123);
+      one thread and the JPEG aside through ``concurrent.futures``, ~122 through :class:`_Encoder`
+      (bare: 99); ``medium``, 25 fps: 160, 163, 142 with ``concurrent.futures`` (bare: 123);
     * larger: FFmpeg's threads when a core is idle (352x352 ``medium``: 237 us a frame, 240 with
       one thread and the JPEG aside; 480x480: 351 against 422), the JPEG in the decoding thread
       (aside, it only competes with FFmpeg's threads for the cores: 357 at 480x480).
@@ -258,8 +259,6 @@ class _Sampler:
     :meth:`close` ends the thread.
     """
 
-    MAX_PENDING = 8   # kept frames waiting for the encoding thread (each holds a decoded frame)
-
     def __init__(self, stream, short_side: int, period: float, quality: int, time_base: float | None, fps: float,
                  encode_aside: bool = False):
         self.stream, self.short_side = stream, short_side
@@ -278,8 +277,7 @@ class _Sampler:
         self.native: list[int] = []
         self.shots: list[int] = []
         self.jpegs: list[bytes] = []
-        self._encoder = ThreadPoolExecutor(1, thread_name_prefix="vivi-jpeg") if encode_aside else None
-        self._pending: deque[Future] = deque()
+        self._encoder = _Encoder(self._jpeg) if encode_aside else None
 
     def add(self, batch: list[av.VideoFrame], starts: set[int], unclean: set[int] = frozenset()) -> None:
         times = self._times(batch)
@@ -320,9 +318,7 @@ class _Sampler:
         if self._encoder is None:
             self.jpegs.append(self._jpeg(frame, index))
         else:
-            if len(self._pending) >= self.MAX_PENDING:
-                self.jpegs.append(self._pending.popleft().result())
-            self._pending.append(self._encoder.submit(self._jpeg, frame, index))
+            self._encoder.submit(frame, index)
         self.times.append(round(t, 6))
         self.native.append(index)
         self.shots.append(len(self.shot_starts_s) - 1)
@@ -337,17 +333,68 @@ class _Sampler:
 
     def finish(self) -> list[bytes]:
         """The JPEG bytes of every kept frame, in order (waits for the encoding thread)."""
-        while self._pending:
-            self.jpegs.append(self._pending.popleft().result())
+        if self._encoder is not None:
+            self.jpegs = self._encoder.finish()
         return self.jpegs
 
     def close(self) -> None:
-        """Ends the encoding thread; frames not yet encoded are dropped (after an error)."""
+        """Ends the encoding thread, if any (after an error: the frames still queued are encoded
+        and dropped, a few ms at most)."""
         if self._encoder is not None:
-            for future in self._pending:
-                future.cancel()
-            self._encoder.shutdown(wait=True)
-            self._pending.clear()
+            self._encoder.close()
+
+
+class _Encoder:
+    """``encode(frame, index)`` run in a thread of its own, in submission order, at most ``DEPTH``
+    frames behind (each holds a decoded frame). An exception there is raised by the next
+    :meth:`submit` or by :meth:`finish`.
+
+    A plain thread and two C-level queues: ``concurrent.futures`` costs ~3 us more per frame
+    kept in hand-offs under the GIL (256x256, 10 fps: 126.6 against 121.8 us a frame).
+    """
+
+    DEPTH = 8
+
+    def __init__(self, encode):
+        self.encode = encode
+        self.results: list = []
+        self._todo: queue.SimpleQueue = queue.SimpleQueue()
+        self._done: queue.SimpleQueue = queue.SimpleQueue()   # a token per frame encoded (or failed)
+        self._submitted = 0
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="vivi-jpeg", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while (item := self._todo.get()) is not None:
+            try:
+                self.results.append(self.encode(*item))
+            except BaseException as error:   # handed to the decoding thread
+                self._error = error
+                return
+            finally:
+                self._done.put(None)
+
+    def submit(self, *item) -> None:
+        while self._submitted - len(self.results) >= self.DEPTH and self._error is None:
+            self._done.get()
+        self._raise()
+        self._todo.put(item)
+        self._submitted += 1
+
+    def finish(self) -> list:
+        self.close()
+        self._raise()
+        return self.results
+
+    def close(self) -> None:
+        if self._thread.is_alive():
+            self._todo.put(None)
+            self._thread.join()
+
+    def _raise(self) -> None:
+        if self._error is not None:
+            raise self._error
 
 
 def _describe(error: Exception) -> str:
