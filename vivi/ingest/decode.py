@@ -185,7 +185,8 @@ def threading_plan(width: int, height: int, threads: int = 0) -> tuple[int, bool
     the frame size (idle machine, ``decode_video``, 5-7 alternated rounds, session 14):
 
     * up to 128x128: one decoder thread, nothing aside (64x64: 38.7 us a frame; with FFmpeg's
-      threads 58; with the JPEG aside 41.1, its ~5 us a frame too few to pay for the hand-offs);
+      threads 58; with the JPEG aside 41.1 through ``concurrent.futures``, 39.7 against 38.3
+      through :class:`_Encoder`: its ~5 us a frame are too few to pay for the hand-offs);
     * up to QVGA (320x240): one decoder thread, and the kept frames' conversion and JPEG in a
       second thread when a core is idle (OpenCV and swscale let go of the GIL): at 256x256
       ``ultrafast``, 10 fps, 171 us a frame with FFmpeg's threads, 153 with one thread, 132 with
