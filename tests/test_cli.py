@@ -42,3 +42,17 @@ def test_demo_flags_are_checked_before_anything_is_written(tmp_path):
     assert not (tmp_path / "demo").exists()
     result = vivi("demo", "--quick", "--full", check=False)
     assert result.returncode == 2 and "not allowed with" in result.stderr
+
+
+def test_a_file_where_a_folder_goes_and_a_full_disk_are_named(world, tmp_path):
+    import errno
+    from vivi.cli import _file_system_error
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    for args in (("synth", blocker, "--videos", 1, "--no-tasks"), ("ingest", world / "videos", "--out", blocker / "data")):
+        result = vivi(*args, check=False)
+        assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+        assert f"{blocker} is a file where a folder is needed" in result.stderr
+    assert blocker.read_text() == "not a folder"
+    full = _file_system_error(OSError(errno.ENOSPC, "No space left on device"))
+    assert full.startswith("no space left on the device") and "run the command again" in full

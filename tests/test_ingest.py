@@ -298,6 +298,45 @@ def test_killed_ingest_resumes_to_the_same_dataset(world, dataset, tmp_path):
     assert not list(out.rglob("*.tmp"))
 
 
+def test_a_full_disk_stops_the_run_without_partial_files_and_it_resumes(dataset, world, tmp_path, monkeypatch):
+    """The disk fills while the second shard is written: the first shard stays complete, nothing
+    half-written is left behind (it would hold the space), and the run resumes to the same dataset."""
+    import errno
+    from vivi.ingest import shards
+    add, written = shards._TarWriter.add, []
+
+    def add_until_full(self, name, data):
+        if name.startswith("v0000002.f0002"):       # video 2 is the first of shard 1
+            raise OSError(errno.ENOSPC, "No space left on device")
+        written.append(name)
+        return add(self, name, data)
+
+    monkeypatch.setattr(shards._TarWriter, "add", add_until_full)
+    out = tmp_path / "ds"
+    with pytest.raises(OSError, match="No space left"):
+        ingest([world / "videos"], out, TINY_INGEST, progress=False)
+    assert read_shard_index(out, 0) is not None and read_shard_index(out, 1) is None
+    assert "v0000002.f0001.jpg" in written
+    assert sorted(p.name for p in (out / "shards").iterdir()) == [f"{shard_name(0)}.json", f"{shard_name(0)}.tar"]
+    monkeypatch.setattr(shards._TarWriter, "add", add)
+    summary = ingest([world / "videos"], out, TINY_INGEST, progress=False)
+    assert summary.shards_written == 2 and summary.shards_skipped == 1
+    _assert_same_dataset(dataset, out)
+
+
+def test_files_replacing_leaves_the_old_file_when_writing_fails(tmp_path):
+    from vivi.files import replacing
+    path = tmp_path / "sub" / "result.json"
+    with replacing(path) as tmp:
+        tmp.write_text("old")
+    assert path.read_text() == "old"
+    with pytest.raises(OSError):
+        with replacing(path) as tmp:
+            tmp.write_text("half of the n")
+            raise OSError(28, "No space left on device")
+    assert path.read_text() == "old" and sorted(p.name for p in path.parent.iterdir()) == ["result.json"]
+
+
 def _assert_same_dataset(a: Path, b: Path) -> None:
     files_a = sorted(p.relative_to(a) for p in a.rglob("*") if p.is_file())
     files_b = sorted(p.relative_to(b) for p in b.rglob("*") if p.is_file())

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import os
 import sys
@@ -303,12 +304,31 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _file_system_error(error: OSError) -> str:
+    """What went wrong with which path, and what to do about it."""
+    path = Path(os.fsdecode(error.filename)) if error.filename is not None else None
+    if isinstance(error, (FileExistsError, NotADirectoryError)) and path is not None:
+        # The file in the way may be the path itself or one of the folders above it.
+        in_the_way = next((p for p in (path, *path.parents) if p.exists() and not p.is_dir()), path)
+        return f"{in_the_way} is a file where a folder is needed: pass another path, or move the file away"
+    if isinstance(error, PermissionError):
+        return f"permission denied for {path}: pass a path this user can read and write"
+    if error.errno in (errno.ENOSPC, errno.EDQUOT):
+        return ("no space left on the device" + (f" for {path}" if path is not None else "") + ": free some "
+                "space, or pass an output folder on another disk, and run the command again (what was "
+                "complete before is kept)")
+    return f"{error.strerror or error}" + (f": {path}" if path is not None else "")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         args.func(args)
     except (FileNotFoundError, ValueError, KeyError, TypeError, FloatingPointError) as error:
         print(f"vivi {args.command}: error: {error}", file=sys.stderr)
+        return 2
+    except OSError as error:     # the file system said no: a file where a folder goes, a full disk, ...
+        print(f"vivi {args.command}: error: {_file_system_error(error)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"vivi {args.command}: interrupted; what was written is kept, run the same command to resume",

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,6 +27,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..files import replacing
 from . import protocol as vtab
 from .probe import frozen_features, knn_classify, linear_probe
 from .tasks import SPLITS, Task, infer_num_classes, load_split, load_suite
@@ -85,10 +85,8 @@ def load_eval_encoder(checkpoint: str | Path, seed: int = 0, device: str = "cpu"
 
 
 def _write_json(path: Path, data) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=1))
-    os.replace(tmp, path)
+    with replacing(path) as tmp:
+        tmp.write_text(json.dumps(data, indent=1))
 
 
 def _read_json(path: Path):

@@ -12,10 +12,11 @@ A dataset folder holds::
 A shard is complete exactly when its index exists: the tar and the index are written to
 temporary names and flushed to disk, then the tar is renamed, then the index. A crash leaves at
 worst ``.tmp`` files or a tar without an index, which the next run rewrites; never a truncated
-shard that looks complete. Files are made durable in rounds (:func:`replace_durably`): every
-file of a round is flushed, by concurrent fsyncs that share one journal commit, before the first
-rename; each round costs a few ms however many files it holds, so ingest puts the plan in the
-round of its first shard and the manifest in the round of its last.
+shard that looks complete; an error while writing (a full disk) removes the temporary files.
+Files are made durable in rounds (:func:`replace_durably`): every file of a round is flushed, by
+concurrent fsyncs that share one journal commit, before the first rename; each round costs a few
+ms however many files it holds, so ingest puts the plan in the round of its first shard and the
+manifest in the round of its last.
 Member headers carry no time stamps or owners, so a shard's bytes depend only on its content.
 
 The tar is written directly (:func:`member_header`) rather than through ``tarfile``: the bytes are
@@ -30,6 +31,7 @@ import os
 import struct
 import tarfile
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -63,13 +65,27 @@ def write_all_atomic(files: list[tuple[Path, bytes]]) -> None:
 
 
 def stage_files(files: list[tuple[Path, bytes]]) -> list[tuple[Path, Path]]:
-    """Write each ``(path, data)`` to its temporary name; return the renames for :func:`replace_durably`."""
+    """Write each ``(path, data)`` to its temporary name; return the renames for :func:`replace_durably`.
+
+    On an error (a full disk, say) the temporary files written so far are removed."""
     renames = []
-    for path, data in files:
-        with open(_tmp_name(path), "wb") as f:
-            f.write(data)
-        renames.append((_tmp_name(path), path))
+    with _unstaged_on_error(renames):
+        for path, data in files:
+            renames.append((_tmp_name(path), path))
+            with open(_tmp_name(path), "wb") as f:
+                f.write(data)
     return renames
+
+
+@contextmanager
+def _unstaged_on_error(renames: list[tuple[Path, Path]]):
+    """Remove the temporary files of ``renames`` (those written so far) if the block raises."""
+    try:
+        yield
+    except BaseException:
+        for tmp, _ in renames:
+            tmp.unlink(missing_ok=True)
+        raise
 
 
 # fsync threads live as long as the process: starting a thread can cost as much as an fsync
@@ -176,18 +192,20 @@ def stage_shard(root: Path, index: int, samples: list[tuple[dict, list[bytes]]],
     name = shard_name(index)
     tar_path, index_path = folder / f"{name}.tar", folder / f"{name}.json"
     videos = []
-    with open(_tmp_name(tar_path), "wb") as f:
-        tar = _TarWriter(f)
-        for record, jpegs in samples:
-            key = record["key"]
-            record_member = tar.add(f"{key}.json", json.dumps(record, sort_keys=True).encode())
-            frame_members = [tar.add(frame_member(key, i), data) for i, data in enumerate(jpegs)]
-            videos.append({**record, "record_member": record_member, "frame_members": frame_members})
-        size = tar.close()
-    shard_index = {"shard": f"{SHARD_DIR}/{name}.tar", "bytes": size, "videos": videos, "failures": failures}
-    with open(_tmp_name(index_path), "wb") as f:
-        f.write((json.dumps(shard_index) + "\n").encode())
-    return shard_index, [(_tmp_name(tar_path), tar_path), (_tmp_name(index_path), index_path)]
+    renames = [(_tmp_name(tar_path), tar_path), (_tmp_name(index_path), index_path)]
+    with _unstaged_on_error(renames):
+        with open(_tmp_name(tar_path), "wb") as f:
+            tar = _TarWriter(f)
+            for record, jpegs in samples:
+                key = record["key"]
+                record_member = tar.add(f"{key}.json", json.dumps(record, sort_keys=True).encode())
+                frame_members = [tar.add(frame_member(key, i), data) for i, data in enumerate(jpegs)]
+                videos.append({**record, "record_member": record_member, "frame_members": frame_members})
+            size = tar.close()
+        shard_index = {"shard": f"{SHARD_DIR}/{name}.tar", "bytes": size, "videos": videos, "failures": failures}
+        with open(_tmp_name(index_path), "wb") as f:
+            f.write((json.dumps(shard_index) + "\n").encode())
+    return shard_index, renames
 
 
 def read_shard_index(root: Path, index: int) -> dict | None:

@@ -12,18 +12,20 @@ dict; metadata ``kind = "vivi-encoder"``, ``encoder``, ``config``) or ``encoder.
 the same, readable with ``torch.load(weights_only=True)``).
 
 Files are written to a temporary name in the same folder and renamed (atomic on POSIX), so a
-crash leaves either the old or the new checkpoint, never half of one.
+crash leaves either the old or the new checkpoint, never half of one; an error while writing (a
+full disk) removes the temporary file (:func:`vivi.files.replacing`).
 """
 from __future__ import annotations
 
 import json
-import os
 import re
 from pathlib import Path
 
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
+
+from ..files import replacing
 
 __all__ = ["CHECKPOINT_DIR", "CHECKPOINT_KIND", "ENCODER_KIND", "checkpoint_path", "export_encoder",
            "latest_checkpoint", "read_checkpoint", "read_encoder_file", "write_checkpoint"]
@@ -46,10 +48,8 @@ def latest_checkpoint(run: str | Path) -> Path | None:
 
 
 def _atomic_save(tensors: dict[str, torch.Tensor], metadata: dict[str, str], path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp), metadata=metadata)
-    os.replace(tmp, path)
+    with replacing(path) as tmp:
+        save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp), metadata=metadata)
 
 
 def write_checkpoint(run: str | Path, step: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
@@ -135,11 +135,9 @@ def export_encoder(source: str | Path, out: str | Path) -> Path:
     if out.suffix == ".safetensors":
         _atomic_save(blob["state_dict"], {"kind": ENCODER_KIND, "encoder": encoder, "config": config}, out)
     elif out.suffix in (".pt", ".pth"):
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-        torch.save({"kind": ENCODER_KIND, "encoder": encoder, "config": config,
-                    "state_dict": {k: v.contiguous() for k, v in blob["state_dict"].items()}}, tmp)
-        os.replace(tmp, out)
+        with replacing(out) as tmp:
+            torch.save({"kind": ENCODER_KIND, "encoder": encoder, "config": config,
+                        "state_dict": {k: v.contiguous() for k, v in blob["state_dict"].items()}}, tmp)
     else:
         raise ValueError(f"export to .safetensors or .pt, got {out}")
     return out
