@@ -251,6 +251,51 @@ def test_cli_eval_knn_end_to_end_with_a_random_init_encoder(tmp_path, capsys):
     assert "colour" in (out / "results.md").read_text()
 
 
+def test_a_resumed_evaluation_must_be_of_the_same_weights_and_tasks(tmp_path, capsys):
+    """Resuming into OUT recomputes nothing, so it is refused when the encoder's weights (a run
+    folder's newest checkpoint may change) or a task (another folder under the same name) differ;
+    settings the protocol does not use may change."""
+    suite = write_colour_task(tmp_path)
+    write_colour_task(tmp_path / "other", name="colour", random_labels=True, seed=1)
+    out = tmp_path / "out"
+    args = ["eval", "--checkpoint", "random:resnet_tiny_v2", "--suite", str(suite), "--out", str(out),
+            "--protocol", "knn", "--resolution", "32", "--knn-k", "5", "--no-progress"]
+    assert main(args) == 0
+    first = json.loads((out / "results.json").read_text())["tasks"]
+    assert main(args + ["--reps", "2", "--batch-size", "8"]) == 0      # unused by knn: resumes
+    assert json.loads((out / "results.json").read_text())["tasks"] == first
+    _bad(tmp_path, capsys, args + ["--seed", "1"], "encoder weights")  # random:NAME is seeded
+    suite.write_text(json.dumps({"tasks": [{"name": "colour", "group": "natural", "path": "other/colour"}]}))
+    _bad(tmp_path, capsys, args, "tasks (colour")
+    _bad(tmp_path, capsys, args[:-3] + ["--knn-k", "7", "--no-progress"], "knn_k 5 then, 7 now")
+
+
+def test_suite_and_device_mistakes_are_named_before_anything_runs(tmp_path, capsys):
+    write_colour_task(tmp_path)
+    base = ["eval", "--checkpoint", "random:resnet_tiny_v2", "--protocol", "knn", "--resolution", "32",
+            "--no-progress"]
+    cases = {"bad.yaml": ("tasks: [{name: colour, group: natural", ["bad.yaml", "not valid YAML"]),
+             "keys.json": (json.dumps({"tasks": [{"name": "colour", "group": "natural", "pth": "colour"}]}),
+                           ["keys.json", "'pth'", "valid for source 'folder'"]),
+             "late.json": (json.dumps({"tasks": [{"name": "colour", "group": "natural"},
+                                                 {"name": "backgruond", "group": "natural"}]}),
+                           ["backgruond", "does not exist"]),
+             "classes.json": (json.dumps({"tasks": [{"name": "colour", "group": "natural", "num_classes": "six"}]}),
+                              ["classes.json", "'six'", "integer"])}
+    for name, (text, words) in cases.items():
+        (tmp_path / name).write_text(text)
+        _bad(tmp_path, capsys, base + ["--suite", str(tmp_path / name), "--out", str(tmp_path / name[:-5])], *words)
+        assert not (tmp_path / name[:-5]).exists(), name       # refused before the output folder is made
+    good = base + ["--suite", str(tmp_path / "suite.json")]
+    _bad(tmp_path, capsys, good + ["--out", str(tmp_path / "o1"), "--device", "cuda:0" if not torch.cuda.is_available()
+                                   else "nonsense"], "device")
+    (tmp_path / "colour" / "task.json").unlink()         # no class count: a negative label is still caught
+    lines = (tmp_path / "colour" / "train800.txt").read_text().splitlines()
+    lines[2] = lines[2].rsplit(maxsplit=1)[0] + " -1"
+    (tmp_path / "colour" / "train800.txt").write_text("\n".join(lines) + "\n")
+    _bad(tmp_path, capsys, good + ["--out", str(tmp_path / "o2")], "train800.txt line 3", "negative")
+
+
 def test_synthetic_world_tasks_folder_is_a_suite(tmp_path):
     from vivi.synth import make_world
     make_world(tmp_path / "w", videos=1, seconds=2, tasks=True, task_test_size=12, progress=False, workers=1)
@@ -305,6 +350,7 @@ def test_video_robustness_and_object_metric_on_an_ingested_world(dataset, tmp_pa
 
     from vivi.detect import build_detector, detect_dataset
     from vivi.eval import object_nn_metric, video_robustness
+    from vivi.eval.objects import collect_object_features
     from vivi.eval.robustness import frame_labels_from_boxes
     data = tmp_path / "ds"
     shutil.copytree(dataset, data)                 # the session dataset stays without detections
@@ -324,12 +370,21 @@ def test_video_robustness_and_object_metric_on_an_ingested_world(dataset, tmp_pa
     assert result["delta"] == pytest.approx(0.0)
     metric = object_nn_metric(encoder, data, "groundtruth", batches=2, videos_per_batch=2, shots=1, frames=2, size=64)
     assert metric["objects"] > 2 and 0 <= metric["rate"] <= 1 and metric["hits"] <= metric["objects"]
+    assert metric["batches"] == 2 and metric["videos"] == 4
+    # clips of 8 frames repeat the frames of these short shots: each object still counts once
+    # (a repeat would be a bit-identical feature row, its own nearest neighbour)
+    found = collect_object_features(encoder, data, "groundtruth", batches=50, videos_per_batch=2, shots=1, frames=8,
+                                    size=64)
+    assert len(np.unique(found["features"], axis=0)) == len(found["features"]) > 2
+    assert found["batches"] < 50 and found["sampled_videos"] == len(videos)
 
 
-def test_objects_command_compares_two_checkpoints(dataset, tmp_path):
+def test_objects_command_compares_two_checkpoints(world, dataset, tmp_path, capsys):
     import shutil
-    from vivi.cli import main
+
+    from conftest import TINY_INGEST
     from vivi.detect import build_detector, detect_dataset
+    from vivi.ingest import ingest
     data = tmp_path / "ds"
     shutil.copytree(dataset, data)
     detect_dataset(data, build_detector("groundtruth"), progress=False)
@@ -340,6 +395,13 @@ def test_objects_command_compares_two_checkpoints(dataset, tmp_path):
     assert set(result["checkpoints"]) == {"random:resnet_tiny_v2", "random:resnet_small_v2"}
     assert all(r["objects"] > 0 and 0 <= r["rate"] <= 1 for r in result["checkpoints"].values())
     assert 0 <= result["fisher"]["p_value"] <= 1
+    # one video: no object has a neighbour from another video -- a clear error, not a division by zero
+    one = tmp_path / "one"
+    ingest([sorted((world / "videos").glob("*.mp4"))[0]], one, TINY_INGEST, progress=False)
+    detect_dataset(one, build_detector("groundtruth"), progress=False)
+    _bad(tmp_path, capsys, ["objects", "--checkpoint", "random:resnet_tiny_v2", "--data", str(one)], "--same-video")
+    _bad(tmp_path, capsys, ["objects", "--checkpoint", "random:resnet_tiny_v2", "--checkpoint", "random:resnet_tiny_v2",
+                            "--data", str(data)], "twice")
 
 
 def test_robustness_command_on_the_world(tmp_path):

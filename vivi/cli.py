@@ -118,7 +118,9 @@ def _objects(args: argparse.Namespace) -> None:
     result = compare_object_metric(args.checkpoint, args.data, args.detector,
                                    exclude_same_video=not args.same_video, batches=args.batches)
     for name, r in result["checkpoints"].items():
-        print(f"{name}: {100 * r['rate']:.1f} % of {r['objects']} objects have a same-class nearest neighbour")
+        print(f"{name}: {100 * r['rate']:.1f} % of {r['objects']} objects have a same-class nearest neighbour "
+              f"({r['videos']} videos in {r['batches']} batch(es)"
+              + (f"; the data holds no more for the {args.batches} asked)" if r["batches"] < args.batches else ")"))
     if "fisher" in result:
         print(f"Fisher's exact test: p = {result['fisher']['p_value']:.3g}, odds ratio {result['fisher']['odds_ratio']:.3g}")
     if args.out:

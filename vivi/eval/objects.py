@@ -9,6 +9,11 @@ The paper does not say whether the same object seen in another frame may be the 
 default it may (``exclude_same_video=False``), which is our reading of "over all objects";
 ``exclude_same_video=True`` asks the harder question across videos.
 
+Every object counts once: a shot with fewer sampled frames than a clip takes repeats its frames
+(``vivi.data.clips``), and a repeated frame's boxes are the same objects, so objects are kept
+once per (video, frame, box). Counting the copies would make an object its own neighbour across
+videos' repeats and inflate the number of trials of Fisher's test.
+
 Two models are compared with Fisher's exact test on the 2x2 table of their hit / miss counts
 (:func:`fisher_test`, scipy, two-sided).
 """
@@ -54,17 +59,21 @@ def fisher_test(hits_a: int, total_a: int, hits_b: int, total_b: int) -> dict:
 def collect_object_features(encoder: nn.Module, data: str | Path, detector: str, *, batches: int = 50,
                             videos_per_batch: int = 8, shots: int = 4, frames: int = 8, size: int = 64,
                             seed: int = 0, device: str = "cpu") -> dict[str, np.ndarray]:
-    """Box features, labels and video ids of every object in a fixed sample of clip batches."""
+    """Box features, labels and video ids of the objects in a fixed sample of clip batches, each
+    object once (see the module docstring); ``batches`` and ``videos`` say how many were sampled
+    (fewer than asked when the dataset has fewer videos with ``shots`` shots: one pass at most)."""
     from vivi.data.clips import ClipConfig, make_loader
     from vivi.losses.object import extract_box_features
     config = ClipConfig(shots=shots, frames=frames, size=size, detector=detector)
     loader = make_loader(data, config, batch_size=videos_per_batch, seed=seed, workers=0, infinite=False,
                          shuffle=True, drop_last=False)
     encoder.eval()
-    feats, labels, videos = [], [], []
+    feats, labels, ids = [], [], []      # ids: (video, frame, box slot) of every object
+    used = 0
     for b, batch in enumerate(loader):
         if b == batches:
             break
+        used += 1
         x = batch["frames"].flatten(0, 2).float().div(255).to(device)
         grid = encoder.forward_features(x)["grid"]
         box_labels = batch["box_labels"].flatten(0, 2)
@@ -73,11 +82,19 @@ def collect_object_features(encoder: nn.Module, data: str | Path, detector: str,
         r = extract_box_features(grid, boxes, tuple(x.shape[-2:]), valid=valid.to(device)).cpu()
         feats.append(r[valid].numpy())
         labels.append(box_labels[valid].numpy())
-        per_frame = batch["video"][:, None].expand(-1, shots * frames).reshape(-1)
-        videos.append(per_frame[:, None].expand_as(valid)[valid].numpy())
-    if not feats or sum(len(f) for f in feats) < 2:
+        video = batch["video"][:, None].expand(-1, shots * frames).reshape(-1, 1).expand_as(valid)
+        frame = batch["frame_index"].reshape(-1, 1).expand_as(valid)
+        slot = torch.arange(valid.shape[1]).expand_as(valid)
+        ids.append(torch.stack([video[valid], frame[valid], slot[valid]], 1).numpy())
+    if not feats:
+        raise ValueError(f"{data}: no clip of {shots} shots could be sampled")
+    ids_all = np.concatenate(ids)
+    _, first = np.unique(ids_all, axis=0, return_index=True)
+    keep = np.sort(first)
+    if len(keep) < 2:
         raise ValueError(f"{data}: fewer than two objects with detections {detector!r} in the sampled batches")
-    return {"features": np.concatenate(feats), "labels": np.concatenate(labels), "videos": np.concatenate(videos)}
+    return {"features": np.concatenate(feats)[keep], "labels": np.concatenate(labels)[keep],
+            "videos": ids_all[keep, 0], "batches": used, "sampled_videos": len(np.unique(ids_all[:, 0]))}
 
 
 def object_nn_metric(encoder: nn.Module, data: str | Path, detector: str = "groundtruth",
@@ -87,7 +104,11 @@ def object_nn_metric(encoder: nn.Module, data: str | Path, detector: str = "grou
     found = collect_object_features(encoder, data, detector, **sample)
     hits, total = nearest_neighbour_hits(found["features"], found["labels"],
                                          found["videos"] if exclude_same_video else None)
-    return {"hits": hits, "objects": total, "rate": hits / total, "exclude_same_video": exclude_same_video}
+    if total == 0:
+        raise ValueError(f"{data}: the {found['sampled_videos']} sampled video(s) leave no object a neighbour "
+                         "from another video; ingest more videos, or allow same-video neighbours (--same-video)")
+    return {"hits": hits, "objects": total, "rate": hits / total, "exclude_same_video": exclude_same_video,
+            "batches": found["batches"], "videos": found["sampled_videos"]}
 
 
 def compare_object_metric(checkpoints: list[str | Path], data: str | Path, detector: str = "groundtruth",
@@ -95,6 +116,9 @@ def compare_object_metric(checkpoints: list[str | Path], data: str | Path, detec
     """The object metric of each checkpoint on the same sample of objects, and, for two, Fisher's
     exact test between their hit rates (paper 2, Table 2). ``random:NAME`` is a random-init encoder."""
     from vivi.eval.run import load_eval_encoder
+    if len(set(map(str, checkpoints))) < len(checkpoints):
+        raise ValueError(f"the same checkpoint is given twice ({', '.join(map(str, checkpoints))}): "
+                         "pass different ones to compare")
     results = {str(c): object_nn_metric(load_eval_encoder(c, seed=seed), data, detector, exclude_same_video,
                                         seed=seed, **sample) for c in checkpoints}
     out = {"data": str(data), "detector": detector, "checkpoints": results}

@@ -19,6 +19,7 @@ init, batch order); repetitions differ only by their seeds.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,9 +60,21 @@ class EvalConfig:
     def __post_init__(self):
         if self.protocol not in PROTOCOLS:
             raise ValueError(f"unknown protocol {self.protocol!r}; valid: {', '.join(PROTOCOLS)}")
-        if self.repetitions < 1 or self.resolution < 8 or self.batch_size < 1 or self.steps_scale <= 0:
+        if (self.repetitions < 1 or self.resolution < 8 or self.batch_size < 1 or self.steps_scale <= 0
+                or self.knn_k < 1 or self.eval_batch_size < 1):
             raise ValueError(f"invalid evaluation settings: repetitions={self.repetitions}, "
-                             f"resolution={self.resolution}, batch_size={self.batch_size}, steps_scale={self.steps_scale}")
+                             f"resolution={self.resolution}, batch_size={self.batch_size}, steps_scale={self.steps_scale}, "
+                             f"knn_k={self.knn_k}, eval_batch_size={self.eval_batch_size} (repetitions, batch sizes "
+                             "and knn_k must be >= 1, resolution >= 8, steps_scale > 0)")
+        check_device(self.device)
+
+    def result_settings(self) -> dict:
+        """The settings that the results of this protocol depend on: a resumed evaluation must
+        have the same (batching for accuracy and the device only change the speed)."""
+        used = {"vtab1k": ("repetitions", "batch_size", "learning_rates", "steps", "steps_scale", "decay_at",
+                           "momentum", "seed"),
+                "linear": ("probe_cs",), "knn": ("knn_k",)}[self.protocol]
+        return {name: getattr(self, name) for name in ("protocol", "resolution") + used}
 
     def finetune_config(self) -> vtab.FinetuneConfig:
         return vtab.FinetuneConfig(resolution=self.resolution, batch_size=self.batch_size, momentum=self.momentum,
@@ -82,6 +95,55 @@ def load_eval_encoder(checkpoint: str | Path, seed: int = 0, device: str = "cpu"
         return create_encoder(text[len(RANDOM_PREFIX):]).to(device).eval()
     from vivi.api import load_encoder
     return load_encoder(checkpoint, device=device)
+
+
+def check_device(device: str) -> None:
+    """A clear error for a torch device this machine does not have (before any compute)."""
+    try:
+        kind = torch.device(device).type
+    except RuntimeError:
+        raise ValueError(f"unknown device {device!r}; use cpu, cuda, cuda:N or mps") from None
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r}: this machine (or this torch build) has no CUDA GPU; use --device cpu")
+    if kind == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"device {device!r}: MPS is not available here; use --device cpu")
+
+
+def encoder_digest(encoder: nn.Module) -> str:
+    """SHA-256 of the encoder's parameters and buffers: which weights an evaluation is of."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(encoder.state_dict().items()):
+        digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)};".encode())
+        digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _task_record(task: Task) -> dict:
+    return {"name": task.name, "group": task.group, "source": task.source,
+            "path": str(task.path.resolve()) if task.path is not None else None,
+            "num_classes": task.num_classes, "options": task.options}
+
+
+def _resume_conflicts(previous: dict, header: dict) -> list[str]:
+    """What differs between an output folder's evaluation and the one asked for (empty: resume)."""
+    if "encoder_sha256" not in previous:      # written by vivi before session 15: compared as then
+        old = {key: header["legacy"][key] for key in ("checkpoint", "suite", "config")}
+        return [] if {k: previous.get(k) for k in old} == old else ["settings"]
+    conflicts = []
+    if previous["encoder_sha256"] != header["encoder_sha256"]:
+        conflicts.append(f"encoder weights ({previous['checkpoint']} then, {header['checkpoint']} now; a run folder "
+                         "means its newest checkpoint, which may have changed since)")
+    if previous["tasks"] != header["tasks"]:
+        then, now = {t["name"]: t for t in previous["tasks"]}, {t["name"]: t for t in header["tasks"]}
+        changed = sorted(n for n in then.keys() | now.keys() if then.get(n) != now.get(n))
+        conflicts.append(f"tasks ({', '.join(changed)}: added, removed, or another folder, group or class count)")
+    settings = previous["result_settings"]
+    changed = sorted(k for k in settings.keys() | header["result_settings"].keys()
+                     if settings.get(k) != header["result_settings"].get(k))
+    if changed:
+        conflicts.append("settings (" + ", ".join(f"{k} {settings.get(k)} then, {header['result_settings'].get(k)} now"
+                                                  for k in changed) + ")")
+    return conflicts
 
 
 def _write_json(path: Path, data) -> None:
@@ -207,11 +269,17 @@ def evaluate(checkpoint: str | Path, suite: str | Path, out: str | Path, config:
     out = Path(out)
     tasks = load_suite(suite)
     encoder = load_eval_encoder(checkpoint, config.seed, config.device)
-    header = {"checkpoint": str(checkpoint), "suite": str(Path(suite).resolve()), "config": dataclasses.asdict(config)}
+    header = json.loads(json.dumps({
+        "checkpoint": str(checkpoint), "encoder_sha256": encoder_digest(encoder), "suite": str(Path(suite).resolve()),
+        "tasks": [_task_record(t) for t in tasks], "result_settings": config.result_settings(),
+        "config": dataclasses.asdict(config)}))
     previous = _read_json(out / "eval_config.json")
-    if previous is not None and previous != json.loads(json.dumps(header)):
-        raise ValueError(f"{out} holds an evaluation with other settings ({out / 'eval_config.json'}); "
-                         "use a new --out or the same settings to resume")
+    if previous is not None:
+        conflicts = _resume_conflicts(previous, {**header, "legacy": header})
+        if conflicts:
+            raise ValueError(f"{out} holds an evaluation with other {'; '.join(conflicts)} "
+                             f"({out / 'eval_config.json'}); use a new --out, or the same checkpoint, tasks and "
+                             "settings to resume")
     _write_json(out / "eval_config.json", header)
 
     per_task = config.repetitions * (len(config.settings()) + 1) if config.protocol == "vtab1k" else 1

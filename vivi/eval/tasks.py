@@ -47,6 +47,9 @@ from vivi.data.images import read_image
 __all__ = ["GROUPS", "SOURCES", "SPLITS", "Split", "Task", "load_split", "load_suite"]
 
 SPLITS = ("train800", "val200", "train800val200", "test")
+# The keys a suite entry may have besides name, group and source.
+ENTRY_KEYS = {"folder": {"path", "num_classes"}, "digits": {"num_classes"},
+              "tfds": {"num_classes", "tfds_name", "splits", "image_key", "label_key", "data_dir"}}
 GROUPS = ("natural", "specialized", "structured")
 SOURCES = ("folder", "digits", "tfds")
 DIGITS_SEED = 0                  # shuffle of sklearn's digits before the 800/200/rest split
@@ -96,7 +99,10 @@ def _read_suite_file(path: Path) -> dict:
     text = path.read_text()
     if path.suffix in (".yaml", ".yml"):
         import yaml
-        data = yaml.safe_load(text)
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as error:
+            raise ValueError(f"{path}: not valid YAML ({' '.join(str(error).split())})") from None
     else:
         try:
             data = json.loads(text)
@@ -131,13 +137,23 @@ def load_suite(path: str | Path) -> list[Task]:
             raise ValueError(f"{path}: task {name!r} has unknown source {source!r}; valid: {', '.join(SOURCES)}")
         if group not in GROUPS:
             raise ValueError(f"{path}: task {name!r} has group {group!r}; valid: {', '.join(GROUPS)}")
+        unknown = sorted(set(entry) - ENTRY_KEYS[source])
+        if unknown:
+            raise ValueError(f"{path}: task {name!r} has unknown key(s) {', '.join(map(repr, unknown))}; valid for "
+                             f"source {source!r}: name, group, source, {', '.join(sorted(ENTRY_KEYS[source]))}")
         folder = (path.parent / entry.pop("path", name)) if source == "folder" else None
+        if folder is not None and not folder.is_dir():
+            raise FileNotFoundError(f"{path}: the folder {folder} of task {name!r} does not exist "
+                                    "(its 'path' is relative to the suite file)")
         num_classes = entry.pop("num_classes", None)
         if source == "digits":
             num_classes = num_classes or 10
         elif source == "folder" and num_classes is None and (folder / "task.json").exists():
             num_classes = json.loads((folder / "task.json").read_text()).get("num_classes")
-        tasks.append(Task(name, group, source, folder, int(num_classes) if num_classes else None, entry))
+        if num_classes is not None and (isinstance(num_classes, bool) or not isinstance(num_classes, int)
+                                        or num_classes < 2):
+            raise ValueError(f"{path}: task {name!r} has num_classes {num_classes!r}; it must be an integer >= 2")
+        tasks.append(Task(name, group, source, folder, num_classes, entry))
     names = [t.name for t in tasks]
     if len(set(names)) != len(names):
         raise ValueError(f"{path}: task names must be unique, got {names}")
@@ -166,6 +182,8 @@ def _folder_split(task: Task, split: str) -> Split:
             raise ValueError(f"{lst} line {number}: expected '<image path> <integer label>', got {line!r}") from None
         if task.num_classes is not None and not 0 <= label < task.num_classes:
             raise ValueError(f"{lst} line {number}: label {label} is outside 0..{task.num_classes - 1}")
+        if label < 0:
+            raise ValueError(f"{lst} line {number}: label {label} is negative; labels are 0, 1, 2, ...")
         paths.append(task.path / parts[0])
         labels.append(label)
     if not paths:
