@@ -79,6 +79,85 @@ def test_resume_without_checkpoint_errors(data, tmp_path):
         train("tiny-vivi-ex4", data, tmp_path / "empty", resume=True, progress=False)
 
 
+def test_a_run_folder_is_continued_only_with_resume_and_its_own_config(data, tmp_path, capsys):
+    run = tmp_path / "run"
+    args = ["train", "--data", str(data), "--out", str(run)]
+    assert cli_main(args + ["--config", "tiny-ex-yt-s"] + FAST + ["optim.steps=2"]) == 0
+    before = {p.name: p.read_bytes() for p in run.rglob("*") if p.is_file() and "tensorboard" not in p.parts}
+    refused = {  # argv -> words of the message
+        ("--config", "tiny-vivi-ex4", "optim.steps=3"): ["already holds a run", "--resume"],
+        ("--config", "tiny-vivi-ex4", "--resume", "optim.steps=3"): ["'tiny-ex-yt-s' run", "--config tiny-ex-yt-s"],
+        ("--resume", "model.encoder=resnet_small_v2"): ["model.encoder cannot change", "optim.steps"],
+        ("--resume", "optim.steps=1"): ["at step 2 already"],
+    }
+    for extra, words in refused.items():
+        capsys.readouterr()
+        assert cli_main(args + list(extra)) == 2, extra
+        err = capsys.readouterr().err
+        assert all(word in err for word in words) and "Traceback" not in err, (extra, err)
+    after = {p.name: p.read_bytes() for p in run.rglob("*") if p.is_file() and "tensorboard" not in p.parts}
+    assert after == before                                   # nothing written by a refused command
+    # a half-written last record (the process was killed mid-write) does not block --resume
+    with open(run / "metrics.jsonl", "a") as f:
+        f.write('{"loss": 2.1, "lr"')
+    assert cli_main(args + ["--resume", "optim.steps=3", "data.workers=0"]) == 0   # --config may be left out
+    assert [m["step"] for m in metrics(run)] == [1, 2, 3]
+
+
+def test_ctrl_c_finishes_the_step_writes_a_checkpoint_and_resume_is_exact(data, tmp_path):
+    """SIGINT in a one-process run: the step under way ends, its checkpoint is written (even far
+    from ckpt_every), and --resume continues to the same parameters as a straight run."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    over = FAST + ["run.ckpt_every=1000", "optim.steps=400"]
+    run = tmp_path / "stopped"
+    command = [sys.executable, "-m", "vivi.cli", "train", "--config", "tiny-ex-yt-s", "--data", str(data),
+               "--out", str(run), *over]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}      # as this process (one_thread): the same float sums
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    deadline = time.time() + 120
+    while not ((run / "metrics.jsonl").exists() and len((run / "metrics.jsonl").read_text().splitlines()) >= 3):
+        assert time.time() < deadline and process.poll() is None, process.communicate()
+        time.sleep(0.05)
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 130, err
+    stopped = read_checkpoint(run)["step"]
+    assert 3 <= stopped < 400 and "--resume" in err and "Traceback" not in err, err
+    assert [m["step"] for m in metrics(run)][-1] == stopped
+    train("tiny-ex-yt-s", data, run, resume=True, overrides=[f"optim.steps={stopped + 2}"], progress=False)
+    straight = tmp_path / "straight"
+    train("tiny-ex-yt-s", data, straight, overrides=over[:-1] + [f"optim.steps={stopped + 2}"], progress=False)
+    a, b = read_checkpoint(straight), read_checkpoint(run)
+    for key in a["model"]:
+        torch.testing.assert_close(a["model"][key], b["model"][key], rtol=1e-5, atol=1e-6, msg=key)
+
+
+@pytest.mark.parametrize("override, words", [
+    ("optim.base_batch=0", "optim.base_batch must be at least 1"), ("data.size=0", "data.size must be at least 8"),
+    ("model.width=0", "model.width must be at least 1"), ("optim.lr=-1", "optim.lr must be at least 0"),
+    ("optim.decay_factor=-1", "optim.decay_factor"), ("data.frames=1", "needs data.frames >= 2"),
+    ("optim.lr=[", "is not a value")])
+def test_settings_out_of_range_are_refused_before_the_run_folder(data, tmp_path, override, words):
+    with pytest.raises(ValueError, match=words.replace("[", r"\[")):
+        train("tiny-vivi-ex4", data, tmp_path / "run", overrides=FAST + [override], progress=False)
+    assert not (tmp_path / "run").exists()
+
+
+def test_config_file_mistakes_name_the_file(tmp_path):
+    cases = {"syntax.yaml": "data:\n  shots: 4\n  frames 4\n", "list.yaml": "- data\n- model\n"}
+    for name, text in cases.items():
+        (tmp_path / name).write_text(text)
+        with pytest.raises(ValueError, match=name):
+            load_config(tmp_path / name)
+    with pytest.raises(FileNotFoundError, match="missing.yaml does not exist"):
+        load_config(tmp_path / "missing.yaml")
+
+
 # ---------------------------------------------------------------- every method learns
 TINY = ["tiny-ex-yt-f", "tiny-ex-yt-s", "tiny-vivi-ex2", "tiny-vivi-ex4", "tiny-vivi-ex2-ord", "tiny-rot-yt-f",
         "tiny-vivi-rot4", "tiny-vivi-ex4-obj", "tiny-vivi-ex4-co"]

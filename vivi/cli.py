@@ -79,8 +79,9 @@ def _train(args: argparse.Namespace) -> None:
         for name, description in presets.items():
             print(f"{name:<{width}}  {description}")
         return
-    if not (args.config and args.data and args.out):
-        raise ValueError("vivi train needs --config PRESET_OR_FILE --data DATA --out RUN (or --list-presets)")
+    if not ((args.config or args.resume) and args.data and args.out):
+        raise ValueError("vivi train needs --config PRESET_OR_FILE --data DATA --out RUN (--config may be left out "
+                         "with --resume; or --list-presets)")
     from .train.loop import train
     result = train(args.config, args.data, args.out, resume=args.resume, overrides=args.overrides)
     if os.environ.get("RANK", "0") == "0":   # under torchrun, one line for the whole job
@@ -333,8 +334,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"vivi {args.command}: error: {_file_system_error(error)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"vivi {args.command}: interrupted; what was written is kept, run the same command to resume",
-              file=sys.stderr, flush=True)
+        again = ("add --resume to the same command to continue from the newest checkpoint" if args.command == "train"
+                 else "run the same command to resume")
+        print(f"vivi {args.command}: interrupted; what was written is kept, {again}", file=sys.stderr, flush=True)
         sys.stdout.flush()
         # Leave now: every file is written atomically, and the interpreter's exit handlers would join
         # the worker pools' threads, which can wait forever on workers that were interrupted too.

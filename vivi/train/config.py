@@ -164,6 +164,32 @@ class TrainConfig:
                 raise ValueError(f"data.{name} must be positive, got {getattr(self.data, name)}")
         if self.optim.steps < 1 or self.run.log_every < 1 or self.run.ckpt_every < 1:
             raise ValueError("optim.steps, run.log_every and run.ckpt_every must be positive")
+        at_least = {"data.max_boxes": (self.data.max_boxes, 1), "augment.size": (self.augment.size, 8),
+                    "model.exemplar_dim": (self.model.exemplar_dim, 1), "model.shot_dim": (self.model.shot_dim, 1),
+                    "model.predictor_hidden": (self.model.predictor_hidden, 1),
+                    "model.order_hidden": (self.model.order_hidden, 1),
+                    "model.object_classes": (self.model.object_classes, 1),
+                    "model.image_classes": (self.model.image_classes, 1), "optim.base_batch": (self.optim.base_batch, 1),
+                    "optim.warmup_steps": (self.optim.warmup_steps, 0), "run.keep_checkpoints": (self.run.keep_checkpoints, 1),
+                    "loss.cotrain_images": (self.loss.cotrain_images, 1), "optim.lr": (self.optim.lr, 0),
+                    "optim.weight_decay": (self.optim.weight_decay, 0), "loss.margin": (self.loss.margin, 0),
+                    "loss.video_weight": (self.loss.video_weight, 0), "loss.object_weight": (self.loss.object_weight, 0),
+                    "loss.cotrain_weight": (self.loss.cotrain_weight, 0)}
+        if self.data.size is not None:
+            at_least["data.size"] = (self.data.size, 8)
+        if self.model.width is not None:
+            at_least["model.width"] = (self.model.width, 1)
+        for name, (value, low) in at_least.items():
+            if value < low:
+                raise ValueError(f"{name} must be at least {low}, got {value}")
+        if not (0 <= self.optim.momentum < 1 and 0 < self.optim.decay_factor <= 1
+                and 0 < self.loss.cotrain_fraction <= 1 and min(self.optim.decay_steps, default=0) >= 0):
+            raise ValueError(f"optim.momentum must lie in [0, 1), optim.decay_factor and loss.cotrain_fraction in "
+                             f"(0, 1], optim.decay_steps be >= 0; got {self.optim.momentum}, {self.optim.decay_factor}, "
+                             f"{self.loss.cotrain_fraction}, {self.optim.decay_steps}")
+        if self.loss.frame == "exemplar" and self.data.frames < 2:
+            raise ValueError("loss.frame='exemplar' needs data.frames >= 2: the frames of a shot are each other's "
+                             f"positives (got {self.data.frames}, which leaves the loss nothing to learn)")
 
 
 class UnknownKeyError(KeyError):
@@ -214,7 +240,11 @@ def apply_overrides(config: TrainConfig, overrides: list[str] | dict | None) -> 
         if "=" not in item:
             raise ValueError(f"override {item!r} must look like section.field=value")
         key, text = item.split("=", 1)
-        value = yaml.safe_load(text) if text.strip() else None
+        try:
+            value = yaml.safe_load(text) if text.strip() else None
+        except yaml.YAMLError:
+            raise ValueError(f"override {item!r}: {text!r} is not a value (quote it, or write a number, "
+                             "true/false or [a, b])") from None
         parts = key.strip().split(".")
         if len(parts) == 1 and parts[0] in ("name", "description"):
             nested[parts[0]] = str(text)
@@ -251,9 +281,19 @@ def load_config(preset_or_file: str | Path | TrainConfig, overrides: list[str] |
         config = config_from_dict(config_to_dict(preset_or_file))
     else:
         path = Path(preset_or_file)
-        if not (path.suffix in (".yaml", ".yml", ".json") and path.exists()):
+        if path.suffix in (".yaml", ".yml", ".json"):
+            if not path.is_file():
+                raise FileNotFoundError(f"config file {path} does not exist (or pass a preset name: "
+                                        f"{', '.join(list_presets())})")
+        else:
             path = preset_path(str(preset_or_file))
-        raw = yaml.safe_load(path.read_text()) or {}
+        try:
+            raw = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as error:
+            raise ValueError(f"{path}: not valid YAML ({' '.join(str(error).split())})") from None
+        if not isinstance(raw, dict):
+            raise ValueError(f"{path}: a config file holds sections (data:, model:, augment:, loss:, optim:, run:) "
+                             f"with fields, got {type(raw).__name__}")
         config = config_from_dict(raw)
         if config.name == "custom" and path.parent == PRESET_DIR:
             config.name = path.stem

@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import json
 import math
+import signal
+import threading
 import time
 from pathlib import Path
 
@@ -32,7 +34,8 @@ from vivi.data import ClipConfig, make_loader
 from vivi.distributed import all_reduce_mean, cleanup_distributed, init_distributed_from_env
 from vivi.train.augment import build_augmentation
 from vivi.train.checkpoint import latest_checkpoint, read_checkpoint, write_checkpoint
-from vivi.train.config import TrainConfig, config_from_dict, config_json, dump_config, load_config
+from vivi.train.config import (TrainConfig, config_from_dict, config_json, config_to_dict, dump_config,
+                               load_config)
 from vivi.train.model import VIVIModel, encoder_spec, weighted_terms
 
 __all__ = ["NonFiniteLossError", "build_optimizer", "learning_rate_schedule", "step_seed", "train", "train_step"]
@@ -138,29 +141,113 @@ class _CotrainBatches:
             yield batch
 
 
-def train(config: TrainConfig | str | Path, data: str | Path, out: str | Path, resume: bool = False,
+# What ``--resume`` may change: how the run is carried out, and how long it goes on. Anything else
+# (the model, the data, the losses, the schedule) would no longer be the checkpoint's run.
+RESUME_OVERRIDES = ("optim.steps", "run.log_every", "run.ckpt_every", "run.keep_checkpoints", "run.device",
+                    "run.precision", "run.channels_last", "run.compile", "data.workers")
+
+
+def _resumed_config(checkpoint: dict, asked, overrides, out: Path) -> TrainConfig:
+    """The run's own config with the overrides that ``--resume`` allows (:data:`RESUME_OVERRIDES`)."""
+    saved = config_from_dict(checkpoint["config"])
+    if isinstance(asked, (str, Path)) and load_config(asked, validate=False).name != saved.name:
+        raise ValueError(f"{out} is a {saved.name!r} run, not {str(asked)!r}: --resume continues the run's own "
+                         f"config (pass --config {saved.name}, or a new --out for another run)")
+    config = load_config(saved, overrides)
+    before, after = config_to_dict(saved), config_to_dict(config)
+    changed = sorted(f"{section}.{key}" for section, values in after.items() if isinstance(values, dict)
+                     for key, value in values.items() if before[section][key] != value)
+    refused = [key for key in changed if key not in RESUME_OVERRIDES]
+    if refused:
+        raise ValueError(f"--resume continues the run's own config; {', '.join(refused)} cannot change (the "
+                         "checkpoint was trained without it): start another run with a new --out. On resume "
+                         f"these may change: {', '.join(RESUME_OVERRIDES)}")
+    if config.optim.steps < checkpoint["step"]:
+        raise ValueError(f"{out} is at step {checkpoint['step']} already; pass optim.steps larger than that "
+                         f"to train further (got {config.optim.steps})")
+    return config
+
+
+def _records_until(metrics: Path, step: int) -> list[str]:
+    """The lines of ``metrics.jsonl`` logged at or before ``step``; a last line cut short (the
+    process was killed while writing it) is dropped."""
+    lines = [line for line in metrics.read_text().splitlines() if line.strip()]
+    kept = []
+    for number, line in enumerate(lines, 1):
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            if number == len(lines):
+                break
+            raise ValueError(f"{metrics} line {number} is not JSON: repair or delete that line, then resume") from None
+        if record.get("step", 0) <= step:
+            kept.append(line)
+    return kept
+
+
+class _StopAtStepEnd:
+    """Ctrl-C in a one-process run: the step under way is finished and a checkpoint written before
+    the run stops (``requested``); a second Ctrl-C stops at once. Under torchrun every rank would
+    have to agree on the step, so there Ctrl-C stops at once (the last periodic checkpoint stays)."""
+
+    def __init__(self, enabled: bool):
+        self.requested = False
+        self._previous = None
+        if enabled and threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._request)
+
+    def _request(self, signum, frame) -> None:
+        self.requested = True
+        signal.signal(signal.SIGINT, self._previous)
+
+    def guard(self, batches):
+        """``batches``; they end early when Ctrl-C also stopped the DataLoader's workers."""
+        iterator = iter(batches)
+        while True:
+            try:
+                batch = next(iterator)
+            except StopIteration:
+                return
+            except RuntimeError:     # "DataLoader worker ... exited unexpectedly": they took the Ctrl-C too
+                if not self.requested:
+                    raise
+                return
+            yield batch
+
+    def restore(self) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+            self._previous = None
+
+
+def train(config: TrainConfig | str | Path | None, data: str | Path, out: str | Path, resume: bool = False,
           overrides: list[str] | dict | None = None, progress: bool = True) -> dict:
     """Train a VIVI model; returns the last logged measurements and the run folder.
 
     Args:
-        config: a TrainConfig, a preset name or a YAML file.
+        config: a TrainConfig, a preset name or a YAML file (with ``resume``: None, or the run's own).
         data: an ingested dataset (``vivi ingest``), with detections for the object loss.
-        out: the run folder (created).
+        out: the run folder (created; one that holds checkpoints needs ``resume``).
         resume: continue from the newest checkpoint in ``out`` (the saved config is used;
-            ``overrides`` may change run-time fields such as ``optim.steps``).
+            ``overrides`` may change only :data:`RESUME_OVERRIDES`, such as ``optim.steps``).
         overrides: ``section.field=value`` strings or a nested dict.
         progress: show the tqdm bar (rank 0).
     """
     # ============ setup: config, processes, device ... ============
     out = Path(out)
     checkpoint = None
+    found = latest_checkpoint(out)
     if resume:
-        found = latest_checkpoint(out)
         if found is None:
-            raise FileNotFoundError(f"--resume: no checkpoint in {out}/checkpoints")
+            raise FileNotFoundError(f"--resume: no checkpoint in {out}/checkpoints (a run interrupted before its "
+                                    "first checkpoint starts over: run the command without --resume)")
         checkpoint = read_checkpoint(found)
-        config = config_from_dict(checkpoint["config"])   # the run's own config; overrides may extend it
-    config = load_config(config, overrides)
+        config = _resumed_config(checkpoint, config, overrides, out)
+    else:
+        config = load_config(config, overrides)
+        if found is not None:
+            raise ValueError(f"{out} already holds a run (checkpoints up to {found.stem}): continue it with "
+                             "--resume, or pass a new --out (or delete the folder) to start another")
     dist_info = init_distributed_from_env()
     rank, world_size = dist_info.rank, dist_info.world_size
     if config.run.device == "cpu" or (config.run.device == "auto" and dist_info.device.type == "cpu"):
@@ -235,9 +322,9 @@ def train(config: TrainConfig | str | Path, data: str | Path, out: str | Path, r
         (out / "config.yaml").write_text(dump_config(config))
         metrics_path = out / "metrics.jsonl"
         if checkpoint and metrics_path.exists():   # drop records logged after the checkpoint we resume from
-            kept = [line for line in metrics_path.read_text().splitlines()
-                    if line.strip() and json.loads(line).get("step", 0) <= start_step]
-            metrics_path.write_text("".join(line + "\n" for line in kept))
+            metrics_path.write_text("".join(line + "\n" for line in _records_until(metrics_path, start_step)))
+        elif metrics_path.exists():                # a run stopped before its first checkpoint starts over
+            metrics_path.unlink()
     writer = None
     if main_process:
         try:
@@ -257,8 +344,9 @@ def train(config: TrainConfig | str | Path, data: str | Path, out: str | Path, r
     step = start_step
     model.train()
     tick = time.perf_counter()
+    stop = _StopAtStepEnd(enabled=world_size == 1)
     try:
-        for batch in batches:
+        for batch in stop.guard(batches):
             if step >= steps:
                 break
             record = train_step(ddp_model, optimizer, batch, config=config, augment=augment,
@@ -283,7 +371,18 @@ def train(config: TrainConfig | str | Path, data: str | Path, out: str | Path, r
             bar.update(1)
             if main_process and (step % config.run.ckpt_every == 0 or step == steps):
                 write_checkpoint(out, step, model, optimizer, cfg_json, enc_spec, keep=config.run.keep_checkpoints)
+            if stop.requested:
+                break
+        if stop.requested:
+            if main_process and step > start_step and step % config.run.ckpt_every and step != steps:
+                write_checkpoint(out, step, model, optimizer, cfg_json, enc_spec, keep=config.run.keep_checkpoints)
+            newest = latest_checkpoint(out)
+            bar.write(f"interrupted after step {step}; " + (
+                f"add --resume to the same command to continue from {newest.name}" if newest is not None
+                else "no checkpoint yet: the same command starts over"))
+            raise KeyboardInterrupt
     finally:
+        stop.restore()
         bar.close()
         if metrics_file is not None:
             metrics_file.close()
