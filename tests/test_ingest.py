@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -335,6 +336,12 @@ def test_files_replacing_leaves_the_old_file_when_writing_fails(tmp_path):
             tmp.write_text("half of the n")
             raise OSError(28, "No space left on device")
     assert path.read_text() == "old" and sorted(p.name for p in path.parent.iterdir()) == ["result.json"]
+    with replacing(path) as tmp:                 # a writer that makes its file owner-only (safetensors)
+        tmp.write_text("new")
+        tmp.chmod(0o600)
+    umask = os.umask(0o022)
+    os.umask(umask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~umask
 
 
 def _assert_same_dataset(a: Path, b: Path) -> None:

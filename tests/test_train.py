@@ -220,6 +220,10 @@ def test_dataset_without_enough_shots_errors_before_compute(data, tmp_path):
     with pytest.raises(ValueError, match="no video .* has 8 shots"):
         train("tiny-vivi-ex4", data, tmp_path / "k8", overrides=FAST + ["data.shots=8"], progress=False)
     assert not (tmp_path / "k8").exists()
+    lost = tmp_path / "lost"                         # the shards are gone: said so, not "no video has K shots"
+    shutil.copytree(data, lost, ignore=shutil.ignore_patterns("*.tar"))
+    with pytest.raises(ValueError, match=r"no complete shard .* `vivi ingest`"):
+        train("tiny-vivi-ex4", lost, tmp_path / "run", overrides=FAST, progress=False)
 
 
 def test_missing_cotrain_source_errors(data, tmp_path):
@@ -268,6 +272,28 @@ def test_export_load_embed_round_trip(data, tmp_path):
     array = np.load(out)
     assert array.shape == (3, encoder.num_features) and np.isfinite(array).all()
     np.testing.assert_allclose(vivi.embed(encoder, [folder]), array, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(vivi.embed(encoder, folder), array, rtol=1e-5, atol=1e-5)   # one path
+    # the encoder refuses inputs that would give wrong features silently
+    with pytest.raises(TypeError, match="float"):
+        encoder((x * 255).to(torch.uint8))
+    with pytest.raises(ValueError, match="divide"):
+        encoder(x * 255)
+    # unreadable files are skipped and reported by `vivi embed`, the rows listed in order; the
+    # output's folder is made
+    (folder / "broken.jpg").write_bytes(b"not a jpeg")
+    (folder / "empty.png").write_bytes(b"")
+    cv2.imwrite(str(folder / "grey.tif"), rng.integers(0, 255, (40, 40), np.uint8))
+    with pytest.raises(ValueError, match="broken.jpg"):
+        vivi.embed(encoder, folder)
+    out = tmp_path / "new" / "emb"
+    assert cli_main(["embed", "--checkpoint", str(tmp_path / "enc.pt"), str(folder), "--out", str(out)]) == 0
+    rows = (tmp_path / "new" / "emb.files.txt").read_text().splitlines()
+    assert rows == [str(folder / "grey.tif"), str(folder / "im0.png"), str(folder / "sub" / "im1.png"),
+                    str(folder / "sub" / "im2.png")]
+    embedded = np.load(tmp_path / "new" / "emb.npy")
+    assert embedded.shape == (4, encoder.num_features)
+    np.testing.assert_allclose(embedded[[rows.index(str(p)) for p in sorted(folder.rglob("im*.png"))]], array,
+                               rtol=1e-5, atol=1e-5)
 
 
 def test_load_encoder_wrong_kind(tmp_path):

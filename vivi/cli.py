@@ -95,10 +95,25 @@ def _export(args: argparse.Namespace) -> None:
 
 def _embed(args: argparse.Namespace) -> None:
     import numpy as np
-    from .api import embed, load_encoder
-    features = embed(load_encoder(args.checkpoint), args.images, size=args.size, batch_size=args.batch_size)
-    np.save(args.out, features)
-    print(f"{features.shape[0]} embeddings of size {features.shape[1]} written to {args.out}")
+
+    from .api import embed_files, load_encoder
+    from .files import replacing
+    out = args.out if args.out.suffix == ".npy" else args.out.with_name(args.out.name + ".npy")
+    listing = out.with_suffix(".files.txt")
+    features, files, skipped = embed_files(load_encoder(args.checkpoint), args.images, size=args.size,
+                                           batch_size=args.batch_size, skip_unreadable=True)
+    with replacing(out) as tmp, open(tmp, "wb") as f:
+        np.save(f, features)
+    with replacing(listing) as tmp:
+        tmp.write_text("".join(f"{path}\n" for path in files))
+    print(f"{features.shape[0]} embeddings of size {features.shape[1]} written to {out} (row i is the image on "
+          f"line i of {listing})")
+    if skipped:
+        print(f"skipped {len(skipped)} file(s) that could not be read:", file=sys.stderr)
+        for path, reason in skipped[:10]:
+            print(f"  {reason}", file=sys.stderr)
+        if len(skipped) > 10:
+            print(f"  ... and {len(skipped) - 10} more", file=sys.stderr)
 
 
 def _eval(args: argparse.Namespace) -> None:
@@ -251,7 +266,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("embed", help="pre-logit embeddings of images with a trained encoder -> .npy")
     p.add_argument("images", nargs="+", help="image files or folders (searched recursively)")
     p.add_argument("--checkpoint", type=Path, required=True, help="run folder, checkpoint or exported encoder")
-    p.add_argument("--out", type=Path, required=True, help="output .npy file (n, D)")
+    p.add_argument("--out", type=Path, required=True,
+                   help="output .npy file (n, D); OUT.files.txt beside it lists the images in row order")
     p.add_argument("--size", type=int, default=None, help="resize images to size x size (default: training size)")
     p.add_argument("--batch-size", type=int, default=64, help="images per forward pass (default 64)")
     p.set_defaults(func=_embed)

@@ -83,6 +83,9 @@ class VideoClipDataset(Dataset):
         self.dataset = VideoDataset(root)
         need = config.shots if config.mode == "shots" else 1
         self.videos: list[Video] = [v for v in self.dataset.videos if v.num_shots >= need and v.num_frames > 0]
+        if not self.dataset.videos:
+            raise ValueError(f"{root} holds no complete shard (shards/*.tar missing, damaged or not yet written): "
+                             "run `vivi ingest` again with the same inputs and --out to write them")
         if not self.videos:
             counts = sorted({v.num_shots for v in self.dataset.videos})
             raise ValueError(f"no video in {root} has {need} shots (videos: {len(self.dataset.videos)}, "

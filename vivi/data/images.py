@@ -22,7 +22,7 @@ import torch
 
 __all__ = ["IMAGE_SUFFIXES", "LabeledImages", "read_image"]
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif", ".ppm", ".pgm")   # OpenCV reads them
 
 
 def read_image(path: str | Path) -> np.ndarray:

@@ -171,6 +171,10 @@ class ResNetV2(nn.Module):
 
     def forward_features(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """Features of [0, 1] images ``x`` (B, 3, H, W); see the class docstring for the keys."""
+        if not x.is_floating_point():
+            raise TypeError(f"the encoder takes float images in [0, 1], got {x.dtype}: use x.float() / 255")
+        if x.ndim != 4 or x.shape[1] != 3:
+            raise ValueError(f"the encoder takes images of shape (B, 3, H, W), got {tuple(x.shape)}")
         features = {}
         x = self.root((x - 0.5) / 0.5)
         features["root"] = x
@@ -183,7 +187,13 @@ class ResNetV2(nn.Module):
         return features
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Pre-logits (B, :attr:`num_features`) of [0, 1] images ``x`` (B, 3, H, W)."""
+        """Pre-logits (B, :attr:`num_features`) of [0, 1] images ``x`` (B, 3, H, W).
+
+        In eval mode (how :func:`vivi.load_encoder` returns it) images with values above 1.5 are
+        refused: 0..255 pixels not divided by 255 would give features that look fine and are not."""
+        if not self.training and x.is_floating_point() and x.numel() and float(x.detach().amax()) > 1.5:
+            raise ValueError(f"the encoder takes images in [0, 1], got values up to {float(x.amax()):.4g}: "
+                             "divide 0..255 pixels by 255")
         return self.forward_features(x)["pre_logits"]
 
 
