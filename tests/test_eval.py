@@ -238,6 +238,21 @@ def test_report_compares_two_evaluations(tmp_path, monkeypatch):
     assert "p=" in table
     for png in ("accuracy.png", "relative.png"):
         assert (tmp_path / "report" / png).read_bytes()[:4] == b"\x89PNG"
+    # a run with a task more (and another protocol): means over the compared tasks only, both said
+    extra = json.loads((Path(outs[1]) / "results.json").read_text())
+    extra["tasks"]["more"] = {"group": "specialized", "median": 0.99, "test_accuracy": [0.99]}
+    extra["protocol"], extra["mean"] = "knn", 0.9
+    (tmp_path / "c").mkdir()
+    (tmp_path / "c" / "results.json").write_text(json.dumps(extra))
+    assert main(["report", outs[0], str(tmp_path / "c"), "--out", str(tmp_path / "report2")]) == 0
+    report = json.loads((tmp_path / "report2" / "report.json").read_text())
+    medians = [row["runs"][1]["median"] for row in report["tasks"]]
+    assert report["mean"]["c"] == pytest.approx(np.mean(medians)) and "specialized" not in report["groups"]["c"]
+    table = (tmp_path / "report2" / "report.md").read_text()
+    assert "c's more" in table and "different protocols" in table
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "results.json").write_text(json.dumps({"data": "x"}))
+    assert main(["report", outs[0], str(tmp_path / "d"), "--out", str(tmp_path / "report3")]) == 2
 
 
 def test_cli_eval_knn_end_to_end_with_a_random_init_encoder(tmp_path, capsys):
@@ -422,3 +437,13 @@ def test_robustness_command_on_the_world(tmp_path):
     assert r["delta"] == pytest.approx(r["anchor_accuracy"] - r["pm_k_accuracy"])
     assert main(["robustness", "--checkpoint", "random:resnet_tiny_v2", "--task", str(tmp_path / "w/tasks/count"),
                  "--data", str(tmp_path / "d")]) == 2          # count's classes are not the detector's
+    # a task folder outside any suite works; detections without a box and a k of 0 are refused up front
+    import shutil
+    shutil.copytree(tmp_path / "w/tasks/object_class", tmp_path / "solo" / "oc")
+    args = ["robustness", "--checkpoint", "random:resnet_tiny_v2", "--task", str(tmp_path / "solo" / "oc"),
+            "--data", str(tmp_path / "d"), "--steps", "2", "--resolution", "32", "--k", "1"]
+    assert main(args) == 0
+    assert main(args[:-1] + ["0"]) == 2
+    shutil.copytree(tmp_path / "d", tmp_path / "d2", ignore=shutil.ignore_patterns("detections"))
+    detect_dataset(tmp_path / "d2", build_detector("groundtruth"), min_score=2.0, progress=False)   # no box kept
+    assert main(args[:6] + [str(tmp_path / "d2")] + args[7:]) == 2

@@ -22,7 +22,7 @@ import numpy as np
 
 from .tasks import GROUPS
 
-__all__ = ["compare", "load_results", "welch_test", "write_results_markdown"]
+__all__ = ["compare", "load_results", "summarize", "welch_test", "write_results_markdown"]
 
 ALPHA = 0.05
 
@@ -58,7 +58,24 @@ def load_results(folder: str | Path) -> dict:
     path = Path(folder) / "results.json" if Path(folder).is_dir() else Path(folder)
     if not path.exists():
         raise FileNotFoundError(f"{path} does not exist: run `vivi eval --out {folder}` to the end first")
-    return json.loads(path.read_text())
+    try:
+        results = json.loads(path.read_text())
+        for task in results["tasks"].values():
+            task["group"], task["test_accuracy"]      # what a comparison reads
+    except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as error:
+        raise ValueError(f"{path} is not the results.json of a `vivi eval` run ({error.__class__.__name__}: "
+                         f"{error}); pass the --out folder of a finished evaluation") from None
+    return results
+
+
+def summarize(tasks: dict[str, dict]) -> dict:
+    """Group means and the plain mean over tasks of the per-task medians (VTAB's score)."""
+    medians = {name: float(np.median(t["test_accuracy"])) for name, t in tasks.items()}
+    groups: dict[str, list[float]] = {}
+    for name, t in tasks.items():
+        groups.setdefault(t["group"], []).append(medians[name])
+    return {"groups": {g: float(np.mean(v)) for g, v in groups.items()},
+            "mean": float(np.mean(list(medians.values())))}
 
 
 def welch_test(a, b) -> float | None:
@@ -92,6 +109,11 @@ def compare(folders: list[str | Path], out: str | Path) -> dict:
         missing = [n for n in names if n not in run["tasks"]]
         if missing:
             raise ValueError(f"{label} has no result for task(s) {missing}: compare runs on the same suite")
+    # Group means and means over the compared tasks (the baseline's), whatever else a run holds.
+    extra = {label: sorted(set(run["tasks"]) - set(names)) for label, run in zip(labels, runs)}
+    summaries = {label: summarize({n: {**run["tasks"][n], "group": base["tasks"][n]["group"]} for n in names})
+                 for label, run in zip(labels, runs)}
+    protocols = {label: run.get("protocol") for label, run in zip(labels, runs)}
     table = []
     for name in names:
         row = {"task": name, "group": base["tasks"][name]["group"], "runs": []}
@@ -104,14 +126,16 @@ def compare(folders: list[str | Path], out: str | Path) -> dict:
                                 "relative_increase": (median - baseline) / baseline if baseline > 0 else None})
         table.append(row)
     report = {"runs": labels, "baseline": labels[0], "alpha": ALPHA, "tasks": table,
-              "groups": {label: run["groups"] for label, run in zip(labels, runs)},
-              "mean": {label: run["mean"] for label, run in zip(labels, runs)}}
+              "groups": {label: summaries[label]["groups"] for label in labels},
+              "mean": {label: summaries[label]["mean"] for label in labels},
+              "protocols": protocols, "not_compared": {label: e for label, e in extra.items() if e}}
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "report.json").write_text(json.dumps(report, indent=1))
     _write_report_markdown(report, out / "report.md")
     _plot_accuracy(report, out / "accuracy.png")
-    _plot_relative(report, out / "relative.png")
+    if len(labels) > 1:
+        _plot_relative(report, out / "relative.png")
     return report
 
 
@@ -119,8 +143,15 @@ def _write_report_markdown(report: dict, path: Path) -> None:
     runs = report["runs"]
     lines = [f"# Comparison (baseline: {report['baseline']})", "",
              f"Median top-1 (%) over repetitions; `*` = differs from the baseline, two-sided Welch t-test "
-             f"p < {report['alpha']} (p in brackets; n/a with fewer than two repetitions).", "",
-             "| task | group | " + " | ".join(runs) + " |", "|---|---|" + "---|" * len(runs)]
+             f"p < {report['alpha']} (p in brackets; n/a with fewer than two repetitions). Group means and "
+             "means are over the tasks of this table.", ""]
+    if len(set(report["protocols"].values())) > 1:
+        lines += ["**The runs were evaluated with different protocols** (" + ", ".join(
+            f"{run}: {protocol}" for run, protocol in report["protocols"].items()) + "): their numbers are not "
+            "comparable as the same measurement.", ""]
+    for run, tasks in report["not_compared"].items():
+        lines += [f"Not in the baseline, so not compared: {run}'s {', '.join(tasks)}.", ""]
+    lines += ["| task | group | " + " | ".join(runs) + " |", "|---|---|" + "---|" * len(runs)]
     for row in report["tasks"]:
         cells = []
         for r in row["runs"]:

@@ -112,20 +112,30 @@ def robustness_from_task(checkpoint, task_dir: str | Path, data: str | Path, det
     ``groundtruth`` detections share class names: ``vivi robustness`` does exactly this.
     """
     from vivi.data.boxes import load_detections
+    from vivi.data.reader import VideoDataset
     from vivi.eval import protocol
     from vivi.eval.run import load_eval_encoder
-    from vivi.eval.tasks import load_split, load_suite
+    from vivi.eval.tasks import Task, load_split
 
-    tasks = load_suite(Path(task_dir).parent)
-    task = next((t for t in tasks if t.name == Path(task_dir).name), None)
-    if task is None:
-        raise FileNotFoundError(f"{task_dir} is not a task of the suite in {Path(task_dir).parent}")
-    meta = Path(task_dir) / "task.json"
-    names = json.loads(meta.read_text()).get("class_names", []) if meta.exists() else []
-    detector_names = load_detections(data, detector).class_names
+    if k < 1 or steps < 1 or batch_size < 1 or resolution < 8:
+        raise ValueError(f"k, steps and batch size must be at least 1 and resolution at least 8 "
+                         f"(got k={k}, steps={steps}, batch_size={batch_size}, resolution={resolution})")
+    folder = Path(task_dir)
+    meta = folder / "task.json"
+    if not meta.exists():
+        raise FileNotFoundError(f"{meta} does not exist: --task is a task folder with a task.json naming its "
+                                "classes (class_names), like those `vivi synth` writes")
+    info = json.loads(meta.read_text())
+    names = info.get("class_names", [])
+    task = Task(folder.name, info.get("group", "natural"), "folder", folder, info.get("num_classes") or len(names))
+    detections = load_detections(data, detector)
+    detector_names = detections.class_names
     if list(names) != list(detector_names)[:len(names)] or not names:
         raise ValueError(f"the classes of {task_dir} ({list(names)[:4]}...) are not the detector {detector!r}'s "
                          f"classes ({detector_names[:4]}...): robustness needs one label space")
+    if not any(len(detections.frame_boxes(v.key, f)) for v in VideoDataset(data).videos for f in range(v.num_frames)):
+        raise ValueError(f"the detections {detector!r} of {data} hold no box, so no frame has a label: re-run "
+                         "`vivi detect` (a lower --min-score, or another detector)")
     config = protocol.FinetuneConfig(resolution=resolution, batch_size=batch_size, device=device)
     split = load_split(task, "train800val200")
     classifier = protocol.finetune(load_eval_encoder(checkpoint, seed=seed), split, len(names),

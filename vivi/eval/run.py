@@ -30,6 +30,7 @@ from torch import nn
 
 from ..files import replacing
 from . import protocol as vtab
+from .report import summarize
 from .probe import frozen_features, knn_classify, linear_probe
 from .tasks import SPLITS, Task, infer_num_classes, load_split, load_suite
 
@@ -243,16 +244,6 @@ def _frozen_task(encoder, task: Task, config: EvalConfig, units: _Units) -> dict
     result = units.run(task.name, config.protocol, compute)
     return {"test_accuracy": [result["test_accuracy"]], "selected": [result.get("selected")],
             "val": [result.get("val")]}
-
-
-def summarize(tasks: dict[str, dict]) -> dict:
-    """Group means and the plain mean over tasks of the per-task medians (VTAB's score)."""
-    medians = {name: float(np.median(t["test_accuracy"])) for name, t in tasks.items()}
-    groups: dict[str, list[float]] = {}
-    for name, t in tasks.items():
-        groups.setdefault(t["group"], []).append(medians[name])
-    return {"groups": {g: float(np.mean(v)) for g, v in groups.items()},
-            "mean": float(np.mean(list(medians.values())))}
 
 
 def evaluate(checkpoint: str | Path, suite: str | Path, out: str | Path, config: EvalConfig = EvalConfig(),
