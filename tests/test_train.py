@@ -216,6 +216,13 @@ def test_non_finite_loss_names_step_and_term(data, tmp_path):
               overrides=FAST + ["optim.steps=5", "optim.lr=1e30", "optim.warmup_steps=1"])
 
 
+def test_more_videos_per_batch_than_the_dataset_has_is_noted(data, tmp_path, capsys):
+    eligible = len(json.loads((data / "manifest.json").read_text())["per_video"])
+    train("tiny-ex-yt-s", data, tmp_path / "run", overrides=FAST + [f"data.videos={eligible + 2}", "optim.steps=1"],
+          progress=False)
+    assert f"data.videos={eligible + 2} but only {eligible} videos" in capsys.readouterr().err
+
+
 def test_dataset_without_enough_shots_errors_before_compute(data, tmp_path):
     with pytest.raises(ValueError, match="no video .* has 8 shots"):
         train("tiny-vivi-ex4", data, tmp_path / "k8", overrides=FAST + ["data.shots=8"], progress=False)

@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import math
 import signal
+import sys
 import threading
 import time
 from pathlib import Path
@@ -279,6 +280,10 @@ def train(config: TrainConfig | str | Path | None, data: str | Path, out: str | 
             raise ValueError(f"loss.cotrain_images={config.loss.cotrain_images} must divide over {world_size} ranks")
     loader = make_loader(data, clip, batch_size=d.videos // world_size, seed=config.run.seed, workers=d.workers,
                          start_batch=start_step, rank=rank, world_size=world_size)
+    if d.videos > len(loader.dataset) and main_process:
+        print(f"note: data.videos={d.videos} but only {len(loader.dataset)} videos of {data} have {d.shots} shots: "
+              "every batch holds some videos twice, whose clips are then each other's negatives; lower "
+              "data.videos or ingest more videos", file=sys.stderr)
     detections = loader.dataset.detections
     if config.loss.object_weight > 0 and not any(any(frames) for frames in detections.videos.values()):
         raise ValueError(f"the detections {d.detector!r} in {data} hold no box for any video: the object loss "
