@@ -46,6 +46,31 @@ def test_videos_with_too_few_shots_are_skipped(dataset):
         VideoClipDataset(dataset, ClipConfig(shots=99))
 
 
+def test_a_shot_without_stored_frames_breaks_the_run_of_shots(dataset, monkeypatch):
+    """A damaged stretch of a video can leave a shot with no stored frame: clips take K consecutive
+    shots that each have frames (the loader used to fail with an IndexError on such a draw)."""
+    from vivi.data.reader import Video
+    key = VideoDataset(dataset).videos[0].key
+    shot_frames = Video.shot_frames
+
+    def one_shot_empty(self):
+        frames = shot_frames(self)
+        if self.key == key:
+            frames[1] = []
+        return frames
+
+    monkeypatch.setattr(Video, "shot_frames", one_shot_empty)
+    clips = VideoClipDataset(dataset, ClipConfig(shots=2, frames=2, size=64))
+    num_shots = VideoDataset(dataset).videos[0].num_shots
+    assert num_shots >= 4, "the test needs a video of 4 shots first"
+    index = [v.key for v in clips.videos].index(key)
+    assert clips.windows[index] == list(range(2, num_shots - 1))     # pairs (0, 1) and (1, 2) hold shot 1
+    seen = {tuple(clips[(index, draw)]["shots"].tolist()) for draw in range(40)}
+    assert seen and all(1 not in shots for shots in seen)
+    short = VideoClipDataset(dataset, ClipConfig(shots=num_shots - 1, frames=2, size=64))
+    assert key not in [v.key for v in short.videos]                  # no run of K shots with frames left
+
+
 def test_frame_mode_repeats_one_frame(dataset):
     clip = VideoClipDataset(dataset, ClipConfig(shots=1, frames=4, mode="frame"))[(0, 5)]
     assert len(set(clip["frame_index"].flatten().tolist())) == 1

@@ -221,6 +221,15 @@ def test_bad_inputs_are_reported_and_the_rest_ingested(world, tmp_path):
     assert "could not be ingested" in str(summary)
 
 
+@pytest.mark.parametrize("flag, value", [("--fps", "-1"), ("--fps", "0"), ("--videos-per-shard", "0"),
+                                         ("--short-side", "0"), ("--cut-threshold", "-1"), ("--jpeg-quality", "200")])
+def test_ingest_settings_out_of_range_stop_before_anything_is_written(world, tmp_path, flag, value):
+    result = subprocess.run([sys.executable, "-m", "vivi.cli", "ingest", str(world / "videos"), "--out",
+                             str(tmp_path / "data"), flag, value], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2 and "out of range" in result.stderr and "Traceback" not in result.stderr, result.stderr
+    assert not (tmp_path / "data").exists()
+
+
 def test_missing_input_and_empty_folder_are_clear_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match="does not exist"):
         ingest([tmp_path / "nope"], tmp_path / "ds", progress=False)
@@ -275,7 +284,7 @@ def test_the_plan_is_written_with_the_shards(dataset, tmp_path):
     fresh = tmp_path / "fresh"
     ingest(inputs, fresh, TINY_INGEST, progress=False)
     _assert_same_dataset(dataset, fresh)
-    assert not list(fresh.rglob("*.tmp")) and not list(copy.rglob("*.tmp"))
+    assert not list(fresh.rglob("*.tmp*")) and not list(copy.rglob("*.tmp*"))
 
 
 def test_killed_ingest_resumes_to_the_same_dataset(world, dataset, tmp_path):
@@ -296,7 +305,7 @@ def test_killed_ingest_resumes_to_the_same_dataset(world, dataset, tmp_path):
     ingest([world / "videos"], reference, IngestConfig(sampling=SamplingConfig(short_side=64), videos_per_shard=1),
            progress=False)
     _assert_same_dataset(reference, out)
-    assert not list(out.rglob("*.tmp"))
+    assert not list(out.rglob("*.tmp*"))
 
 
 def test_a_full_disk_stops_the_run_without_partial_files_and_it_resumes(dataset, world, tmp_path, monkeypatch):

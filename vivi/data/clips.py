@@ -82,7 +82,16 @@ class VideoClipDataset(Dataset):
         self.config = config
         self.dataset = VideoDataset(root)
         need = config.shots if config.mode == "shots" else 1
-        self.videos: list[Video] = [v for v in self.dataset.videos if v.num_shots >= need and v.num_frames > 0]
+        # A clip's K shots are consecutive shots that each have a stored frame (a damaged stretch of
+        # a video can leave a shot without one); ``windows``: the first shot of every such run.
+        self.videos: list[Video] = []
+        self.windows: list[list[int]] = []
+        for video in self.dataset.videos:
+            has_frames = [len(frames) > 0 for frames in video.shot_frames()]
+            windows = [first for first in range(video.num_shots - need + 1) if all(has_frames[first:first + need])]
+            if windows and video.num_frames > 0:
+                self.videos.append(video)
+                self.windows.append(windows)
         if not self.dataset.videos:
             raise ValueError(f"{root} holds no complete shard (shards/*.tar missing, damaged or not yet written): "
                              "run `vivi ingest` again with the same inputs and --out to write them")
@@ -98,8 +107,10 @@ class VideoClipDataset(Dataset):
     def __len__(self) -> int:
         return len(self.videos)
 
-    def choose(self, video: Video, rng: np.random.Generator) -> tuple[list[int], list[list[int]]]:
-        """The shots and, for each, the frame indices of one clip of ``video``."""
+    def choose(self, video: Video, rng: np.random.Generator, windows: list[int] | None = None
+               ) -> tuple[list[int], list[list[int]]]:
+        """The shots and, for each, the frame indices of one clip of ``video`` (``windows``: the
+        possible first shots; default: every run of K shots with frames)."""
         K, F = self.config.shots, self.config.frames
         if self.config.mode == "frame":
             if self.config.frame_choice == "fixed":
@@ -107,7 +118,9 @@ class VideoClipDataset(Dataset):
             else:
                 frame = int(rng.integers(video.num_frames))
             return [video.frame_shot[frame]] * K, [[frame] * F for _ in range(K)]
-        first = int(rng.integers(video.num_shots - K + 1))
+        if windows is None:
+            windows = self.windows[self.videos.index(video)]
+        first = windows[int(rng.integers(len(windows)))]
         shots = list(range(first, first + K))
         per_shot = video.shot_frames()
         frames = []
@@ -131,7 +144,7 @@ class VideoClipDataset(Dataset):
         index, draw = item
         video = self.videos[index]
         rng = np.random.default_rng([self.seed, draw])
-        shots, frames = self.choose(video, rng)
+        shots, frames = self.choose(video, rng, self.windows[index])
         decoded: dict[int, np.ndarray] = {}
         crop = None
         for frame in {f for shot in frames for f in shot}:

@@ -44,6 +44,13 @@ class SamplingConfig:
     histogram_width: int = 32      # colour samples per row for the cut detector's histogram (few are enough)
     cuts: CutDetectorConfig = field(default_factory=CutDetectorConfig)
 
+    def __post_init__(self):
+        if not (self.sample_fps > 0 and self.short_side >= 16 and 1 <= self.jpeg_quality <= 100
+                and self.histogram_width >= 1):
+            raise ValueError(f"sampling settings out of range: fps {self.sample_fps} (> 0), short side "
+                             f"{self.short_side} (>= 16), JPEG quality {self.jpeg_quality} (1-100), histogram width "
+                             f"{self.histogram_width} (>= 1)")
+
 
 @dataclass
 class DecodedVideo:

@@ -36,6 +36,11 @@ class IngestConfig:
     videos_per_shard: int = 32    # videos per tar shard; a shard is the unit of resumption
     min_shots: int = 2            # videos with fewer shots are kept but counted (the loader filters)
 
+    def __post_init__(self):
+        if self.videos_per_shard < 1 or self.min_shots < 1:
+            raise ValueError(f"ingest settings out of range: videos per shard {self.videos_per_shard} and min "
+                             f"shots {self.min_shots} must be at least 1")
+
 
 @dataclass
 class IngestSummary:
@@ -71,7 +76,8 @@ class IngestSummary:
             lines.append(f"{self.damaged} videos have damaged packets (kept: the packets were skipped and the "
                          "frames they spoil not stored; see damaged_packets in manifest.json)")
         if not self.complete:
-            lines.append("not complete: other parts are missing or were interrupted; run the same command again")
+            lines.append(f"not complete: this part's shards are done, {self.shards_planned - self.shards_done} of "
+                         "the other parts' are not (run those parts, --part j/n, or wait for them to finish)")
         return "\n".join(lines)
 
 
@@ -108,6 +114,8 @@ def _check_plan(out: Path, plan: dict) -> list[tuple[Path, bytes]]:
     is ever without its plan), saving a round of fsyncs (a few ms of a short ingest).
     """
     path = out / "plan.json"
+    if out.is_dir():
+        shards.remove_stale_tmp_files(out)
     if path.exists():
         existing = json.loads(path.read_text())
         if existing != plan:

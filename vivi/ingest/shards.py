@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import struct
 import tarfile
 from concurrent.futures import ThreadPoolExecutor
@@ -71,8 +72,8 @@ def stage_files(files: list[tuple[Path, bytes]]) -> list[tuple[Path, Path]]:
     renames = []
     with _unstaged_on_error(renames):
         for path, data in files:
-            renames.append((_tmp_name(path), path))
-            with open(_tmp_name(path), "wb") as f:
+            renames.append((_shared_tmp_name(path), path))
+            with open(renames[-1][0], "wb") as f:
                 f.write(data)
     return renames
 
@@ -116,7 +117,33 @@ def _fsync(path: Path) -> None:
 
 
 def _tmp_name(path: Path) -> Path:
+    """A shard's temporary name: one part of a dataset writes a shard, so the name is fixed and a
+    crashed run's file is overwritten by the next."""
     return path.with_name(path.name + ".tmp")
+
+
+def _shared_tmp_name(path: Path) -> Path:
+    """The temporary name of a file that several parts (``--part``, side by side, maybe on several
+    machines) all write, such as plan.json and manifest.json: one name per host and process."""
+    return path.with_name(f"{path.name}.tmp-{_HOST}-{os.getpid()}")
+
+
+_HOST = socket.gethostname().replace("-", "_") or "host"
+
+
+def remove_stale_tmp_files(folder: Path) -> None:
+    """Remove the shared temporary files in ``folder`` left by processes of this host that no longer
+    run (killed while writing); those of other hosts or of running processes are left alone."""
+    for tmp in Path(folder).glob(f"*.tmp-{_HOST}-*"):
+        try:
+            pid = int(tmp.name.rsplit("-", 1)[1])
+            os.kill(pid, 0)
+        except ValueError:
+            continue
+        except ProcessLookupError:
+            tmp.unlink(missing_ok=True)
+        except PermissionError:     # a running process of another user
+            continue
 
 
 def write_json_atomic(path: Path, obj: Any) -> None:

@@ -51,6 +51,11 @@ class CutDetectorConfig:
     threshold: float = 0.4      # half-L1 histogram distance above which a cut is declared
     min_shot_frames: int = 4    # no cut within this many frames of the previous one (flashes)
 
+    def __post_init__(self):
+        if not (0 < self.threshold < 1 and self.min_shot_frames >= 1 and 1 <= self.bits <= 8):
+            raise ValueError(f"cut detector settings out of range: threshold {self.threshold} (between 0 and 1), "
+                             f"min shot frames {self.min_shot_frames} (>= 1), bits {self.bits} (1-8)")
+
 
 def batch_size(width: int, height: int, threaded: bool = True) -> int:
     """Frames per batch for frames of this size (4:2:0, with line padding: ~2 bytes a pixel),
