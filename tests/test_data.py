@@ -154,6 +154,13 @@ def test_boxes_are_read_and_follow_the_crop(dataset):
                                                       "class_names": [str(i) for i in range(5)]}))
     (folder / "shard-000000.json").write_text(json.dumps({"videos": {video.key: [[box, corner]] * video.num_frames}}))
     try:
+        # detections for video 0 only (a `vivi detect` that stopped early): the loader says so
+        with pytest.raises(ValueError, match=r"cover 1 of its \d+ videos .* `vivi detect"):
+            VideoClipDataset(dataset, ClipConfig(shots=1, frames=2, size=32, detector="unit"))
+        from vivi.data.inspect import dataset_stats, format_stats
+        assert "incomplete: these detections cover 1 of the" in format_stats(dataset_stats(dataset))
+        others = {v.key: [[]] * v.num_frames for v in VideoDataset(dataset).videos[1:]}
+        (folder / "shard-000001.json").write_text(json.dumps({"videos": others}))
         clip = VideoClipDataset(dataset, ClipConfig(shots=1, frames=2, size=32, detector="unit"))[(0, 0)]
         assert clip["frames"].shape[-2:] == (32, 32)
         assert clip["box_labels"][0, 0].tolist() == [1, 3, -1, -1, -1]      # highest score first

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 
 import numpy as np
@@ -59,6 +60,13 @@ def test_max_per_frame_and_min_score(data):
     with pytest.raises(ValueError, match="other settings"):
         detect_dataset(data, FixedDetector(), max_per_frame=5, progress=False)
     assert keep_top(np.zeros((0, 6), np.float32), 5, 0.05).shape == (0, 6)
+    for settings in ({"max_per_frame": 0}, {"max_per_frame": -1}, {"min_score": 2.0}):
+        with pytest.raises(ValueError, match="--max-per-frame must be at least 1"):
+            detect_dataset(data, FixedDetector(), progress=False, **settings)
+    escaping = FixedDetector()
+    escaping.name = "../../elsewhere"
+    with pytest.raises(ValueError, match="not a folder name"):
+        detect_dataset(data, escaping, progress=False)
 
 
 def test_loader_and_contact_sheet_use_the_boxes(data, tmp_path):
@@ -89,6 +97,24 @@ def test_import_jsonl_by_key_and_source(data):
     np.testing.assert_allclose(detections.frame_boxes(video.key, 0), [[0, 0, 0.5, 0.25, 0, 0.8]], atol=1e-5)
     np.testing.assert_allclose(detections.frame_boxes(video.key, 1), [[0.25, 0, 1, 1, 1, 0.6]], atol=1e-5)
     assert len(detections.frame_boxes(video.key, 2)) == 0
+    # the same file, corrected, under the same name: other detections, refused rather than kept stale
+    path.write_text(path.read_text().replace("0.8", "0.9"))
+    with pytest.raises(ValueError, match="other settings"):
+        detect_dataset(data, build_detector(f"import:{path}", data), progress=False)
+
+
+@pytest.mark.parametrize("lines, words", [
+    (['{"video": "V", "frame": 0, "boxes": [[10, 10, 40, 50]], "labels": ["cat"]}'], "outside [0, 1]"),
+    (['{"video": "V", "frame": 0, "boxes": [[0.5, 0.5, 0.2, 0.2]], "labels": ["cat"]}'], "x0 <= x1"),
+    (['{"video": "V", "boxes": [], "labels": []}'], "line 1: a frame's line needs 'video' and 'frame'"),
+    (['{"video": "V", "frame": 0, "boxes": [[0, 0, 1, 1]], "labels": [0]}'], "header line naming the classes"),
+    (['{"coords": "normalized"}', '{"video": "V", "frame": 0, "boxes": [[0, 0'], "line 2 is not JSON")])
+def test_import_mistakes_name_the_line(data, lines, words):
+    key = VideoDataset(data).videos[0].key
+    path = data.parent / "mistake.jsonl"
+    path.write_text("\n".join(lines).replace('"V"', f'"{key}"') + "\n")
+    with pytest.raises(ValueError, match=re.escape(words)):
+        build_detector(f"import:{path}", data)
 
 
 def test_import_coco_results(data):

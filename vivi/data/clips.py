@@ -103,6 +103,13 @@ class VideoClipDataset(Dataset):
         if config.size is None and len({v.frame_size for v in self.videos}) > 1:
             raise ValueError("videos of different frame sizes need ClipConfig.size to batch them")
         self.detections = load_detections(root, config.detector) if config.detector else None
+        if self.detections is not None:
+            missing = [v.key for v in self.videos if v.key not in self.detections.videos]
+            if missing:
+                raise ValueError(f"the detections {config.detector!r} of {root} cover {len(self.videos) - len(missing)} "
+                                 f"of its {len(self.videos)} videos (first missing: {missing[0]}): a `vivi detect` "
+                                 f"that stopped early, or shards ingested after it; run `vivi detect {root} "
+                                 f"--detector ...` again with the same detector to finish them")
 
     def __len__(self) -> int:
         return len(self.videos)

@@ -63,6 +63,7 @@ def detection_stats(root: str | Path, detector: str, bins: int = 10) -> dict:
         "per_class": {detections.class_names[i]: int(per_class[i]) for i in np.argsort(-per_class, kind="stable")
                       if per_class[i]},
         "score_histogram": {"edges": [round(float(e), 3) for e in edges], "counts": counts.tolist()},
+        "videos_covered": len(detections.videos), "videos": len(VideoDataset(root).videos),
     }
 
 
@@ -94,6 +95,9 @@ def format_stats(stats: dict) -> str:
         lines.append(f"  detections '{name}': {d['boxes']} boxes on {d['frames_with_boxes']}/{d['frames']} frames "
                      f"({d['boxes_per_frame']:g} per frame); scores 0 |{bars}| 1")
         lines.append(f"    {top or 'no boxes'}{more}")
+        if d["videos_covered"] < d["videos"]:
+            lines.append(f"    incomplete: these detections cover {d['videos_covered']} of the {d['videos']} videos; "
+                         f"run `vivi detect` with the same detector again to finish them")
     for failure in stats["failures"][:10]:
         lines.append(f"  failed: {failure['source']}: {failure['reason']}")
     if len(stats["failures"]) > 10:

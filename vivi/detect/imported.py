@@ -20,6 +20,7 @@ that names unknown videos or frames stops with an error before anything is writt
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from collections import defaultdict
@@ -57,15 +58,26 @@ class ImportedDetector(Detector):
                              "(videos are named by their key, e.g. v0000012, or their source path)")
 
     def settings(self) -> dict:
-        return {"file": str(self.path.resolve())}
+        # the content too: a corrected file imported under the same name is other detections
+        return {"file": str(self.path.resolve()), "sha256": hashlib.sha256(self.path.read_bytes()).hexdigest()}
 
     def detect(self, video: Video, dataset: VideoDataset) -> list[np.ndarray]:
         frames = self._boxes.get(video.key, {})
         return [frames.get(i, np.zeros((0, 6), np.float32)) for i in range(video.num_frames)]
 
     def _read_jsonl(self, by_source: dict[str, str]):
-        lines = [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
-        header = lines.pop(0) if lines and "video" not in lines[0] else {}
+        lines, numbers = [], []
+        for number, text in enumerate(self.path.read_text(encoding="utf-8-sig").splitlines(), 1):
+            if text.strip():
+                try:
+                    lines.append(json.loads(text))
+                except json.JSONDecodeError as error:
+                    raise ValueError(f"{self.path} line {number} is not JSON ({error.msg})") from None
+                numbers.append(number)
+        header = {}
+        if lines and "video" not in lines[0]:
+            header = lines.pop(0)
+            numbers.pop(0)
         coords = header.get("coords", "normalized")
         if coords not in ("normalized", "pixels"):
             raise ValueError(f"{self.path}: coords must be 'normalized' or 'pixels', not {coords!r}")
@@ -75,15 +87,25 @@ class ImportedDetector(Detector):
         self.class_names = list(names)
         index = {name: i for i, name in enumerate(self.class_names)}
         rows = []
-        for n, line in enumerate(lines, 1):
+        for n, line in zip(numbers, lines):
+            if "video" not in line or "frame" not in line:
+                raise ValueError(f"{self.path} line {n}: a frame's line needs 'video' and 'frame' (and 'boxes', "
+                                 "'labels', optionally 'scores')")
             key = by_source.get(str(line["video"]), line["video"])
             boxes = np.asarray(line.get("boxes", []), np.float32).reshape(-1, 4)
+            if np.any(boxes[:, 2:] < boxes[:, :2]):
+                raise ValueError(f"{self.path} line {n}: a box is not [x0, y0, x1, y1] with x0 <= x1 and y0 <= y1")
+            if coords == "normalized" and np.any((boxes < -0.01) | (boxes > 1.01)):
+                raise ValueError(f"{self.path} line {n}: box coordinates outside [0, 1]; if they are pixels, start "
+                                 'the file with the header line {"coords": "pixels"}')
             labels = [index[label] if isinstance(label, str) else int(label) for label in line.get("labels", [])]
             scores = line.get("scores", [1.0] * len(labels))
             if not (len(boxes) == len(labels) == len(scores)):
                 raise ValueError(f"{self.path} line {n}: boxes, labels and scores differ in length")
             if any(not 0 <= label < len(self.class_names) for label in labels):
-                raise ValueError(f"{self.path} line {n}: a label is outside the {len(self.class_names)} classes")
+                raise ValueError(f"{self.path} line {n}: a label is outside the {len(self.class_names)} classes"
+                                 + ("; integer labels need a header line naming the classes: "
+                                    '{"class_names": ["person", ...]}' if "class_names" not in header else ""))
             if coords == "pixels" and key in self._videos:
                 h, w = self._videos[key].frame_size
                 boxes = boxes / np.array([w, h, w, h], np.float32)

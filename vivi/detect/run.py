@@ -16,6 +16,7 @@ two detectors' boxes.
 from __future__ import annotations
 
 import json
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,6 +50,12 @@ class DetectSummary:
 def detect_dataset(root: str | Path, detector: Detector, *, max_per_frame: int = 5, min_score: float = 0.05,
                    progress: bool = True) -> DetectSummary:
     """Annotate every sampled frame of the dataset at ``root`` with ``detector``."""
+    if max_per_frame < 1 or not 0 <= min_score <= 1:
+        raise ValueError(f"--max-per-frame must be at least 1 and --min-score within [0, 1] "
+                         f"(got {max_per_frame}, {min_score})")
+    if not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]*", detector.name):
+        raise ValueError(f"detector name {detector.name!r} is not a folder name (letters, digits, _ . -): "
+                         f"DATA/{DETECTIONS_DIR}/NAME holds the detections")
     start = time.perf_counter()
     dataset = VideoDataset(root)
     folder = Path(root) / DETECTIONS_DIR / detector.name
