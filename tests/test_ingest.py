@@ -206,6 +206,11 @@ def test_contact_sheet(dataset, tmp_path):
     stats = dataset_stats(dataset)
     rows = sum(v["shots"] for v in stats["per_video"][:2])
     assert image.shape[0] >= rows * 64
+    with pytest.raises(ValueError, match="image extension"):
+        render_contact_sheet(dataset, tmp_path / "sheet")
+    with pytest.raises(ValueError, match="at least one video"):
+        render_contact_sheet(dataset, tmp_path / "none.png", videos=0)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["sheet.png"]
 
 
 def test_bad_inputs_are_reported_and_the_rest_ingested(world, tmp_path):

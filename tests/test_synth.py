@@ -388,3 +388,16 @@ def test_cast_keeps_count_classes_and_sizes_across_the_shots_of_a_video(tmp_path
     assert "cast" not in json.loads((tmp_path / "video_00001.json").read_text())
     with pytest.raises(ValueError, match="cast_size_spread"):
         WorldConfig(cast_size_spread=-1)
+
+
+def test_settings_out_of_range_and_another_world_in_the_folder_are_refused(tmp_path):
+    for bad in (dict(videos=0), dict(seconds=0.0), dict(fps=0), dict(crf=-5), dict(preset="bogus"),
+                dict(themes=0), dict(objects_per_shot=(9, 9))):
+        with pytest.raises(ValueError):
+            WorldConfig(**bad)
+    make_world(tmp_path / "w", videos=2, seconds=2.0, tasks=False, progress=False, workers=1)
+    before = sorted(p.name for p in (tmp_path / "w" / "videos").iterdir())
+    with pytest.raises(ValueError, match="holds another world .*seed"):
+        make_world(tmp_path / "w", videos=2, seconds=2.0, seed=1, tasks=False, progress=False, workers=1)
+    make_world(tmp_path / "w", videos=2, seconds=2.0, tasks=False, progress=False, workers=1)   # the same: rewritten
+    assert sorted(p.name for p in (tmp_path / "w" / "videos").iterdir()) == before

@@ -12,6 +12,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from ..files import replacing
 from ..ingest.pipeline import collect
 from .boxes import available_detectors, load_detections
 from .reader import VideoDataset
@@ -111,6 +112,11 @@ def render_contact_sheet(root: str | Path, out: str | Path, *, videos: int = 6, 
 
     With ``detector``, the boxes of those detections are drawn with their class names.
     """
+    out = Path(out)
+    if out.suffix.lower() not in (".png", ".jpg", ".jpeg", ".webp", ".bmp"):
+        raise ValueError(f"contact sheet {out}: give it an image extension (.png, .jpg, .webp or .bmp)")
+    if videos < 1:
+        raise ValueError(f"the contact sheet draws at least one video (got {videos})")
     dataset = VideoDataset(root)
     if not len(dataset):
         raise ValueError(f"{root} holds no ingested video to draw")
@@ -135,9 +141,11 @@ def render_contact_sheet(root: str | Path, out: str | Path, *, videos: int = 6, 
             rows.append(row)
         rows.append(np.full((rule, width, 3), (40, 40, 200), np.uint8))   # rule between videos
     sheet = np.concatenate(rows[:-1])
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    cv2.imwrite(str(out), cv2.cvtColor(sheet, cv2.COLOR_RGB2BGR))
+    with replacing(out) as tmp:
+        ok, data = cv2.imencode(out.suffix, cv2.cvtColor(sheet, cv2.COLOR_RGB2BGR))
+        if not ok:
+            raise ValueError(f"OpenCV could not encode the contact sheet as {out.suffix}")
+        tmp.write_bytes(data.tobytes())
     return out
 
 

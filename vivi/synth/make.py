@@ -69,12 +69,20 @@ def make_world(out, *, videos: int = 200, seconds: float = 20.0, fps: int = 10, 
     workers: processes (default: all CPUs; 1 runs in this process).
     tasks: also write the downstream tasks (1000 training images each, ``task_test_size`` test).
     world: any other :class:`WorldConfig` field, e.g. ``shots=(1, 1), motion=2.5``.
-    Existing files of the same names are overwritten; nothing else in ``out`` is touched.
+    Existing files of the same names are overwritten; nothing else in ``out`` is touched. A folder
+    that holds another world (other seed or settings) is refused: its videos would mix with these.
     """
     start = time.perf_counter()
     config = WorldConfig(videos=videos, seconds=seconds, fps=fps, size=size, seed=seed, **world)
-    themes = make_themes(config)
     out = Path(out)
+    if (out / "world.json").exists():
+        previous = json.loads((out / "world.json").read_text())
+        now = json.loads(json.dumps({"seed": seed, "config": dataclasses.asdict(config)}))
+        differ = sorted(k for k in now["config"] if previous.get("config", {}).get(k) != now["config"][k])
+        if previous.get("seed") != seed or differ:
+            raise ValueError(f"{out} holds another world ({', '.join(differ or ['seed'])} differ): its videos would "
+                             "mix with these; pass a new folder, or delete this one")
+    themes = make_themes(config)
     videos_dir, tasks_dir = out / "videos", out / "tasks"
     videos_dir.mkdir(parents=True, exist_ok=True)
     (out / "world.json").write_text(json.dumps({

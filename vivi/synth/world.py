@@ -39,6 +39,8 @@ from .shapes import CLASS_NAMES
 THEME_DOMAIN = 0
 VIDEO_DOMAIN = 1
 TASK_DOMAIN = 2
+X264_PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow",
+                "placebo")
 
 
 def rng_for(seed: int, domain: int, *index: int) -> np.random.Generator:
@@ -110,6 +112,21 @@ class WorldConfig:
             raise ValueError(f"cast_size_spread must be >= 0, got {self.cast_size_spread}")
         if not 0 < self.object_radius[0] <= self.object_radius[1] <= 1:
             raise ValueError(f"object_radius must be (min, max) with 0 < min <= max <= 1, got {self.object_radius}")
+        if self.videos < 1 or self.fps < 1 or self.seconds <= 0 or self.themes < 1:
+            raise ValueError(f"videos, fps and themes must be at least 1 and seconds above 0, got videos={self.videos}, "
+                             f"fps={self.fps}, seconds={self.seconds}, themes={self.themes}")
+        if self.seconds * self.fps < 4:
+            raise ValueError(f"a video of {self.seconds} s at {self.fps} fps has fewer than 4 frames")
+        if self.objects_per_shot[1] > 5:
+            raise ValueError(f"objects_per_shot allows at most 5 objects (the papers' boxes per frame), "
+                             f"got {self.objects_per_shot}")
+        if not 0 <= self.crf <= 51:
+            raise ValueError(f"crf must be within 0..51 (x264), got {self.crf}")
+        if self.preset not in X264_PRESETS:
+            raise ValueError(f"preset {self.preset!r} is not an x264 preset; valid: {', '.join(X264_PRESETS)}")
+        if not 1 <= self.classes_per_theme[0] <= self.classes_per_theme[1] <= len(CLASS_NAMES):
+            raise ValueError(f"classes_per_theme must be (min, max) with 1 <= min <= max <= {len(CLASS_NAMES)}, "
+                             f"got {self.classes_per_theme}")
 
     @property
     def frames_per_video(self) -> int:
