@@ -251,6 +251,15 @@ def test_list_file_input_and_changed_plan(world, tmp_path):
     assert summary.videos == 2
     with pytest.raises(ValueError, match="other input videos"):
         ingest(videos[:3], tmp_path / "ds", TINY_INGEST, progress=False)
+    # a list written with a byte-order mark, naming a folder; a folder reached through a symbolic
+    # link (and a link loop, which ends)
+    from vivi.ingest.pipeline import expand_inputs
+    (tmp_path / "more").mkdir()
+    (tmp_path / "more" / "linked").symlink_to(world / "videos", target_is_directory=True)
+    (tmp_path / "more" / "loop").symlink_to(tmp_path / "more", target_is_directory=True)
+    listing.write_text(str(videos[0]) + "\n" + str(world / "videos") + "\n", encoding="utf-8-sig")
+    assert expand_inputs([listing]) == videos
+    assert expand_inputs([tmp_path / "more"]) == videos
 
 
 def test_parts_together_equal_one_run(world, tmp_path):

@@ -91,20 +91,35 @@ def expand_inputs(inputs: list[str | Path]) -> list[Path]:
     for item in inputs:
         path = Path(item).expanduser()
         if path.is_dir():
-            found.update(p.resolve() for p in path.rglob("*")
-                         if p.is_file() and p.suffix.lower() in VIDEO_EXTENSIONS)
+            found.update(_videos_under(path))
         elif path.suffix.lower() in LIST_EXTENSIONS and path.is_file():
-            for line in path.read_text().splitlines():
+            for line in path.read_text(encoding="utf-8-sig").splitlines():
                 line = line.strip()
                 if line and not line.startswith("#"):
                     listed = Path(line).expanduser()
-                    found.add((listed if listed.is_absolute() else path.parent / listed).resolve())
+                    listed = listed if listed.is_absolute() else path.parent / listed
+                    found.update(_videos_under(listed) if listed.is_dir() else [listed.resolve()])
         elif path.exists():
             found.add(path.resolve())
         else:
             raise FileNotFoundError(f"input {item!s} does not exist: pass video files, folders of videos, "
                                     "or a .txt file listing video paths")
     return sorted(found)
+
+
+def _videos_under(folder: Path) -> set[Path]:
+    """Video files in ``folder`` and its sub-folders, symbolic links to folders followed (each
+    real folder once, so a link loop ends)."""
+    found, seen = set(), set()
+    for parent, subfolders, files in os.walk(folder, followlinks=True):
+        real = os.path.realpath(parent)
+        if real in seen:
+            subfolders.clear()
+            continue
+        seen.add(real)
+        found.update(Path(parent, name).resolve() for name in files
+                     if Path(name).suffix.lower() in VIDEO_EXTENSIONS and os.path.isfile(os.path.join(parent, name)))
+    return found
 
 
 def _check_plan(out: Path, plan: dict) -> list[tuple[Path, bytes]]:
