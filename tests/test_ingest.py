@@ -223,7 +223,24 @@ def test_bad_inputs_are_reported_and_the_rest_ingested(world, tmp_path):
     assert failures.keys() == expected.keys()
     for name, words in expected.items():
         assert words in failures[name], (name, failures[name])
-    assert "could not be ingested" in str(summary)
+    assert "could not be ingested" in str(summary) and "--retry-failed" in str(summary)
+    # the empty file replaced by a good video: a plain re-run keeps the complete shards, a retry
+    # makes again those that hold failures (and drops their detections, now stale)
+    import shutil
+    out = tmp_path / "ds"
+    shutil.copy(good[1], tmp_path / "bad" / "empty.mp4")
+    count = summary.shards_planned
+    with_failures = {j for j in range(count) if read_shard_index(out, j)["failures"]}
+    (out / "detections" / "unit").mkdir(parents=True)
+    for j in range(count):
+        (out / "detections" / "unit" / f"{shard_name(j)}.json").write_text("{}")
+    inputs = [*good, tmp_path / "bad"]
+    assert ingest(inputs, out, TINY_INGEST, progress=False).failed == len(expected)
+    retried = ingest(inputs, out, TINY_INGEST, progress=False, retry_failed=True)
+    assert retried.videos == 3 and retried.failed == len(expected) - 1 and retried.complete
+    assert retried.shards_written == len(with_failures) and 0 < len(with_failures) < count
+    assert {p.name for p in (out / "detections" / "unit").iterdir()} == {
+        f"{shard_name(j)}.json" for j in range(count) if j not in with_failures}
 
 
 @pytest.mark.parametrize("flag, value", [("--fps", "-1"), ("--fps", "0"), ("--videos-per-shard", "0"),

@@ -28,7 +28,7 @@ def _ingest(args: argparse.Namespace) -> None:
                                 cuts=CutDetectorConfig(threshold=args.cut_threshold,
                                                        min_shot_frames=args.min_shot_frames)),
         videos_per_shard=args.videos_per_shard)
-    print(ingest(args.inputs, args.out, config, workers=args.workers, part=part))
+    print(ingest(args.inputs, args.out, config, workers=args.workers, part=part, retry_failed=args.retry_failed))
 
 
 def _detect(args: argparse.Namespace) -> None:
@@ -198,6 +198,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=default_workers(),
                    help="parallel decoding processes (default: CPU count)")
     p.add_argument("--part", default="0/1", help="process only part i of n (i/n), e.g. one task of a Slurm array")
+    p.add_argument("--retry-failed", action="store_true",
+                   help="make again the shards that hold videos which failed (after repairing or replacing them)")
     p.set_defaults(func=_ingest)
 
     from .detect import DETECTORS

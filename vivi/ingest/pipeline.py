@@ -68,7 +68,8 @@ class IngestSummary:
                      f"{self.seconds:.1f} s")
         if self.failed:
             reasons = "; ".join(f"{n}x {r}" for r, n in sorted(self.failure_reasons.items(), key=lambda x: -x[1]))
-            lines.append(f"skipped {self.failed} videos that could not be ingested (see {self.out / 'failures.jsonl'}): {reasons}")
+            lines.append(f"skipped {self.failed} videos that could not be ingested (see {self.out / 'failures.jsonl'}): "
+                         f"{reasons}; once repaired, `--retry-failed` ingests them")
         if self.few_shots:
             lines.append(f"{self.few_shots} videos have fewer than {self.min_shots} shots "
                          "(kept; the loader skips videos with fewer shots than it needs)")
@@ -163,11 +164,14 @@ def _ingest_one(job: tuple[int, str, SamplingConfig, int]) -> tuple[int, dict | 
 
 
 def ingest(inputs: list[str | Path], out: str | Path, config: IngestConfig = IngestConfig(), *,
-           workers: int = 1, part: tuple[int, int] = (0, 1), progress: bool = True) -> IngestSummary:
+           workers: int = 1, part: tuple[int, int] = (0, 1), progress: bool = True,
+           retry_failed: bool = False) -> IngestSummary:
     """Ingest the videos named by ``inputs`` into the dataset folder ``out`` (see module docstring).
 
     Resumable: complete shards are kept and skipped. ``workers`` processes decode videos in
     parallel; ``part=(i, n)`` processes only the i-th of n disjoint parts of the plan.
+    ``retry_failed``: complete shards that hold failed videos are made again (after the files were
+    repaired or replaced); their detections, if any, are dropped for ``vivi detect`` to redo.
     """
     start = time.perf_counter()
     out = Path(out)
@@ -184,7 +188,12 @@ def ingest(inputs: list[str | Path], out: str | Path, config: IngestConfig = Ing
     per_shard = config.videos_per_shard
     num_shards = (len(sources) + per_shard - 1) // per_shard
     mine = [j for j in range(num_shards) if j % part_count == part_index]
-    todo = [j for j in mine if shards.read_shard_index(out, j) is None]
+    done = {j: shards.read_shard_index(out, j) for j in mine}
+    todo = [j for j in mine if done[j] is None or (retry_failed and done[j]["failures"])]
+    for j in todo:
+        if done[j] is not None:        # a retried shard: its detections would miss the new videos
+            for sidecar in out.glob(f"detections/*/{shards.shard_name(j)}.json"):
+                sidecar.unlink()
     # With a process per core, FFmpeg's own threads only add overhead.
     threads = 1 if workers >= (os.cpu_count() or 1) else 0
     jobs = [(i, sources[i], config.sampling, threads)
@@ -219,7 +228,9 @@ def ingest(inputs: list[str | Path], out: str | Path, config: IngestConfig = Ing
     complete = shards.completed_shard_indices(out)
     renames = shards.stage_files(unwritten)
     if last is not None:
-        complete = sorted(complete + [last[0]], key=lambda index: index["shard"])
+        # (a retried shard is complete on disk already, in its old version: the new one replaces it)
+        complete = sorted([c for c in complete if c["shard"] != last[0]["shard"]] + [last[0]],
+                          key=lambda index: index["shard"])
         renames += last[1]
     summary = _finalize(out, plan, complete, renames, config.min_shots)
     summary.shards_written, summary.shards_skipped = len(todo), len(mine) - len(todo)
