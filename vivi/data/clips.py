@@ -93,6 +93,9 @@ class VideoClipDataset(Dataset):
                 self.videos.append(video)
                 self.windows.append(windows)
         if not self.dataset.videos:
+            from vivi.ingest.shards import completed_shard_indices
+            if completed_shard_indices(root):
+                raise ValueError(f"no video of {root} could be ingested (the reasons are in {Path(root) / 'failures.jsonl'})")
             raise ValueError(f"{root} holds no complete shard (shards/*.tar missing, damaged or not yet written): "
                              "run `vivi ingest` again with the same inputs and --out to write them")
         if not self.videos:
