@@ -445,5 +445,8 @@ def test_robustness_command_on_the_world(tmp_path):
     assert main(args) == 0
     assert main(args[:-1] + ["0"]) == 2
     shutil.copytree(tmp_path / "d", tmp_path / "d2", ignore=shutil.ignore_patterns("detections"))
-    detect_dataset(tmp_path / "d2", build_detector("groundtruth"), min_score=2.0, progress=False)   # no box kept
+    detect_dataset(tmp_path / "d2", build_detector("groundtruth"), progress=False)
+    for sidecar in (tmp_path / "d2" / "detections" / "groundtruth").glob("shard-*.json"):   # every box gone
+        videos = json.loads(sidecar.read_text())["videos"]
+        sidecar.write_text(json.dumps({"videos": {key: [[] for _ in frames] for key, frames in videos.items()}}))
     assert main(args[:6] + [str(tmp_path / "d2")] + args[7:]) == 2

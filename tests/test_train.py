@@ -245,6 +245,9 @@ def test_empty_detections_error_before_compute(data, tmp_path):
     folder = data / "detections" / "empty"
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "detector.json").write_text(json.dumps({"detector": "empty", "class_names": []}))
+    from vivi.data import VideoDataset
+    (folder / "shard-000000.json").write_text(json.dumps({"videos": {   # every frame seen, no box found
+        v.key: [[] for _ in range(v.num_frames)] for v in VideoDataset(data).videos}}))
     with pytest.raises(ValueError, match="hold no box"):
         train("tiny-vivi-ex4-obj", data, tmp_path / "e", overrides=FAST + ["data.detector=empty"], progress=False)
     with pytest.raises(FileNotFoundError, match="no detections named 'nope'"):
