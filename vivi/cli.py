@@ -110,7 +110,7 @@ def _embed(args: argparse.Namespace) -> None:
           f"line i of {listing})")
     if skipped:
         print(f"skipped {len(skipped)} file(s) that could not be read:", file=sys.stderr)
-        for path, reason in skipped[:10]:
+        for _, reason in skipped[:10]:
             print(f"  {reason}", file=sys.stderr)
         if len(skipped) > 10:
             print(f"  ... and {len(skipped) - 10} more", file=sys.stderr)

@@ -11,8 +11,8 @@ default it may (``exclude_same_video=False``), which is our reading of "over all
 
 Every object counts once: a shot with fewer sampled frames than a clip takes repeats its frames
 (``vivi.data.clips``), and a repeated frame's boxes are the same objects, so objects are kept
-once per (video, frame, box). Counting the copies would make an object its own neighbour across
-videos' repeats and inflate the number of trials of Fisher's test.
+once per (video, frame, box). Counted, the copies would be each other's nearest neighbours and
+inflate the number of trials of Fisher's test.
 
 Two models are compared with Fisher's exact test on the 2x2 table of their hit / miss counts
 (:func:`fisher_test`, scipy, two-sided).
