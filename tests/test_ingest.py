@@ -288,6 +288,22 @@ def test_parts_together_equal_one_run(world, tmp_path):
     _assert_same_dataset(tmp_path / "one", tmp_path / "parts")
 
 
+def test_a_part_that_listed_the_shards_too_early_writes_the_manifest_again(world, tmp_path, monkeypatch):
+    """Parts side by side: the last to finish may have listed the complete shards before another
+    part's last one was in place; its manifest must still count every shard."""
+    from vivi.ingest import shards
+    inputs, out = [world / "videos"], tmp_path / "ds"
+    for i in (0, 1):
+        ingest(inputs, out, TINY_INGEST, part=(i, 3), progress=False)
+    listed = shards.completed_shard_indices
+    calls = []
+    monkeypatch.setattr(shards, "completed_shard_indices",
+                        lambda root: [] if not calls.append(root) and len(calls) == 1 else listed(root))
+    summary = ingest(inputs, out, TINY_INGEST, part=(2, 3), progress=False)
+    assert len(calls) >= 2 and summary.complete and summary.videos == 6
+    assert json.loads((out / "manifest.json").read_text())["complete"]
+
+
 def test_truncated_shard_is_not_taken_as_complete(dataset, tmp_path):
     import shutil
     copy = tmp_path / "ds"

@@ -342,11 +342,25 @@ def _finalize(out: Path, plan: dict, complete: list[dict], renames: list, min_sh
     """Write the manifest of the shards ``complete``, in one durable round after ``renames``:
     files already written under temporary names (ingest's last shard, a new plan), which the
     manifest counts as in place."""
-    manifest = _manifest(plan, complete)
-    failures = manifest.pop("failures")
-    shards.replace_durably(renames + shards.stage_files([
-        (out / "manifest.json", shards.json_bytes(manifest)),
-        (out / "failures.jsonl", "".join(json.dumps(f) + "\n" for f in failures).encode())]))
+    # Parts running side by side (--part) each write the manifest at their end: one that read the
+    # complete shards before another part's last one was in place writes again, so the manifest
+    # written last counts every shard (its writer saw no shard appear after writing it). Cheap
+    # when nothing changed: the shard indices in place are listed, not read.
+    checked = {index["shard"] for index in complete}
+    while True:
+        manifest = _manifest(plan, complete)
+        failures = manifest.pop("failures")
+        shards.replace_durably(renames + shards.stage_files([
+            (out / "manifest.json", shards.json_bytes(manifest)),
+            (out / "failures.jsonl", "".join(json.dumps(f) + "\n" for f in failures).encode())]))
+        names = shards.complete_shard_names(out)
+        if names == checked:
+            break
+        checked = names
+        fresh = shards.completed_shard_indices(out)     # (a damaged shard's index may be in place)
+        if [index["shard"] for index in fresh] == [index["shard"] for index in complete]:
+            break
+        complete, renames = fresh, []
     return IngestSummary(
         out=out, videos_planned=manifest["videos_planned"], shards_planned=manifest["shards_planned"],
         shards_done=manifest["shards_done"], shards_written=0, shards_skipped=0, videos=manifest["videos"],

@@ -248,6 +248,12 @@ def read_shard_index(root: Path, index: int) -> dict | None:
     return shard_index
 
 
+def complete_shard_names(root: Path) -> set[str]:
+    """``shards/shard-XXXXXX.tar`` of every shard whose index is in place (cheap: no index is read;
+    an index is renamed after its tar, so its presence means the shard is complete)."""
+    return {f"{SHARD_DIR}/{path.stem}.tar" for path in (Path(root) / SHARD_DIR).glob("shard-*.json")}
+
+
 def completed_shard_indices(root: Path) -> list[dict]:
     """Indices of every complete shard of the dataset at ``root``, in shard order."""
     folder = Path(root) / SHARD_DIR
