@@ -42,6 +42,10 @@ def test_demo_flags_are_checked_before_anything_is_written(tmp_path):
     assert not (tmp_path / "demo").exists()
     result = vivi("demo", "--quick", "--full", check=False)
     assert result.returncode == 2 and "not allowed with" in result.stderr
+    for flag, value, words in (("--seeds", 0, "--seeds 0"), ("--steps", -1, "--steps -1"), ("--workers", 0, "--workers")):
+        result = vivi("demo", "--quick", "--out", tmp_path / "demo", flag, value, check=False)
+        assert result.returncode == 2 and words in result.stderr and "Traceback" not in result.stderr, result.stderr
+        assert not (tmp_path / "demo").exists()
 
 
 def test_a_file_where_a_folder_goes_and_a_full_disk_are_named(world, tmp_path):

@@ -401,3 +401,28 @@ def test_settings_out_of_range_and_another_world_in_the_folder_are_refused(tmp_p
         make_world(tmp_path / "w", videos=2, seconds=2.0, seed=1, tasks=False, progress=False, workers=1)
     make_world(tmp_path / "w", videos=2, seconds=2.0, tasks=False, progress=False, workers=1)   # the same: rewritten
     assert sorted(p.name for p in (tmp_path / "w" / "videos").iterdir()) == before
+
+
+def test_ctrl_c_stops_a_parallel_synth_at_once(tmp_path):
+    """The workers leave Ctrl-C to the parent, which ends them (close + join used to wait forever)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    out = tmp_path / "w"
+    # its own process group, which gets the Ctrl-C as a terminal's foreground group does
+    process = subprocess.Popen([sys.executable, "-m", "vivi.cli", "synth", str(out), "--videos", "400",
+                                "--workers", "2", "--no-tasks"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True, start_new_session=True)
+    deadline = time.time() + 60
+    while not list(out.glob("videos/*.mp4")):
+        assert time.time() < deadline and process.poll() is None, process.communicate()
+        time.sleep(0.05)
+    os.killpg(process.pid, signal.SIGINT)
+    try:
+        _, err = process.communicate(timeout=30)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+    assert process.returncode == 130 and "interrupted" in err and "Traceback" not in err, err

@@ -30,7 +30,14 @@ def demo_scale(mode: str = "default", **overrides) -> Scale:
     """The scale of ``mode`` (quick | default | full) with fields replaced by the non-None ``overrides``."""
     if mode not in SCALES:
         raise ValueError(f"unknown demo mode {mode!r}; valid: {', '.join(SCALES)}")
-    return replace(SCALES[mode], **{k: v for k, v in overrides.items() if v is not None})
+    scale = replace(SCALES[mode], **{k: v for k, v in overrides.items() if v is not None})
+    small = {name: getattr(scale, name) for name in ("videos", "steps", "seeds", "test_size")
+             if getattr(scale, name) < 1}
+    if small or scale.seconds <= 0:
+        raise ValueError("demo settings must be at least 1 (seconds above 0): "
+                         + ", ".join(f"--{k.replace('_', '-')} {v}" for k, v in {**small, "seconds": scale.seconds}.items()
+                                     if k != "seconds" or v <= 0))
+    return scale
 
 
 # Settings that only choose which jobs run: more seeds or other methods extend a demo folder.
@@ -112,6 +119,8 @@ def run_demo(out: str | Path = "demo", *, mode: str = "default", workers: int = 
     from vivi.synth.world import check_world_key
 
     out = Path(out)
+    if workers < 1:
+        raise ValueError(f"--workers must be at least 1, got {workers}")
     scale = demo_scale(mode, **scale_overrides)
     chosen = select_methods(methods, rotation)
     world_settings = dict(world or {})

@@ -17,6 +17,7 @@ import dataclasses
 import json
 import multiprocessing
 import os
+import signal
 import time
 from functools import partial
 from pathlib import Path
@@ -48,6 +49,11 @@ def _process_context():
     workers only use numpy, PyAV and OpenCV, never state inherited from the parent."""
     methods = multiprocessing.get_all_start_methods()
     return multiprocessing.get_context("fork" if "fork" in methods else "spawn")
+
+
+def _ignore_ctrl_c() -> None:
+    """Workers leave Ctrl-C to the parent, which ends them (no traceback from every worker)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def _run(pool, function, jobs, description, total, progress):
@@ -106,17 +112,21 @@ def make_world(out, *, videos: int = 200, seconds: float = 20.0, fps: int = 10, 
                               for a in range(0, count, TASK_BLOCK)]
 
     workers = workers or os.cpu_count() or 1
-    pool = None if workers == 1 else _process_context().Pool(workers)
+    pool = None if workers == 1 else _process_context().Pool(workers, initializer=_ignore_ctrl_c)
     try:
         video_stats = list(_run(pool, partial(_video_job, videos_dir, config, themes),
                                 range(videos), "videos", videos, progress))
         video_seconds = time.perf_counter() - start
         images = sum(_run(pool, partial(_task_job, tasks_dir, config, themes, task_test_size),
                           task_jobs, "task images", sum(j[3] - j[2] for j in task_jobs), progress))
-    finally:
-        if pool is not None:
-            pool.close()
+    except BaseException:
+        if pool is not None:      # Ctrl-C or an error: end the workers now (close + join would wait forever
+            pool.terminate()      # for workers that took the Ctrl-C too)
             pool.join()
+        raise
+    if pool is not None:
+        pool.close()
+        pool.join()
     if tasks:
         suite = [write_task_index(tasks_dir / task.name, config, i, task_test_size)
                  for i, task in enumerate(TASKS)]
