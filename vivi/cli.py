@@ -251,10 +251,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_demo)
 
     p = sub.add_parser("train", help="train a VIVI model (a preset of the papers' tables or a YAML config)")
-    p.add_argument("--config", help="preset name (see --list-presets) or a YAML file")
+    p.add_argument("--config", help="preset name (see --list-presets) or a YAML file (may be left out with --resume)")
     p.add_argument("--data", type=Path, help="dataset folder written by `vivi ingest`")
-    p.add_argument("--out", type=Path, help="run folder (config, metrics, TensorBoard, checkpoints)")
-    p.add_argument("--resume", action="store_true", help="continue exactly from the newest checkpoint in --out")
+    p.add_argument("--out", type=Path,
+                   help="run folder (config, metrics, TensorBoard, checkpoints); one holding a run needs --resume")
+    p.add_argument("--resume", action="store_true",
+                   help="continue exactly from the newest checkpoint in --out (overrides may change only "
+                        "optim.steps and run-time settings)")
     p.add_argument("--list-presets", action="store_true", help="list the presets with a one-line description")
     p.add_argument("overrides", nargs="*", metavar="section.field=value",
                    help="config overrides, e.g. optim.steps=1000 data.workers=8 (type-checked)")

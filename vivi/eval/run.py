@@ -128,7 +128,7 @@ def _task_record(task: Task) -> dict:
 def _resume_conflicts(previous: dict, header: dict) -> list[str]:
     """What differs between an output folder's evaluation and the one asked for (empty: resume)."""
     if "encoder_sha256" not in previous:      # written by vivi before session 15: compared as then
-        old = {key: header["legacy"][key] for key in ("checkpoint", "suite", "config")}
+        old = {key: header[key] for key in ("checkpoint", "suite", "config")}
         return [] if {k: previous.get(k) for k in old} == old else ["settings"]
     conflicts = []
     if previous["encoder_sha256"] != header["encoder_sha256"]:
@@ -266,7 +266,7 @@ def evaluate(checkpoint: str | Path, suite: str | Path, out: str | Path, config:
         "config": dataclasses.asdict(config)}))
     previous = _read_json(out / "eval_config.json")
     if previous is not None:
-        conflicts = _resume_conflicts(previous, {**header, "legacy": header})
+        conflicts = _resume_conflicts(previous, header)
         if conflicts:
             raise ValueError(f"{out} holds an evaluation with other {'; '.join(conflicts)} "
                              f"({out / 'eval_config.json'}); use a new --out, or the same checkpoint, tasks and "
