@@ -50,6 +50,7 @@ def test_demo_flags_are_checked_before_anything_is_written(tmp_path):
 
 def test_a_file_where_a_folder_goes_and_a_full_disk_are_named(world, tmp_path):
     import errno
+
     from vivi.cli import _file_system_error
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder")

@@ -7,8 +7,8 @@ import shutil
 
 import numpy as np
 import pytest
-
 from conftest import ground_truth
+
 from vivi.data import ClipConfig, VideoClipDataset, VideoDataset, load_detections
 from vivi.data.inspect import render_contact_sheet
 from vivi.detect import ImageDetector, build_detector, detect_dataset, keep_top

@@ -14,7 +14,7 @@ from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 from vivi.cli import main  # noqa: E402
 from vivi.data import VideoDataset, load_detections  # noqa: E402
 from vivi.detect import build_detector, detect_dataset  # noqa: E402
-from vivi.detect.decode import batched_nms  # noqa: E402
+from vivi.detect.onnx_outputs import batched_nms  # noqa: E402
 
 BIG = 100.0     # a logit that makes its bin certain
 

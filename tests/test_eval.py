@@ -14,11 +14,18 @@ import pytest
 import torch
 
 from vivi.cli import main
-from vivi.eval import (EvalConfig, evaluate, fisher_test, load_split, load_suite, nearest_neighbour_hits,
-                       pm_k_accuracy)
-from vivi.eval import protocol
+from vivi.eval import (
+    EvalConfig,
+    evaluate,
+    fisher_test,
+    load_split,
+    load_suite,
+    nearest_neighbour_hits,
+    pm_k_accuracy,
+    vtab,
+)
 from vivi.eval.probe import assert_unchanged, frozen_features, knn_classify, linear_probe, state_snapshot
-from vivi.eval.run import load_eval_encoder
+from vivi.eval.transfer import load_eval_encoder
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -67,15 +74,15 @@ def test_probe_knn_and_finetune_separate_colours_and_not_random_labels(tmp_path)
     suite = write_colour_task(tmp_path)
     write_colour_task(tmp_path, "noise", random_labels=True, seed=1)
     encoder = tiny_encoder()
-    config = protocol.FinetuneConfig(resolution=32, batch_size=16, eval_batch_size=64)
+    config = vtab.FinetuneConfig(resolution=32, batch_size=16, eval_batch_size=64)
     for name, low, high in (("colour", 0.95, 1.0), ("noise", 0.2, 0.8)):
         splits = splits_of(suite, name)
         feats = {s: frozen_features(encoder, v, 32) for s, v in splits.items()}
         labels = {s: v.labels for s, v in splits.items()}
         probe = linear_probe(feats, labels, cs=(0.1, 1.0))["test_accuracy"]
         knn = np.mean(knn_classify(feats["train800val200"], labels["train800val200"], feats["test"], k=5) == labels["test"])
-        model = protocol.finetune(encoder, splits["train800val200"], 2, protocol.Setting(0.01, 15), config, seed=0)
-        tuned = protocol.accuracy(model, splits["test"], config)
+        model = vtab.finetune(encoder, splits["train800val200"], 2, vtab.Setting(0.01, 15), config, seed=0)
+        tuned = vtab.accuracy(model, splits["test"], config)
         for what, value in (("probe", probe), ("knn", knn), ("finetune", tuned)):
             assert low <= value <= high, (name, what, value)
 
@@ -99,19 +106,19 @@ def test_finetune_does_not_touch_the_pretrained_encoder_and_head_starts_at_zero(
     suite = write_colour_task(tmp_path)
     encoder = tiny_encoder()
     before = state_snapshot(encoder)
-    config = protocol.FinetuneConfig(resolution=32, batch_size=8)
-    model = protocol.finetune(encoder, splits_of(suite, "colour")["train800"], 2, protocol.Setting(0.1, 0), config, 0)
+    config = vtab.FinetuneConfig(resolution=32, batch_size=8)
+    model = vtab.finetune(encoder, splits_of(suite, "colour")["train800"], 2, vtab.Setting(0.1, 0), config, 0)
     assert_unchanged(encoder, before)
     assert torch.count_nonzero(model.head.weight) == 0 and torch.count_nonzero(model.head.bias) == 0
 
 
 def test_learning_rate_schedule_decays_at_30_60_90_percent():
-    lrs = [protocol.learning_rate_at(s, 0.1, 100) for s in range(100)]
+    lrs = [vtab.learning_rate_at(s, 0.1, 100) for s in range(100)]
     assert lrs[29] == 0.1 and lrs[30] == pytest.approx(0.01) and lrs[59] == pytest.approx(0.01)
     assert lrs[60] == pytest.approx(0.001) and lrs[90] == pytest.approx(1e-4)
-    assert [s.key for s in protocol.sweep_settings()] == ["lr0.1-steps2500", "lr0.1-steps10000",
+    assert [s.key for s in vtab.sweep_settings()] == ["lr0.1-steps2500", "lr0.1-steps10000",
                                                            "lr0.01-steps2500", "lr0.01-steps10000"]
-    assert [s.steps for s in protocol.sweep_settings(steps_scale=0.01)] == [25, 100, 25, 100]
+    assert [s.steps for s in vtab.sweep_settings(steps_scale=0.01)] == [25, 100, 25, 100]
 
 
 def _digits_suite(tmp_path: Path) -> Path:
@@ -121,7 +128,7 @@ def _digits_suite(tmp_path: Path) -> Path:
 
 
 class FakeTrainer:
-    """Stands in for protocol.finetune/accuracy: records what each stage sees; val accuracy by setting."""
+    """Stands in for vtab.finetune/accuracy: records what each stage sees; val accuracy by setting."""
 
     VAL = {"lr0.1-steps25": 0.50, "lr0.1-steps100": 0.70, "lr0.01-steps25": 0.90, "lr0.01-steps100": 0.90}
 
@@ -141,8 +148,8 @@ class FakeTrainer:
 
 def test_sweep_picks_best_val200_then_retrains_on_the_1000_images(tmp_path, monkeypatch):
     fake = FakeTrainer()
-    monkeypatch.setattr(protocol, "finetune", fake.finetune)
-    monkeypatch.setattr(protocol, "accuracy", fake.accuracy)
+    monkeypatch.setattr(vtab, "finetune", fake.finetune)
+    monkeypatch.setattr(vtab, "accuracy", fake.accuracy)
     config = EvalConfig(repetitions=2, steps_scale=0.01, resolution=8)
     result = evaluate("random:resnet_tiny_v2", _digits_suite(tmp_path), tmp_path / "out", config, progress=False)
     per_rep = 5
@@ -163,15 +170,15 @@ def test_interrupted_evaluation_resumes_without_redoing_finished_units(tmp_path,
     suite = _digits_suite(tmp_path)
     config = EvalConfig(repetitions=1, steps_scale=0.01, resolution=8)
     first = FakeTrainer(fail_after=1)
-    monkeypatch.setattr(protocol, "finetune", first.finetune)
-    monkeypatch.setattr(protocol, "accuracy", first.accuracy)
+    monkeypatch.setattr(vtab, "finetune", first.finetune)
+    monkeypatch.setattr(vtab, "accuracy", first.accuracy)
     with pytest.raises(KeyboardInterrupt):
         evaluate("random:resnet_tiny_v2", suite, tmp_path / "out", config, progress=False)
     assert len(first.calls) == 1
     assert (tmp_path / "out" / "units" / "digits" / "rep0-val-lr0.1-steps25.json").exists()
     second = FakeTrainer()
-    monkeypatch.setattr(protocol, "finetune", second.finetune)
-    monkeypatch.setattr(protocol, "accuracy", second.accuracy)
+    monkeypatch.setattr(vtab, "finetune", second.finetune)
+    monkeypatch.setattr(vtab, "accuracy", second.accuracy)
     evaluate("random:resnet_tiny_v2", suite, tmp_path / "out", config, progress=False)
     assert [c["setting"] for c in second.calls] == ["lr0.1-steps100", "lr0.01-steps25", "lr0.01-steps100",
                                                     "lr0.01-steps25"]
@@ -221,8 +228,8 @@ def test_report_compares_two_evaluations(tmp_path, monkeypatch):
     outs = []
     for run, shift in (("a", 0.0), ("b", 0.2)):
         fake = FakeTrainer()
-        monkeypatch.setattr(protocol, "finetune", fake.finetune)
-        monkeypatch.setattr(protocol, "accuracy",
+        monkeypatch.setattr(vtab, "finetune", fake.finetune)
+        monkeypatch.setattr(vtab, "accuracy",
                             lambda model, split, config, shift=shift, fake=fake:
                             0.5 + shift + 0.01 * len(fake.calls) % 3 if split.name == "test" else 0.5)
         out = tmp_path / run
@@ -281,7 +288,7 @@ def test_a_resumed_evaluation_must_be_of_the_same_weights_and_tasks(tmp_path, ca
     assert json.loads((out / "results.json").read_text())["tasks"] == first
     _bad(tmp_path, capsys, args + ["--seed", "1"], "encoder weights")  # random:NAME is seeded
     suite.write_text(json.dumps({"tasks": [{"name": "colour", "group": "natural", "path": "other/colour"}]}))
-    _bad(tmp_path, capsys, args, "tasks (colour")
+    _bad(tmp_path, capsys, args, "tasks: colour")
     _bad(tmp_path, capsys, args[:-3] + ["--knn-k", "7", "--no-progress"], "knn_k 5 then, 7 now")
 
 
@@ -373,7 +380,7 @@ def test_video_robustness_and_object_metric_on_an_ingested_world(dataset, tmp_pa
     encoder = tiny_encoder()
     # a zero head always predicts class 0: anchors are right exactly where the largest object is
     # class 0, and so are their same-label neighbours: pm-k = anchor accuracy, delta = 0
-    constant = protocol.Classifier(encoder, 12)
+    constant = vtab.Classifier(encoder, 12)
     result = video_robustness(constant, data, k=2, resolution=32)
     from vivi.data.boxes import load_detections
     from vivi.data.reader import VideoDataset
@@ -398,6 +405,7 @@ def test_objects_command_compares_two_checkpoints(world, dataset, tmp_path, caps
     import shutil
 
     from conftest import TINY_INGEST
+
     from vivi.detect import build_detector, detect_dataset
     from vivi.ingest import ingest
     data = tmp_path / "ds"

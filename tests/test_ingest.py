@@ -14,8 +14,8 @@ import av
 import cv2
 import numpy as np
 import pytest
-
 from conftest import TINY_INGEST, ground_truth, write_bad_inputs, write_video
+
 from vivi.data.inspect import dataset_stats, format_stats, render_contact_sheet
 from vivi.ingest import IngestConfig, SamplingConfig, decode_video, detect_cuts, ingest
 from vivi.ingest.decode import VideoError, decode_jpeg
@@ -266,7 +266,7 @@ def test_list_file_input_and_changed_plan(world, tmp_path):
     listing.write_text("# videos\n" + "\n".join(str(p) for p in videos[:2]) + "\n\n")
     summary = ingest([listing], tmp_path / "ds", TINY_INGEST, progress=False)
     assert summary.videos == 2
-    with pytest.raises(ValueError, match="other input videos"):
+    with pytest.raises(ValueError, match="other settings .the input videos"):
         ingest(videos[:3], tmp_path / "ds", TINY_INGEST, progress=False)
     # a list written with a byte-order mark, naming a folder; a folder reached through a symbolic
     # link (and a link loop, which ends)
@@ -359,6 +359,7 @@ def test_a_full_disk_stops_the_run_without_partial_files_and_it_resumes(dataset,
     """The disk fills while the second shard is written: the first shard stays complete, nothing
     half-written is left behind (it would hold the space), and the run resumes to the same dataset."""
     import errno
+
     from vivi.ingest import shards
     add, written = shards._TarWriter.add, []
 
@@ -410,6 +411,7 @@ def _assert_same_dataset(a: Path, b: Path) -> None:
 
 def test_a_crashing_decoder_process_fails_only_its_video(world):
     from crashing_worker import crash_on_bad
+
     from vivi.ingest.pipeline import _run_jobs
     videos = [str(p) for p in sorted((world / "videos").glob("*.mp4"))[:4]]
     jobs = [(i, source, TINY_INGEST.sampling, 1) for i, source in enumerate(videos[:2] + ["/x/crash.mp4"] + videos[2:])]
@@ -448,7 +450,7 @@ def test_ctrl_c_with_workers_exits_cleanly_and_resumes(world, tmp_path):
 
 def _every_frame_cuts(frames, config=None) -> list[int]:
     """Reference: the cut rule with every frame's histogram built (no pre-filter, no batches)."""
-    from vivi.ingest.shots import CutDetectorConfig, ColourSamples, histogram_distance, sample_histogram
+    from vivi.ingest.cut_detector import ColourSamples, CutDetectorConfig, histogram_distance, sample_histogram
     config = config or CutDetectorConfig()
     samples = ColourSamples()
     hists = [sample_histogram(samples.one(frame), config.bits) for frame in frames]
@@ -465,7 +467,8 @@ def test_batched_prefiltered_detector_equals_every_frame_histograms(tmp_path):
     # get histograms): noise (every frame a candidate), flashes shorter than min_shot_frames, a
     # fade crossing the threshold gradually, and cuts on and next to batch boundaries.
     import av
-    from vivi.ingest.shots import MAX_BATCH
+
+    from vivi.ingest.cut_detector import MAX_BATCH
     rng = np.random.default_rng(0)
     colours = [rng.integers(0, 256, 3) for _ in range(8)]
     frames = []
@@ -496,6 +499,7 @@ def test_detector_handles_frame_size_changes_within_a_batch():
 def test_tar_writer_matches_tarfile_byte_for_byte(tmp_path):
     import io
     import tarfile
+
     from vivi.ingest import shards
     members = [("v0000001.json", b"{}"), ("v0000001.f0000.jpg", bytes(range(256)) * 3), ("empty", b""),
                ("x" * 100, b"a" * 512), ("folder/" * 20 + "long-name.jpg", b"b" * 513)]
@@ -519,6 +523,7 @@ def test_kept_frames_encoded_aside_are_the_same_bytes(tmp_path, monkeypatch):
     # JPEG): encoded in the second thread, with a short backlog, the stored frames are the same
     # bytes in the same order as encoded in the decoding thread; a failure there is the video's.
     import threading
+
     from vivi.ingest import decode
     rng = np.random.default_rng(1)
     colours = [(200, 30, 30), (30, 200, 30), (30, 30, 200)]
@@ -547,6 +552,7 @@ def test_kept_frames_encoded_aside_are_the_same_bytes(tmp_path, monkeypatch):
 
 def test_encoding_thread_keeps_order_bounds_its_backlog_and_hands_errors_back():
     import threading
+
     from vivi.ingest.decode import _Encoder
     release = threading.Event()
 
@@ -576,6 +582,7 @@ def test_encoding_thread_keeps_order_bounds_its_backlog_and_hands_errors_back():
 
 def test_threading_plan_uses_idle_cores_only(monkeypatch):
     import os
+
     from vivi.ingest import decode
     plan = decode.threading_plan
     cores = os.cpu_count() or 1

@@ -10,13 +10,22 @@ import cv2
 import numpy as np
 import pytest
 
-from vivi.ingest.shots import detect_cuts
+from vivi.ingest.cut_detector import detect_cuts
 from vivi.synth import CLASS_NAMES, TASKS, WorldConfig, make_world
 from vivi.synth.backgrounds import pattern, sample_background
+from vivi.synth.downstream import TRAIN_SIZE, render_task_image, split_labels, task_scene
 from vivi.synth.render import render
-from vivi.synth.tasks import TRAIN_SIZE, render_task_image, split_labels, task_scene
-from vivi.synth.world import (TASK_DOMAIN, THEME_DOMAIN, VIDEO_DOMAIN, make_themes, plan_shots, sample_cast,
-                              rng_for, sample_object, sample_shot)
+from vivi.synth.world import (
+    TASK_DOMAIN,
+    THEME_DOMAIN,
+    VIDEO_DOMAIN,
+    make_themes,
+    plan_shots,
+    rng_for,
+    sample_cast,
+    sample_object,
+    sample_shot,
+)
 
 TINY = dict(videos=3, seconds=6.0, fps=10, size=64, seed=0, progress=False)
 TEST_SIZE = 300
@@ -397,7 +406,7 @@ def test_settings_out_of_range_and_another_world_in_the_folder_are_refused(tmp_p
             WorldConfig(**bad)
     make_world(tmp_path / "w", videos=2, seconds=2.0, tasks=False, progress=False, workers=1)
     before = sorted(p.name for p in (tmp_path / "w" / "videos").iterdir())
-    with pytest.raises(ValueError, match="holds another world .*seed"):
+    with pytest.raises(ValueError, match="holds a world made with other settings.*seed"):
         make_world(tmp_path / "w", videos=2, seconds=2.0, seed=1, tasks=False, progress=False, workers=1)
     make_world(tmp_path / "w", videos=2, seconds=2.0, tasks=False, progress=False, workers=1)   # the same: rewritten
     assert sorted(p.name for p in (tmp_path / "w" / "videos").iterdir()) == before

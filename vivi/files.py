@@ -1,10 +1,17 @@
-"""Writing a file so that neither a crash nor an error leaves half of it under its name."""
+"""Files and folders that commands write: atomic replacement, and the settings a folder records.
+
+Writing a file goes through :func:`replacing`, so that neither a crash nor an error leaves half of
+it under its name. A folder that a command fills over several runs (a world, a dataset, its
+detections, an evaluation, a demo) records the settings it was made with; a run with other
+settings is refused by :func:`refuse_other_settings` instead of mixing two kinds of results.
+"""
 from __future__ import annotations
 
+import json
 import os
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 
 @contextmanager
@@ -32,3 +39,34 @@ def _umask() -> int:
         mask = os.umask(0o022)
         os.umask(mask)
         return mask
+
+
+def as_json(value):
+    """``value`` as it reads back from a JSON file (tuples become lists)."""
+    return json.loads(json.dumps(value))
+
+
+def differing(now: dict, then: dict, ignore: tuple[str, ...] = ()) -> list[str]:
+    """The keys, sorted, whose values differ between ``now`` and ``then`` (a missing key is None)."""
+    return sorted(k for k in now.keys() | then.keys() if k not in ignore and now.get(k) != then.get(k))
+
+
+def refuse_other_settings(record: Path, settings: dict, *, holds: str, fix: str, ignore: tuple[str, ...] = (),
+                          read: Callable[[dict], dict] = lambda stored: stored,
+                          describe: Callable[[str, dict, dict], str] | None = None) -> dict | None:
+    """Check ``settings`` against those recorded in the JSON file ``record``; return the stored
+    record (None when there is none yet).
+
+    Raises ValueError "FOLDER holds HOLDS made with other settings (WHAT; see RECORD): FIX" when a
+    key outside ``ignore`` differs. ``read`` takes the settings out of the stored record (default:
+    the whole record); ``describe(key, then, now)`` says how a key differs (default: its name).
+    """
+    if not record.exists():
+        return None
+    stored = json.loads(record.read_text())
+    then, now = read(stored), as_json(settings)
+    changed = differing(now, then, ignore)
+    if changed:
+        what = "; ".join(describe(key, then, now) for key in changed) if describe else f"{', '.join(changed)} differ"
+        raise ValueError(f"{record.parent} holds {holds} made with other settings ({what}; see {record}): {fix}")
+    return stored

@@ -30,13 +30,13 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import cv2
 import numpy as np
 import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from .boxes import load_detections
+from .images import fit_square
 from .reader import Video, VideoDataset
 
 MODES = ("shots", "frame")
@@ -44,17 +44,20 @@ FRAME_CHOICES = ("fixed", "each_draw")
 _FIXED_FRAME_STREAM = 0x46524D   # a third seed word: the fixed frames' stream is apart from every draw's
 
 
-@dataclass(frozen=True)
+@dataclass
 class ClipConfig:
-    shots: int = 4                 # K: consecutive shots per video (VIVI: 2 or 4; shot/frame baselines: 1)
-    frames: int = 8                # F: consecutive frames per shot (exemplar: 8, rotation: 4)
-    mode: str = "shots"            # "shots" (K x F frames) or "frame" (Ex-YT-F: one frame, F copies)
-    frame_choice: str = "fixed"    # mode "frame": "fixed" (one frame per video for the whole run, the
-                                   # papers' frame data set) or "each_draw" (a new random frame every draw)
-    size: int | None = None        # frames are resized (shorter side) and centre-cropped to size x size;
-                                   # None keeps the stored size (all videos must then share it)
-    detector: str | None = None    # read boxes from the detections of this detector (see boxes.py)
-    max_boxes: int = 5             # boxes per frame kept (paper 2: at most 5)
+    """What one clip of a video holds. Training's ``DataConfig`` extends it with the batch and the
+    workers, so a run's ``data`` section is passed to :func:`make_loader` as it is."""
+    shots: int = 4                 # K: consecutive shots per video (VIVI: 2 or 4; Ex-YT-S / Rot: 1)
+    frames: int = 8                # F: consecutive frames per shot (exemplar 8, rotation 4; VIVI §4)
+    mode: str = "shots"            # "shots" (K x F frames) or "frame" (Ex-YT-F / Rot-YT-F: one frame, F copies)
+    frame_choice: str = "fixed"    # mode "frame": "fixed" = one frame per video for the whole run (the papers'
+                                   # "YT8M frames" data set, VIVI §4), "each_draw" = a new random frame each draw
+    size: int | None = None        # frames are resized (shorter side) and centre-cropped to size x size, so
+                                   # videos of any aspect batch; None keeps the stored size (all must share it)
+    detector: str | None = None    # read boxes from the detections of this detector (DATA/detections/NAME);
+                                   # needed by the object loss
+    max_boxes: int = 5             # boxes kept per frame (object-centric paper: at most 5)
 
     def __post_init__(self):
         if self.mode not in MODES:
@@ -172,17 +175,10 @@ class VideoClipDataset(Dataset):
     seed: int = 0   # set by the loader; part of every sample's random stream
 
     def _fit(self, image: np.ndarray) -> tuple[np.ndarray, tuple[float, float, float, float]]:
-        """Resize the shorter side to ``size`` and centre-crop; return the crop as normalised (x0, y0, x1, y1)."""
-        size = self.config.size
-        h, w = image.shape[:2]
-        if size is None:
+        """The frame at ``size`` x ``size`` (see :func:`fit_square`), or as stored when size is None."""
+        if self.config.size is None:
             return image, (0.0, 0.0, 1.0, 1.0)
-        scale = size / min(h, w)
-        rh, rw = max(size, round(h * scale)), max(size, round(w * scale))
-        if (rh, rw) != (h, w):
-            image = cv2.resize(image, (rw, rh), interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
-        y, x = (rh - size) // 2, (rw - size) // 2
-        return image[y:y + size, x:x + size], (x / rw, y / rh, (x + size) / rw, (y + size) / rh)
+        return fit_square(image, self.config.size)
 
 
 class VideoSampler(Sampler):

@@ -20,7 +20,7 @@ import cv2
 import numpy as np
 import torch
 
-__all__ = ["IMAGE_SUFFIXES", "LabeledImages", "read_image"]
+__all__ = ["IMAGE_SUFFIXES", "LabeledImages", "fit_square", "read_image"]
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif", ".ppm", ".pgm")   # OpenCV reads them
 
@@ -33,14 +33,17 @@ def read_image(path: str | Path) -> np.ndarray:
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
 
 
-def _fit(image: np.ndarray, size: int) -> np.ndarray:
+def fit_square(image: np.ndarray, size: int) -> tuple[np.ndarray, tuple[float, float, float, float]]:
+    """Resize the shorter side to ``size`` and centre-crop to ``size`` x ``size``, so that images of
+    any aspect batch; returns the crop too, as normalised (x0, y0, x1, y1) of the resized image
+    (boxes follow it)."""
     h, w = image.shape[:2]
     scale = size / min(h, w)
     rh, rw = max(size, round(h * scale)), max(size, round(w * scale))
     if (rh, rw) != (h, w):
         image = cv2.resize(image, (rw, rh), interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
     y, x = (rh - size) // 2, (rw - size) // 2
-    return image[y:y + size, x:x + size]
+    return image[y:y + size, x:x + size], (x / rw, y / rh, (x + size) / rw, (y + size) / rh)
 
 
 class LabeledImages:
@@ -107,7 +110,7 @@ class LabeledImages:
 
     def _image(self, i: int) -> np.ndarray:
         image = self.arrays[i] if self.arrays is not None else read_image(self.files[i])
-        return _fit(image, self.size)
+        return fit_square(image, self.size)[0]
 
     def batch(self, n: int, seed: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
         """``n`` images drawn uniformly (with replacement) by a generator seeded with ``seed``."""

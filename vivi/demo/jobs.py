@@ -35,7 +35,7 @@ class Job:
     seed: int
     folder: Path                     # the run folder (train) or the evaluation folder (eval)
     total: float                     # cost in bar units
-    after: "Job | None" = None       # the job that must finish first (eval after train)
+    after: Job | None = None       # the job that must finish first (eval after train)
     started: float = 0.0
     seconds: float = 0.0
     done: bool = False
@@ -87,7 +87,7 @@ def eval_job(checkpoint: str, world: str, out: str, seed: int, resolution: int, 
     """Linear probe of one encoder on every task of the world (in a worker process)."""
     import torch
 
-    from vivi.eval.run import EvalConfig, evaluate
+    from vivi.eval.transfer import EvalConfig, evaluate
     torch.set_num_threads(threads)
     start = time.perf_counter()
     result = evaluate(checkpoint, world, out, EvalConfig(protocol="linear", resolution=resolution, seed=seed),

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from vivi.eval.report import ALPHA, compare, welch_test
-from vivi.eval.tasks import GROUPS
+from vivi.eval.suite import GROUPS
 
 from .methods import AT_LEAST_PAIRS, CLAIMED_ORDER, SCALES, Method
 

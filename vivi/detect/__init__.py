@@ -9,7 +9,7 @@ converted once by ``vivi detector fetch nanodet``, ``vivi.detect.nanodet``).
 from __future__ import annotations
 
 from .base import Detector, ImageDetector, keep_top
-from .run import DetectSummary, detect_dataset
+from .tagging import DetectSummary, detect_dataset
 
 DETECTORS = {
     "groundtruth": "the synthetic world's ground-truth boxes (an oracle; videos made by `vivi synth`)",

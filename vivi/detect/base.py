@@ -3,7 +3,7 @@
 The object-centric paper (§3, §4.1) tags every sampled frame offline with an off-the-shelf
 detector and keeps at most 5 boxes per frame with score >= 0.05. vivi separates the detector
 from that bookkeeping: a detector implements one method, :meth:`Detector.detect`, and
-``vivi.detect.run.detect_dataset`` does the rest (filtering, storage beside the shards,
+``vivi.detect.tagging.detect_dataset`` does the rest (filtering, storage beside the shards,
 resumption, progress). Detectors that look at pixels subclass :class:`ImageDetector` and
 implement ``detect_images`` on a batch of RGB frames.
 """

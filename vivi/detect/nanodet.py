@@ -12,7 +12,7 @@ stay out of vivi's own environment), checks the result against the ``gfl`` conve
 
 The model: input (1, 3, 416, 416) BGR, (x - [103.53, 116.28, 123.675]) / [57.375, 57.12, 58.395];
 per stride 8, 16, 32 one output of sigmoid class scores (1, N, 80) and one of side distributions
-(1, N, 44) = 4 sides x 11 bins (the ``gfl`` convention of ``vivi.detect.decode``).
+(1, N, 44) = 4 sides x 11 bins (the ``gfl`` convention of ``vivi.detect.onnx_outputs``).
 """
 from __future__ import annotations
 

@@ -8,7 +8,7 @@ The spec names the model file and, after ``?``, options as ``key=value`` pairs j
 (quote the spec in a shell: ``&`` and ``?`` are special there). :data:`OPTIONS` lists every key.
 Each frame is resized to the network input (letterboxed by default: scaled to fit, anchored at
 the top-left, padded with grey 114), converted to the declared channel order and normalisation,
-run, decoded by its convention (``vivi.detect.decode``), and the boxes are mapped back to [0, 1]
+run, decoded by its convention (``vivi.detect.onnx_outputs``), and the boxes are mapped back to [0, 1]
 coordinates of the stored frame.
 
 The model is checked when the detector is built, by one forward pass on a blank image: outputs
@@ -28,7 +28,7 @@ import numpy as np
 
 from .base import ImageDetector
 from .coco import COCO_CLASSES
-from .decode import boxes_scores_labels_decode, gfl_decode
+from .onnx_outputs import boxes_scores_labels_decode, gfl_decode
 
 CONVENTIONS = ("gfl", "boxes_scores_labels")
 

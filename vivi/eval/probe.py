@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .tasks import Split
+from .suite import Split
 
 __all__ = ["assert_unchanged", "frozen_features", "knn_classify", "linear_probe", "state_snapshot"]
 
@@ -57,7 +57,7 @@ class _LogisticProbe:
     ``start``: a probe whose weights start this fit (the sweep warm-starts each C from the last)."""
 
     def __init__(self, x: np.ndarray, y: np.ndarray, c: float, num_classes: int, iterations: int = 200,
-                 start: "_LogisticProbe | None" = None) -> None:
+                 start: _LogisticProbe | None = None) -> None:
         x = torch.as_tensor(x, dtype=torch.float32)
         self.mean, self.std = x.mean(0), x.std(0).clamp_min(1e-6)
         x = (x - self.mean) / self.std

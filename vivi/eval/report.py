@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .tasks import GROUPS
+from .suite import GROUPS
 
 __all__ = ["compare", "load_results", "summarize", "welch_test", "write_results_markdown"]
 

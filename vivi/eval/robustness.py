@@ -113,9 +113,9 @@ def robustness_from_task(checkpoint, task_dir: str | Path, data: str | Path, det
     """
     from vivi.data.boxes import load_detections
     from vivi.data.reader import VideoDataset
-    from vivi.eval import protocol
-    from vivi.eval.run import load_eval_encoder
-    from vivi.eval.tasks import Task, load_split
+    from vivi.eval import vtab
+    from vivi.eval.suite import Task, load_split
+    from vivi.eval.transfer import load_eval_encoder
 
     if k < 1 or steps < 1 or batch_size < 1 or resolution < 8:
         raise ValueError(f"k, steps and batch size must be at least 1 and resolution at least 8 "
@@ -136,10 +136,10 @@ def robustness_from_task(checkpoint, task_dir: str | Path, data: str | Path, det
     if not any(len(detections.frame_boxes(v.key, f)) for v in VideoDataset(data).videos for f in range(v.num_frames)):
         raise ValueError(f"the detections {detector!r} of {data} hold no box, so no frame has a label: re-run "
                          "`vivi detect` (a lower --min-score, or another detector)")
-    config = protocol.FinetuneConfig(resolution=resolution, batch_size=batch_size, device=device)
+    config = vtab.FinetuneConfig(resolution=resolution, batch_size=batch_size, device=device)
     split = load_split(task, "train800val200")
-    classifier = protocol.finetune(load_eval_encoder(checkpoint, seed=seed), split, len(names),
-                                   protocol.Setting(lr, steps), config, seed)
+    classifier = vtab.finetune(load_eval_encoder(checkpoint, seed=seed), split, len(names),
+                              vtab.Setting(lr, steps), config, seed)
     result = video_robustness(classifier, data, detector, k=k, resolution=resolution,
                               batch_size=batch_size, device=device)
     result.update({"checkpoint": str(checkpoint), "task": str(task_dir), "k": k})

@@ -2,9 +2,9 @@
 
 ``ingest`` is the one call; the CLI's ``vivi ingest`` only parses arguments and calls it.
 """
+from .cut_detector import CutDetectorConfig, HistogramCutDetector, detect_cuts
 from .decode import SamplingConfig, VideoError, decode_video
 from .pipeline import IngestConfig, IngestSummary, expand_inputs, finalize, ingest
-from .shots import CutDetectorConfig, HistogramCutDetector, detect_cuts
 
 __all__ = ["CutDetectorConfig", "HistogramCutDetector", "IngestConfig", "IngestSummary", "SamplingConfig",
            "VideoError", "decode_video", "detect_cuts", "expand_inputs", "finalize", "ingest"]

@@ -20,12 +20,11 @@ from pathlib import Path
 
 import av
 import cv2
-from av.video.reformatter import VideoReformatter
 import numpy as np
+from av.video.reformatter import VideoReformatter
 
+from .cut_detector import ColourSamples, CutDetectorConfig, HistogramCutDetector, batch_size
 from .display import Display, frame_display
-from .shots import ColourSamples, CutDetectorConfig, HistogramCutDetector, batch_size
-
 
 # A video whose decoder rejects more than this fraction of its packets fails; below, the damaged
 # packets are skipped (as the ffmpeg command line does) and the frames they spoil are not stored.

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from ..files import refuse_other_settings
 from . import shards
 from .decode import SamplingConfig, VideoError, decode_video
 
@@ -132,12 +133,9 @@ def _check_plan(out: Path, plan: dict) -> list[tuple[Path, bytes]]:
     path = out / "plan.json"
     if out.is_dir():
         shards.remove_stale_tmp_files(out)
-    if path.exists():
-        existing = json.loads(path.read_text())
-        if existing != plan:
-            what = "input videos" if existing.get("inputs") != plan["inputs"] else "ingest settings"
-            raise ValueError(f"{out} already holds a dataset planned with other {what}; "
-                             "pass a new --out folder (or delete this one) to ingest a different collection")
+    if refuse_other_settings(path, plan, holds="a dataset", describe=lambda k, then, now: {
+            "inputs": "the input videos", "config": "the ingest settings"}.get(k, k),
+            fix="pass a new --out folder (or delete this one) to ingest a different collection") is not None:
         return []
     out.mkdir(parents=True, exist_ok=True)
     return [(path, shards.json_bytes(plan))]

@@ -12,7 +12,8 @@ model asks for ``conv(...)`` and ``norm(channels)`` without branching on the kin
 from __future__ import annotations
 
 import math
-from typing import Callable, NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple
 
 import torch
 from torch import nn

@@ -6,9 +6,9 @@ and classes per frame) and VTAB-1k-style task folders; it is the default data se
 test data of every stage of the pipeline.
 """
 from .backgrounds import BACKGROUND_FAMILIES
+from .downstream import TASK_NAMES, TASKS
 from .make import make_world
 from .shapes import CLASS_NAMES
-from .tasks import TASK_NAMES, TASKS
 from .world import WorldConfig, world_overrides
 
 __all__ = ["make_world", "WorldConfig", "CLASS_NAMES", "BACKGROUND_FAMILIES", "TASKS", "TASK_NAMES", "world_overrides"]

@@ -24,11 +24,12 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from ..files import refuse_other_settings
 from .backgrounds import BACKGROUND_FAMILIES
+from .downstream import TASKS, split_sizes, write_task_images, write_task_index
 from .shapes import CLASS_NAMES
-from .tasks import TASKS, split_sizes, write_task_images, write_task_index
 from .video import make_video
-from .world import THEME_DOMAIN, VIDEO_DOMAIN, TASK_DOMAIN, WorldConfig, make_themes
+from .world import TASK_DOMAIN, THEME_DOMAIN, VIDEO_DOMAIN, WorldConfig, make_themes
 
 TASK_BLOCK = 250            # task images per job: large enough to amortise the job overhead
 
@@ -81,13 +82,9 @@ def make_world(out, *, videos: int = 200, seconds: float = 20.0, fps: int = 10, 
     start = time.perf_counter()
     config = WorldConfig(videos=videos, seconds=seconds, fps=fps, size=size, seed=seed, **world)
     out = Path(out)
-    if (out / "world.json").exists():
-        previous = json.loads((out / "world.json").read_text())
-        now = json.loads(json.dumps({"seed": seed, "config": dataclasses.asdict(config)}))
-        differ = sorted(k for k in now["config"] if previous.get("config", {}).get(k) != now["config"][k])
-        if previous.get("seed") != seed or differ:
-            raise ValueError(f"{out} holds another world ({', '.join(differ or ['seed'])} differ): its videos would "
-                             "mix with these; pass a new folder, or delete this one")
+    refuse_other_settings(out / "world.json", dataclasses.asdict(config), holds="a world",
+                          read=lambda stored: stored.get("config", {}),
+                          fix="its videos would mix with these; pass a new folder, or delete this one")
     themes = make_themes(config)
     videos_dir, tasks_dir = out / "videos", out / "tasks"
     videos_dir.mkdir(parents=True, exist_ok=True)

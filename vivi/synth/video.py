@@ -4,7 +4,7 @@ A video draws a theme and a list of shot lengths, then one camera set-up per sho
 redrawn (from the same generator, so the result stays deterministic) until the colour-histogram
 distance across its cut exceeds ``min_cut_distance`` and no two consecutive frames inside it
 exceed ``max_shot_distance`` (``cuts.py``), so a histogram cut detector at a threshold of 0.4
-(``vivi/ingest/shots.py``) finds every ground-truth cut frame-exactly and no others, with margin
+(``vivi/ingest/cut_detector.py``) finds every ground-truth cut frame-exactly and no others, with margin
 left for coding noise.
 
 Ground truth, ``video_NNNNN.json`` next to ``video_NNNNN.mp4``::
@@ -30,11 +30,10 @@ from pathlib import Path
 import av
 import numpy as np
 
-from .cuts import cut_distance, frame_signatures, max_step_distance
+from .cut_margins import cut_distance, frame_signatures, max_step_distance
 from .render import RenderedFrames, render
 from .shapes import CLASS_NAMES
-from .world import (VIDEO_DOMAIN, CastMember, Shot, Theme, WorldConfig, plan_shots, rng_for, sample_cast,
-                    sample_shot)
+from .world import VIDEO_DOMAIN, CastMember, Shot, Theme, WorldConfig, plan_shots, rng_for, sample_cast, sample_shot
 
 MAX_SETUP_DRAWS = 30        # redraws of a shot set-up before keeping the best one seen
 

@@ -32,6 +32,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from vivi.registry import typed_value
+
 from .backgrounds import BACKGROUND_FAMILIES, BackgroundInstance, sample_background
 from .shapes import CLASS_NAMES
 

@@ -402,7 +402,7 @@ class FrameAugmentation(nn.Module):
         self.config = config
         self._policies = None
         if config.color == "autoaugment":
-            from kornia.augmentation.auto import AutoAugment   # optional path: import only when used
+            from kornia.augmentation.auto import AutoAugment  # optional path: import only when used
             self._policies = nn.ModuleList(AutoAugment("imagenet").children())
 
     def extra_repr(self) -> str:

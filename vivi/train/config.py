@@ -19,6 +19,8 @@ from pathlib import Path
 
 import yaml
 
+from vivi.data.clips import FRAME_CHOICES, MODES, ClipConfig
+from vivi.losses.object import OBJECT_ABLATIONS
 from vivi.registry import typed_value
 
 __all__ = ["AugmentSection", "DataConfig", "LossConfig", "ModelConfig", "OptimConfig", "PRESET_DIR",
@@ -30,25 +32,17 @@ PRESET_DIR = Path(__file__).parent / "presets"
 FRAME_LOSSES = ("exemplar", "rotation", "none")
 VIDEO_LOSSES = ("infonce", "shot_order", "none")
 PREDICTORS = ("mlp", "bilinear", "lstm")
-OBJECT_MODES = ("detector", "random_boxes", "random_boxes_and_labels")
 OBJECT_TERMS = ("triplet", "triplet+classification", "classification")
 PRECISIONS = ("bf16", "fp32")
 
 
 @dataclass
-class DataConfig:
-    shots: int = 4                   # K: consecutive shots per video (VIVI: 2 or 4; Ex-YT-S / Rot: 1)
-    frames: int = 8                  # F: consecutive frames per shot (exemplar 8, rotation 4; SPEC §1)
-    mode: str = "shots"              # "shots" (K x F frames) or "frame" (Ex-YT-F / Rot-YT-F: one frame, F copies)
-    frame_choice: str = "fixed"      # mode "frame": "fixed" = one frame per video for the whole run (the papers'
-                                     # "YT8M frames" data set, VIVI §4), "each_draw" = a new random frame each draw
+class DataConfig(ClipConfig):
+    """The clips (``ClipConfig``: shots K, frames F, mode, frame_choice, detector, max_boxes) and
+    how many of them a step takes."""
+    size: int | None = 256           # 256 = ingest's default short side, before the 224 inception crop
     videos: int = 512                # N: videos per step over all ranks (N·K = 2048 in VIVI); split over ranks
-    size: int | None = 256           # loader resizes the shorter side and centre-crops to size², so videos of
-                                     # any aspect batch (None: as stored, all videos must share one size);
-                                     # 256 = ingest's default short side, before the 224 inception crop
     workers: int = 4                 # DataLoader worker processes per rank (the batches do not depend on it)
-    detector: str | None = None      # detections to read boxes from (DATA/detections/NAME); needed by the object loss
-    max_boxes: int = 5               # boxes kept per frame (object-centric paper: at most 5)
 
 
 @dataclass
@@ -129,14 +123,13 @@ class TrainConfig:
         def one_of(value, valid, name):
             if value not in valid:
                 raise ValueError(f"{name}={value!r} is not valid; valid: {', '.join(valid)}")
-        from vivi.data.clips import FRAME_CHOICES, MODES
         one_of(self.data.mode, MODES, "data.mode")
         one_of(self.data.frame_choice, FRAME_CHOICES, "data.frame_choice")
         one_of(self.model.norm, ("bn", "gnws"), "model.norm")
         one_of(self.loss.frame, FRAME_LOSSES, "loss.frame")
         one_of(self.loss.video, VIDEO_LOSSES, "loss.video")
         one_of(self.loss.predictor, PREDICTORS, "loss.predictor")
-        one_of(self.loss.object_mode, OBJECT_MODES, "loss.object_mode")
+        one_of(self.loss.object_mode, OBJECT_ABLATIONS, "loss.object_mode")
         one_of(self.loss.object_terms, OBJECT_TERMS, "loss.object_terms")
         one_of(self.run.precision, PRECISIONS, "run.precision")
         one_of(self.run.device, ("auto", "cpu", "cuda"), "run.device")

@@ -31,12 +31,11 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from vivi.data import ClipConfig, make_loader
+from vivi.data import make_loader
 from vivi.distributed import all_reduce_mean, cleanup_distributed, init_distributed_from_env
 from vivi.train.augment import build_augmentation
 from vivi.train.checkpoint import latest_checkpoint, read_checkpoint, write_checkpoint
-from vivi.train.config import (TrainConfig, config_from_dict, config_json, config_to_dict, dump_config,
-                               load_config)
+from vivi.train.config import TrainConfig, config_from_dict, config_json, config_to_dict, dump_config, load_config
 from vivi.train.model import VIVIModel, encoder_spec, weighted_terms
 
 __all__ = ["NonFiniteLossError", "build_optimizer", "learning_rate_schedule", "step_seed", "train", "train_step"]
@@ -266,8 +265,6 @@ def train(config: TrainConfig | str | Path | None, data: str | Path, out: str | 
 
     # ============ data: this rank's shard of the video stream (+ labelled images) ============
     d = config.data
-    clip = ClipConfig(shots=d.shots, frames=d.frames, mode=d.mode, frame_choice=d.frame_choice, size=d.size,
-                      detector=d.detector, max_boxes=d.max_boxes)
     cotrain = None
     if config.loss.cotrain_weight > 0:
         from vivi.data.images import LabeledImages
@@ -278,7 +275,7 @@ def train(config: TrainConfig | str | Path | None, data: str | Path, out: str | 
                              f"model.image_classes={config.model.image_classes}")
         if config.loss.cotrain_images % world_size:
             raise ValueError(f"loss.cotrain_images={config.loss.cotrain_images} must divide over {world_size} ranks")
-    loader = make_loader(data, clip, batch_size=d.videos // world_size, seed=config.run.seed, workers=d.workers,
+    loader = make_loader(data, d, batch_size=d.videos // world_size, seed=config.run.seed, workers=d.workers,
                          start_batch=start_step, rank=rank, world_size=world_size)
     if d.videos > len(loader.dataset) and main_process:
         print(f"note: data.videos={d.videos} but only {len(loader.dataset)} videos of {data} have {d.shots} shots: "

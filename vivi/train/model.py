@@ -27,11 +27,29 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vivi.losses import (ExemplarLoss, ObjectLoss, RotationLoss, ShotOrderLoss, VideoInfoNCELoss, ablate_objects,
-                         extract_box_features, reverse_shots_randomly, rotate_batch, shot_labels)
+from vivi.losses import (
+    ExemplarLoss,
+    ObjectLoss,
+    RotationLoss,
+    ShotOrderLoss,
+    VideoInfoNCELoss,
+    ablate_objects,
+    extract_box_features,
+    reverse_shots_randomly,
+    rotate_batch,
+    shot_labels,
+)
 from vivi.models import create_encoder
-from vivi.models.heads import (BilinearCritic, ExemplarHead, LSTMPredictor, MLPCritic, ObjectClassHead, RotationHead,
-                               ShotOrderHead, ShotProjection)
+from vivi.models.heads import (
+    BilinearCritic,
+    ExemplarHead,
+    LSTMPredictor,
+    MLPCritic,
+    ObjectClassHead,
+    RotationHead,
+    ShotOrderHead,
+    ShotProjection,
+)
 from vivi.train.config import TrainConfig
 
 __all__ = ["VIVIModel", "build_encoder", "encoder_spec", "weighted_terms"]

@@ -23,9 +23,9 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import cv2
 import numpy as np
@@ -33,8 +33,7 @@ import numpy as np
 from .backgrounds import BACKGROUND_FAMILIES, sample_background
 from .render import render
 from .shapes import CLASS_NAMES, ORIENTED_CLASSES
-from .world import (TASK_DOMAIN, Shot, Theme, WorldConfig, rng_for, sample_camera,
-                    sample_lighting, sample_object)
+from .world import TASK_DOMAIN, Shot, Theme, WorldConfig, rng_for, sample_camera, sample_lighting, sample_object
 
 TRAIN_SIZE = 1000            # VTAB-1k: train800 + val200
 TRAIN800 = 800

@@ -15,7 +15,6 @@ two detectors' boxes.
 """
 from __future__ import annotations
 
-import json
 import re
 import time
 from dataclasses import dataclass
@@ -26,6 +25,7 @@ from tqdm.auto import tqdm
 
 from ..data.boxes import DETECTIONS_DIR
 from ..data.reader import VideoDataset
+from ..files import as_json, refuse_other_settings
 from ..ingest.shards import write_json_atomic
 from .base import Detector, keep_top
 
@@ -61,15 +61,10 @@ def detect_dataset(root: str | Path, detector: Detector, *, max_per_frame: int =
     folder = Path(root) / DETECTIONS_DIR / detector.name
     meta = {"detector": detector.name, "coords": "xyxy_normalized", "class_names": list(detector.class_names),
             "max_per_frame": max_per_frame, "min_score": min_score, "settings": detector.settings()}
-    meta = json.loads(json.dumps(meta))     # as it reads back (tuples become lists), to compare with a stored one
+    meta = as_json(meta)
     meta_path = folder / "detector.json"
-    if meta_path.exists():
-        existing = json.loads(meta_path.read_text())
-        if existing != meta:
-            changed = sorted(k for k in meta if existing.get(k) != meta[k])
-            raise ValueError(f"{folder} holds detections made with other settings ({', '.join(changed)}); "
-                             "use another detector name, or delete that folder to redo them")
-    else:
+    if refuse_other_settings(meta_path, meta, holds="detections",
+                             fix="use another detector name, or delete that folder to redo them") is None:
         folder.mkdir(parents=True, exist_ok=True)
         write_json_atomic(meta_path, meta)
 

@@ -1,7 +1,7 @@
 """The colour-histogram margins every synthetic cut and shot is drawn to meet.
 
 VIVI finds shots with a colour-histogram cut detector (Mas & Fernandez 2003; SPEC.md §7;
-``vivi/ingest/shots.py``): half the L1 distance between joint colour histograms with 4 bits per
+``vivi/ingest/cut_detector.py``): half the L1 distance between joint colour histograms with 4 bits per
 channel (4096 bins), a cut where it exceeds a threshold (0.4). Such a detector may histogram RGB
 pixels, or the Y/Cb/Cr planes a 4:2:0 decoder outputs; the two see different distances (chroma is
 coarse in YCbCr bins, so colour changes count for less). The world therefore measures both, and

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .tasks import Split
+from .suite import Split
 
 __all__ = ["Classifier", "FinetuneConfig", "Setting", "accuracy", "finetune", "learning_rate_at",
            "predict", "sweep_settings"]

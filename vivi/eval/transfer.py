@@ -28,11 +28,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..files import replacing
-from . import protocol as vtab
-from .report import summarize
+from ..files import differing, refuse_other_settings, replacing
+from . import vtab
 from .probe import frozen_features, knn_classify, linear_probe
-from .tasks import SPLITS, Task, infer_num_classes, load_split, load_suite
+from .report import summarize
+from .suite import SPLITS, Task, infer_num_classes, load_split, load_suite
 
 __all__ = ["EvalConfig", "PROTOCOLS", "evaluate", "load_eval_encoder"]
 
@@ -125,26 +125,22 @@ def _task_record(task: Task) -> dict:
             "num_classes": task.num_classes, "options": task.options}
 
 
-def _resume_conflicts(previous: dict, header: dict) -> list[str]:
-    """What differs between an output folder's evaluation and the one asked for (empty: resume)."""
-    if "encoder_sha256" not in previous:      # written by vivi before session 15: compared as then
-        old = {key: header[key] for key in ("checkpoint", "suite", "config")}
-        return [] if {k: previous.get(k) for k in old} == old else ["settings"]
-    conflicts = []
-    if previous["encoder_sha256"] != header["encoder_sha256"]:
-        conflicts.append(f"encoder weights ({previous['checkpoint']} then, {header['checkpoint']} now; a run folder "
-                         "means its newest checkpoint, which may have changed since)")
-    if previous["tasks"] != header["tasks"]:
-        then, now = {t["name"]: t for t in previous["tasks"]}, {t["name"]: t for t in header["tasks"]}
-        changed = sorted(n for n in then.keys() | now.keys() if then.get(n) != now.get(n))
-        conflicts.append(f"tasks ({', '.join(changed)}: added, removed, or another folder, group or class count)")
-    settings = previous["result_settings"]
-    changed = sorted(k for k in settings.keys() | header["result_settings"].keys()
-                     if settings.get(k) != header["result_settings"].get(k))
-    if changed:
-        conflicts.append("settings (" + ", ".join(f"{k} {settings.get(k)} then, {header['result_settings'].get(k)} now"
-                                                  for k in changed) + ")")
-    return conflicts
+def _settings_of(header: dict) -> dict:
+    """What a resumed evaluation must share with the folder's: the encoder's weights, the tasks and
+    the settings that change results (the checkpoint's path may differ: a copy of the same weights)."""
+    return {"checkpoint": header["checkpoint"], "encoder_sha256": header["encoder_sha256"], "tasks": header["tasks"],
+            **header["result_settings"]}
+
+
+def _describe_conflict(key: str, then: dict, now: dict) -> str:
+    if key == "encoder_sha256":
+        return (f"encoder weights: {then['checkpoint']} then, {now['checkpoint']} now (a run folder means its "
+                "newest checkpoint, which may have changed since)")
+    if key == "tasks":
+        before, after = {t["name"]: t for t in then["tasks"]}, {t["name"]: t for t in now["tasks"]}
+        return (f"tasks: {', '.join(differing(after, before))} added, removed, or with another folder, group or "
+                "class count")
+    return f"{key} {then.get(key)} then, {now.get(key)} now"
 
 
 def _write_json(path: Path, data) -> None:
@@ -264,13 +260,9 @@ def evaluate(checkpoint: str | Path, suite: str | Path, out: str | Path, config:
         "checkpoint": str(checkpoint), "encoder_sha256": encoder_digest(encoder), "suite": str(Path(suite).resolve()),
         "tasks": [_task_record(t) for t in tasks], "result_settings": config.result_settings(),
         "config": dataclasses.asdict(config)}))
-    previous = _read_json(out / "eval_config.json")
-    if previous is not None:
-        conflicts = _resume_conflicts(previous, header)
-        if conflicts:
-            raise ValueError(f"{out} holds an evaluation with other {'; '.join(conflicts)} "
-                             f"({out / 'eval_config.json'}); use a new --out, or the same checkpoint, tasks and "
-                             "settings to resume")
+    refuse_other_settings(out / "eval_config.json", _settings_of(header), holds="an evaluation",
+                          read=_settings_of, ignore=("checkpoint",), describe=_describe_conflict,
+                          fix="use a new --out, or the same checkpoint, tasks and settings to resume")
     _write_json(out / "eval_config.json", header)
 
     per_task = config.repetitions * (len(config.settings()) + 1) if config.protocol == "vtab1k" else 1

@@ -15,6 +15,8 @@ import time
 from dataclasses import asdict, replace
 from pathlib import Path
 
+from vivi.files import as_json, refuse_other_settings
+
 from .jobs import eval_folder, plan_jobs, run_jobs
 from .methods import SCALES, Scale, select_methods
 from .summary import collect, format_ordering, format_table, one_seed_caveat, table, write_report
@@ -44,36 +46,23 @@ def demo_scale(mode: str = "default", **overrides) -> Scale:
 SELECTION = ("seeds", "methods")
 
 
-def _as_json(value):
-    """``value`` as it reads back from a JSON file (tuples become lists)."""
-    return json.loads(json.dumps(value))
-
-
-def _differing(a: dict, b: dict, ignore: tuple = ()) -> list[str]:
-    """The keys, sorted, whose values differ between ``a`` and ``b`` (a missing key is None)."""
-    return sorted(k for k in a.keys() | b.keys() if k not in ignore and a.get(k) != b.get(k))
-
-
 def _non_default(world: dict) -> dict:
     """The world settings that differ from ``WorldConfig``'s defaults, as JSON values: what
     ``demo.json`` records, so that ``--world cast=true`` and no ``--world`` name the same world."""
     from vivi.synth import WorldConfig
-    defaults = _as_json(asdict(WorldConfig()))
-    return {k: v for k, v in _as_json(world).items() if v != defaults.get(k)}
+    defaults = as_json(asdict(WorldConfig()))
+    return {k: v for k, v in as_json(world).items() if v != defaults.get(k)}
 
 
 def _check_settings(out: Path, settings: dict) -> None:
     """Refuse ``out`` when it holds results made with other settings (world, scale, sizes); record ``settings``."""
+    def read(stored: dict) -> dict:          # the world as this vivi's defaults record it
+        world = _non_default(stored.pop("world", {}))
+        return {**stored, "world": world} if world else stored
+
     path = out / "demo.json"
-    if path.exists():
-        previous = json.loads(path.read_text())
-        world = _non_default(previous.pop("world", {}))    # as this vivi's defaults record it
-        if world:
-            previous["world"] = world
-        changed = _differing(settings, previous, ignore=SELECTION)
-        if changed:
-            raise ValueError(f"{out} holds a demo run with other settings ({', '.join(changed)} differ; see {path}): "
-                             "use another --out, or delete the folder to start again")
+    refuse_other_settings(path, settings, holds="a demo run", ignore=SELECTION, read=read,
+                          fix="use another --out, or delete the folder to start again")
     out.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(settings, indent=1))
 
@@ -85,12 +74,9 @@ def _kept_world(world_dir: Path, config) -> bool:
     path = world_dir / "world.json"
     if not path.exists() or not (world_dir / "tasks" / "suite.json").exists():   # suite.json: written last
         return False
-    config, stored = _as_json(asdict(config)), json.loads(path.read_text()).get("config", {})
-    changed = _differing(config, stored)
-    if changed:
-        details = ", ".join(f"{k}: {stored.get(k, 'unset')} there, {config.get(k, 'unset')} now" for k in changed)
-        raise ValueError(f"{world_dir} holds a world made with other settings ({details}): use another --out, "
-                         "or delete the folder to start again")
+    refuse_other_settings(path, asdict(config), holds="a world", read=lambda stored: stored.get("config", {}),
+                          describe=lambda k, then, now: f"{k}: {then.get(k, 'unset')} there, {now.get(k, 'unset')} now",
+                          fix="use another --out, or delete the folder to start again")
     return True
 
 
@@ -113,7 +99,7 @@ def run_demo(out: str | Path = "demo", *, mode: str = "default", workers: int = 
     """
     from vivi.data.inspect import dataset_stats, format_stats, render_contact_sheet
     from vivi.detect import build_detector, detect_dataset
-    from vivi.eval.tasks import load_suite
+    from vivi.eval.suite import load_suite
     from vivi.ingest import IngestConfig, SamplingConfig, ingest
     from vivi.synth import WorldConfig, make_world
     from vivi.synth.world import check_world_key
