@@ -1,9 +1,9 @@
-"""NanoDet on a real multi-shot video: still photos shot with pans and zooms, cut together.
+"""NanoDet on a multi-shot video made of photographs: each filmed with a pan or a zoom, cut together.
 
     vivi detector fetch nanodet                       # once
     python bench/nanodet_photo_video.py --out /tmp/photo-video [--images DIR_OR_FILES ...] [--threads 1]
 
-There are no real videos on our machines, so this makes one from the photographs that installed
+So that it needs no downloaded footage, the video is made from the photographs that installed
 Python packages ship (matplotlib's ``grace_hopper.jpg``, scikit-learn's ``china.jpg`` and
 ``flower.jpg``, scikit-image's ``astronaut``, ``chelsea``, ``coffee``, ``motorcycle_left`` ... when
 given with ``--images``): every photo becomes one shot of ``--shot-seconds`` in which a 4:3 window

@@ -48,7 +48,7 @@ def test_videos_with_too_few_shots_are_skipped(dataset):
 
 def test_a_shot_without_stored_frames_breaks_the_run_of_shots(dataset, monkeypatch):
     """A damaged stretch of a video can leave a shot with no stored frame: clips take K consecutive
-    shots that each have frames (the loader used to fail with an IndexError on such a draw)."""
+    shots that each have frames (catches a draw of an empty shot, an IndexError in ``choose``)."""
     from vivi.data.reader import Video
     key = VideoDataset(dataset).videos[0].key
     shot_frames = Video.shot_frames

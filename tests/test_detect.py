@@ -29,7 +29,8 @@ def test_groundtruth_round_trip(world, data):
     for video in VideoDataset(data).videos:
         gt = truth[video.source]
         for frame, native in enumerate(video.frame_native_index):
-            expected = [box + [cls] for box, cls in zip(gt["frames"][native]["boxes"], gt["frames"][native]["class_ids"])]
+            truth_frame = gt["frames"][native]
+            expected = [box + [cls] for box, cls in zip(truth_frame["boxes"], truth_frame["class_ids"])]
             got = detections.frame_boxes(video.key, frame)
             scale = np.array([gt["width"], gt["height"]] * 2)
             got_pixels = sorted((np.round(b[:4] * scale).astype(int).tolist() + [int(b[4])]) for b in got)

@@ -176,7 +176,8 @@ def test_boxes_scores_labels_by_name_with_preprocessing(tmp_path):
 def test_boxes_scores_labels_normalized_coordinates(tmp_path):
     boxes = ((0, 0, 0.5, 0.25), (0.25, 0.5, 1.5, 1), (0.5, 0.5, 0.5, 1))       # the last has no area
     path = bsl_model(tmp_path / "e2e.onnx", input_shape=(1, 3, 64, 64), boxes=boxes)
-    detector = build_detector(f"onnx:{path}?convention=boxes_scores_labels&classes=coco&coords=normalized&resize=stretch")
+    detector = build_detector(f"onnx:{path}?convention=boxes_scores_labels&classes=coco&coords=normalized"
+                              "&resize=stretch")
     found = detector.detect_images([np.zeros((8, 16, 3), np.uint8)])[0]        # stretched: normalised stays normalised
     np.testing.assert_allclose(found[:, :5], [[0, 0, 0.5, 0.25, 0], [0.25, 0.5, 1, 1, 1]], atol=1e-5)
 

@@ -70,21 +70,31 @@ def splits_of(suite: Path, name: str) -> dict:
     return {s: load_split(task, s) for s in ("train800", "val200", "train800val200", "test")}
 
 
-def test_probe_knn_and_finetune_separate_colours_and_not_random_labels(tmp_path):
+def test_probe_knn_and_finetune_separate_colours_and_do_not_see_test_labels(tmp_path):
+    """Red vs blue is separable: the probe, kNN and fine-tuning must all be exactly right on test
+    (catches labels misaligned with images, a probe or head that does not train, a vote or argmax
+    over the wrong axis). On the noise task the test labels are 40 fair coin flips drawn
+    independently of the images and of every training label, so a classifier that never sees them
+    gets Binomial(40, 1/2) right: 30 or more (accuracy >= 0.75) has probability 0.0011 for any seed,
+    while one that was fitted on the test split (a leak) gets about all 40."""
     suite = write_colour_task(tmp_path)
     write_colour_task(tmp_path, "noise", random_labels=True, seed=1)
     encoder = tiny_encoder()
     config = vtab.FinetuneConfig(resolution=32, batch_size=16, eval_batch_size=64)
-    for name, low, high in (("colour", 0.95, 1.0), ("noise", 0.2, 0.8)):
+    for name in ("colour", "noise"):
         splits = splits_of(suite, name)
         feats = {s: frozen_features(encoder, v, 32) for s, v in splits.items()}
         labels = {s: v.labels for s, v in splits.items()}
         probe = linear_probe(feats, labels, cs=(0.1, 1.0))["test_accuracy"]
-        knn = np.mean(knn_classify(feats["train800val200"], labels["train800val200"], feats["test"], k=5) == labels["test"])
+        knn = np.mean(knn_classify(feats["train800val200"], labels["train800val200"], feats["test"], k=5)
+                      == labels["test"])
         model = vtab.finetune(encoder, splits["train800val200"], 2, vtab.Setting(0.01, 15), config, seed=0)
         tuned = vtab.accuracy(model, splits["test"], config)
         for what, value in (("probe", probe), ("knn", knn), ("finetune", tuned)):
-            assert low <= value <= high, (name, what, value)
+            if name == "colour":
+                assert value == 1.0, (name, what, value)
+            else:
+                assert value < 0.75, (name, what, value)
 
 
 def test_linear_probe_leaves_the_encoder_bit_identical(tmp_path):
@@ -204,7 +214,37 @@ def test_pm_k_on_a_constructed_case():
     assert pm_k_accuracy(predictions, labels, videos, anchors=[0, 5], k=0)["pm_k_accuracy"] == pytest.approx(1.0)
 
 
-def test_nearest_neighbour_metric_and_fisher_test():
+def _hits_by_loop(features, labels, groups=None) -> tuple[int, int]:
+    """The object metric from its definition, one object at a time: the most cosine-similar other
+    object (outside the object's group), first index on ties; objects without one are not counted."""
+    hits = total = 0
+    for i, a in enumerate(features):
+        best, nearest = -np.inf, None
+        for j, b in enumerate(features):
+            if j != i and (groups is None or groups[j] != groups[i]):
+                similarity = a @ b / (np.linalg.norm(a) * np.linalg.norm(b))
+                if similarity > best:
+                    best, nearest = similarity, j
+        if nearest is not None:
+            total += 1
+            hits += int(labels[nearest] == labels[i])
+    return hits, total
+
+
+def _fisher_by_sum(hits_a: int, total_a: int, hits_b: int, total_b: int) -> float:
+    """Two-sided Fisher's exact p-value from the hypergeometric law of the 2x2 table with fixed
+    margins: the summed probability of every table no more likely than the observed one."""
+    from math import comb
+    hits, total = hits_a + hits_b, total_a + total_b
+    law = {x: comb(total_a, x) * comb(total_b, hits - x) / comb(total, hits)
+           for x in range(max(0, hits - total_b), min(hits, total_a) + 1)}
+    return min(1.0, sum(p for p in law.values() if p <= law[hits_a] * (1 + 1e-9)))
+
+
+def test_nearest_neighbour_metric_and_fisher_test_against_their_definitions():
+    """Catches a neighbour search that keeps the object itself or its own video's objects, picks the
+    least similar, or counts objects without a candidate; and a Fisher test that is one-sided or
+    reports another odds ratio."""
     rng = np.random.default_rng(0)
     centres = rng.normal(size=(3, 16)) * 10
     labels = np.repeat(np.arange(3), 20)
@@ -214,32 +254,57 @@ def test_nearest_neighbour_metric_and_fisher_test():
     twins = np.repeat(rng.normal(size=(30, 16)), 2, axis=0)
     twin_labels = np.repeat(np.arange(30) % 2, 2)
     assert nearest_neighbour_hits(twins, twin_labels) == (60, 60)
-    # excluding the same video (the twin) leaves only other objects: about chance
-    hits, total = nearest_neighbour_hits(twins, twin_labels, groups=np.repeat(np.arange(30), 2))
-    assert total == 60 and 10 <= hits <= 50
-    assert fisher_test(50, 100, 50, 100)["p_value"] == pytest.approx(1.0)
-    assert fisher_test(90, 100, 50, 100)["p_value"] < 1e-6
-    assert fisher_test(66, 100, 60, 100)["p_value"] > 0.05
+    # excluding the same video (the twin) leaves only other objects
+    groups = np.repeat(np.arange(30), 2)
+    assert nearest_neighbour_hits(twins, twin_labels, groups=groups) == _hits_by_loop(twins, twin_labels, groups)
+    noise, noise_labels = rng.normal(size=(40, 8)), rng.integers(0, 3, 40)
+    assert nearest_neighbour_hits(noise, noise_labels) == _hits_by_loop(noise, noise_labels)
+    assert nearest_neighbour_hits(twins[:4], twin_labels[:4], groups=[0, 0, 1, 1]) == (0, 4)
+    assert nearest_neighbour_hits(twins[:2], twin_labels[:2], groups=[0, 0]) == (0, 0)   # no candidate at all
+    for a, b in ((50, 50), (90, 50), (66, 60), (60, 66), (3, 9)):
+        result = fisher_test(a, 100, b, 100)
+        assert result["p_value"] == pytest.approx(_fisher_by_sum(a, 100, b, 100), rel=1e-9), (a, b)
+        assert result["odds_ratio"] == pytest.approx(a * (100 - b) / ((100 - a) * b)), (a, b)
+
+
+def _welch_p(a, b) -> float:
+    """Two-sided Welch t-test from its formula: t on the unpooled standard error, the
+    Welch-Satterthwaite degrees of freedom."""
+    from scipy.stats import t
+    va, vb = np.var(a, ddof=1) / len(a), np.var(b, ddof=1) / len(b)
+    df = (va + vb) ** 2 / (va ** 2 / (len(a) - 1) + vb ** 2 / (len(b) - 1))
+    return float(2 * t.sf(abs(np.mean(a) - np.mean(b)) / np.sqrt(va + vb), df))
 
 
 def test_report_compares_two_evaluations(tmp_path, monkeypatch):
+    """The report's medians, relative increase and p-value match values computed here from the
+    repetitions (catches another run taken as the baseline, a pooled-variance t-test); the
+    means cover the compared tasks only; a folder that is not an evaluation's is refused."""
     suite = write_colour_task(tmp_path / "tasks")
     write_colour_task(tmp_path / "tasks", "noise", random_labels=True, seed=1)
     outs = []
-    for run, shift in (("a", 0.0), ("b", 0.2)):
+    # test accuracy 0.3 + shift + spread x (fine-tuning runs so far) / 100: each task's repetitions
+    # spread out, run b's twice as much as run a's after its shift, so Welch's test differs from Student's
+    for run, shift, spread in (("a", 0.0, 1.0), ("b", 0.2, 1.5)):
         fake = FakeTrainer()
         monkeypatch.setattr(vtab, "finetune", fake.finetune)
         monkeypatch.setattr(vtab, "accuracy",
-                            lambda model, split, config, shift=shift, fake=fake:
-                            0.5 + shift + 0.01 * len(fake.calls) % 3 if split.name == "test" else 0.5)
+                            lambda model, split, config, shift=shift, spread=spread, fake=fake:
+                            0.3 + shift + spread * len(fake.calls) / 100 if split.name == "test" else 0.5)
         out = tmp_path / run
         evaluate("random:resnet_tiny_v2", suite, out, EvalConfig(repetitions=3, steps_scale=0.001, resolution=8),
                  progress=False)
         outs.append(str(out))
     assert main(["report", *outs, "--out", str(tmp_path / "report")]) == 0
     report = json.loads((tmp_path / "report" / "report.json").read_text())
-    b = report["tasks"][0]["runs"][1]
-    assert b["significant"] and b["relative_increase"] > 0.3
+    # colour, repetition r: its test unit is fine-tuning run 5 (r + 1) (4 sweep settings, then the retrain)
+    a, b = [0.35, 0.40, 0.45], [0.575, 0.65, 0.725]
+    assert report["tasks"][0]["task"] == "colour"
+    base, other = report["tasks"][0]["runs"]
+    assert base["median"] == pytest.approx(0.40) and other["median"] == pytest.approx(0.65)
+    assert other["relative_increase"] == pytest.approx(0.25 / 0.40)
+    assert other["p_value"] == pytest.approx(_welch_p(b, a), rel=1e-6) and other["significant"]
+    assert base["p_value"] is None
     table = (tmp_path / "report" / "report.md").read_text()
     assert "| colour | natural |" in table and "| *structured* |" in table and "**mean**" in table
     assert "p=" in table
@@ -263,13 +328,15 @@ def test_report_compares_two_evaluations(tmp_path, monkeypatch):
 
 
 def test_cli_eval_knn_end_to_end_with_a_random_init_encoder(tmp_path, capsys):
+    """`vivi eval --protocol knn` on the separable colour task scores exactly 1.0 (catches test
+    features or labels misaligned with train800val200's, a unit result read back wrongly)."""
     suite = write_colour_task(tmp_path)
     out = tmp_path / "out"
     args = ["eval", "--checkpoint", "random:resnet_tiny_v2", "--suite", str(suite), "--out", str(out),
             "--protocol", "knn", "--resolution", "32", "--knn-k", "5", "--no-progress"]
     assert main(args) == 0
     results = json.loads((out / "results.json").read_text())
-    assert results["tasks"]["colour"]["median"] >= 0.95 and results["groups"] == {"natural": results["mean"]}
+    assert results["tasks"]["colour"]["median"] == 1.0 and results["groups"] == {"natural": results["mean"]}
     assert "colour" in (out / "results.md").read_text()
 
 
@@ -368,6 +435,9 @@ def test_bad_inputs_name_the_file(tmp_path, capsys):
 
 
 def test_video_robustness_and_object_metric_on_an_ingested_world(dataset, tmp_path):
+    """pm-k of a constant classifier is known from the frames' labels; the object metric counts
+    every box of the sampled frames once and equals its definition on the collected features
+    (catches boxes dropped or merged, repeated frames counted twice, neighbours from the wrong set)."""
     import shutil
 
     from vivi.detect import build_detector, detect_dataset
@@ -375,7 +445,7 @@ def test_video_robustness_and_object_metric_on_an_ingested_world(dataset, tmp_pa
     from vivi.eval.objects import collect_object_features
     from vivi.eval.robustness import frame_labels_from_boxes
     data = tmp_path / "ds"
-    shutil.copytree(dataset, data)                 # the session dataset stays without detections
+    shutil.copytree(dataset, data)                 # the shared dataset fixture stays without detections
     detect_dataset(data, build_detector("groundtruth"), progress=False)
     encoder = tiny_encoder()
     # a zero head always predicts class 0: anchors are right exactly where the largest object is
@@ -390,8 +460,20 @@ def test_video_robustness_and_object_metric_on_an_ingested_world(dataset, tmp_pa
     assert result["frames"] == len(labels) and result["anchors"] == int((labels >= 0).sum())
     assert result["anchor_accuracy"] == pytest.approx(np.mean(labels[labels >= 0] == 0))
     assert result["delta"] == pytest.approx(0.0)
-    metric = object_nn_metric(encoder, data, "groundtruth", batches=2, videos_per_batch=2, shots=1, frames=2, size=64)
-    assert metric["objects"] > 2 and 0 <= metric["rate"] <= 1 and metric["hits"] <= metric["objects"]
+    sample = dict(batches=2, videos_per_batch=2, shots=1, frames=2, size=64)
+    metric = object_nn_metric(encoder, data, "groundtruth", **sample)
+    # the objects are the boxes of the sampled frames, each (video, frame, box) once: counted here
+    # from the same seeded loader and the stored detections (64 px frames: the crop is the frame)
+    from vivi.data.clips import ClipConfig, make_loader
+    loader = make_loader(data, ClipConfig(shots=1, frames=2, size=64), batch_size=2, seed=0, workers=0,
+                         infinite=False, shuffle=True, drop_last=False)
+    eligible = loader.dataset.videos
+    sampled = {(eligible[int(v)].key, int(f)) for batch, _ in zip(loader, range(2))
+               for v, frames in zip(batch["video"], batch["frame_index"]) for f in frames.flatten()}
+    assert metric["objects"] == sum(min(5, len(detections.frame_boxes(key, f))) for key, f in sampled) > 2
+    found = collect_object_features(encoder, data, "groundtruth", **sample)
+    hits, total = _hits_by_loop(found["features"], found["labels"])
+    assert (metric["hits"], metric["objects"], metric["rate"]) == (hits, total, hits / total)
     assert metric["batches"] == 2 and metric["videos"] == 4
     # clips of 8 frames repeat the frames of these short shots: each object still counts once
     # (a repeat would be a bit-identical feature row, its own nearest neighbour)
@@ -402,6 +484,9 @@ def test_video_robustness_and_object_metric_on_an_ingested_world(dataset, tmp_pa
 
 
 def test_objects_command_compares_two_checkpoints(world, dataset, tmp_path, capsys):
+    """Both checkpoints are measured on the same objects and Fisher's test is of their two hit counts
+    (catches a test of the wrong counts, a sample that differs between checkpoints); one video, or one
+    checkpoint twice, is refused with a message."""
     import shutil
 
     from conftest import TINY_INGEST
@@ -416,8 +501,11 @@ def test_objects_command_compares_two_checkpoints(world, dataset, tmp_path, caps
                  "--data", str(data), "--batches", "2", "--out", str(out)]) == 0
     result = json.loads(out.read_text())
     assert set(result["checkpoints"]) == {"random:resnet_tiny_v2", "random:resnet_small_v2"}
-    assert all(r["objects"] > 0 and 0 <= r["rate"] <= 1 for r in result["checkpoints"].values())
-    assert 0 <= result["fisher"]["p_value"] <= 1
+    tiny, small = result["checkpoints"]["random:resnet_tiny_v2"], result["checkpoints"]["random:resnet_small_v2"]
+    assert tiny["objects"] == small["objects"] > 0 and tiny["videos"] == small["videos"]
+    assert all(r["rate"] == r["hits"] / r["objects"] and r["exclude_same_video"] for r in (tiny, small))
+    assert result["fisher"]["p_value"] == pytest.approx(
+        _fisher_by_sum(tiny["hits"], tiny["objects"], small["hits"], small["objects"]), rel=1e-9)
     # one video: no object has a neighbour from another video -- a clear error, not a division by zero
     one = tmp_path / "one"
     ingest([sorted((world / "videos").glob("*.mp4"))[0]], one, TINY_INGEST, progress=False)
@@ -428,7 +516,11 @@ def test_objects_command_compares_two_checkpoints(world, dataset, tmp_path, caps
 
 
 def test_robustness_command_on_the_world(tmp_path):
+    """Every sampled frame is classified and every frame with a box is an anchor (catches frames or
+    anchors left out); pm-k never exceeds anchor accuracy; a task whose classes are not the
+    detector's, k = 0 and detections without a box are refused."""
     from vivi.cli import main
+    from vivi.data import VideoDataset, load_detections
     from vivi.detect import build_detector, detect_dataset
     from vivi.ingest import IngestConfig, SamplingConfig, ingest
     from vivi.synth import make_world
@@ -437,11 +529,14 @@ def test_robustness_command_on_the_world(tmp_path):
            progress=False)
     detect_dataset(tmp_path / "d", build_detector("groundtruth"), progress=False)
     out = tmp_path / "r.json"
-    assert main(["robustness", "--checkpoint", "random:resnet_tiny_v2", "--task", str(tmp_path / "w/tasks/object_class"),
-                 "--data", str(tmp_path / "d"), "--steps", "2", "--resolution", "32", "--k", "1",
-                 "--out", str(out)]) == 0
+    assert main(["robustness", "--checkpoint", "random:resnet_tiny_v2",
+                 "--task", str(tmp_path / "w/tasks/object_class"), "--data", str(tmp_path / "d"),
+                 "--steps", "2", "--resolution", "32", "--k", "1", "--out", str(out)]) == 0
     r = json.loads(out.read_text())
-    assert r["anchors"] > 0 and r["pm_k_accuracy"] <= r["anchor_accuracy"]
+    detections, videos = load_detections(tmp_path / "d", "groundtruth"), VideoDataset(tmp_path / "d").videos
+    boxed = [len(detections.frame_boxes(v.key, f)) > 0 for v in videos for f in range(v.num_frames)]
+    assert (r["frames"], r["anchors"]) == (len(boxed), sum(boxed)) and 0 < sum(boxed)
+    assert r["pm_k_accuracy"] <= r["anchor_accuracy"]
     assert r["delta"] == pytest.approx(r["anchor_accuracy"] - r["pm_k_accuracy"])
     assert main(["robustness", "--checkpoint", "random:resnet_tiny_v2", "--task", str(tmp_path / "w/tasks/count"),
                  "--data", str(tmp_path / "d")]) == 2          # count's classes are not the detector's

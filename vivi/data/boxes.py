@@ -1,7 +1,7 @@
 """Object boxes for training, read from the detections stored beside the shards.
 
-``vivi detect`` (paper 2, §3: an off-the-shelf detector tags every sampled frame offline) writes,
-for a detector named NAME::
+``vivi detect`` (Object-centric §3, §4.1: an off-the-shelf detector tags every sampled frame
+offline) writes, for a detector named NAME::
 
     DATA/detections/NAME/detector.json       {"detector": NAME, "coords": "xyxy_normalized",
                                               "class_names": [...], ...settings}

@@ -1,17 +1,18 @@
 """Batches in the papers' geometry: N videos x K consecutive shots x F consecutive frames.
 
-VIVI (papers/vivi-cvpr2020.txt §3, §4 "Training details"; SPEC.md §1): each batch element is a
-video; from it K consecutive shots are taken (videos with fewer shots are skipped), and from each
-shot F consecutive frames (sampled at 1 Hz by ingest). The baselines use the same reader:
+VIVI §3.1 and §4 ("Architectures and training details"), Object-centric §4.1; docs/reference.md,
+"The hierarchy and batch geometry": each batch element is a video; from it K consecutive shots
+are taken (videos with fewer shots are skipped), and from each shot F consecutive frames (sampled
+at 1 Hz by ingest). The baselines use the same reader:
 
 * ``mode="shots"``: the default, K x F frames as above (Ex-YT-S is K = 1, VIVI is K = 2 or 4);
 * ``mode="frame"``: Ex-YT-F / Rot-YT-F, one frame of the video repeated F times (its copies become
   different exemplars only through augmentation; no temporal signal). With ``frame_choice="fixed"``
   (the default) it is the same frame at every draw: the papers' "YT8M frames", "a data set obtained
-  by sampling one frame from each video in our training set" (VIVI §4 "Baseline methods"), chosen
-  per video by the loader's seed; ``"each_draw"`` takes a new random frame at every draw, so the
-  baseline sees every frame of the videos (more data than the papers' baseline, still no temporal
-  signal; docs/demo-study.md §17).
+  by sampling one frame from each video in our training set" (VIVI §4), chosen per video by the
+  loader's seed; ``"each_draw"`` takes a new random frame at every draw, so the baseline sees
+  every frame of the videos (more data than the papers' baseline, still no temporal signal;
+  docs/design-notes.md).
 
 A shot with fewer than F sampled frames gives its frames in order, each repeated about F/n times
 (index ``floor(j * n / F)`` for j < F), so order inside a shot is kept and no frame of another
@@ -57,7 +58,7 @@ class ClipConfig:
                                    # videos of any aspect batch; None keeps the stored size (all must share it)
     detector: str | None = None    # read boxes from the detections of this detector (DATA/detections/NAME);
                                    # needed by the object loss
-    max_boxes: int = 5             # boxes kept per frame (object-centric paper: at most 5)
+    max_boxes: int = 5             # boxes kept per frame (Object-centric §4.1: at most 5)
 
     def __post_init__(self):
         if self.mode not in MODES:
@@ -98,7 +99,8 @@ class VideoClipDataset(Dataset):
         if not self.dataset.videos:
             from vivi.ingest.shards import completed_shard_indices
             if completed_shard_indices(root):
-                raise ValueError(f"no video of {root} could be ingested (the reasons are in {Path(root) / 'failures.jsonl'})")
+                raise ValueError(f"no video of {root} could be ingested (the reasons are in "
+                                 f"{Path(root) / 'failures.jsonl'})")
             raise ValueError(f"{root} holds no complete shard (shards/*.tar missing, damaged or not yet written): "
                              "run `vivi ingest` again with the same inputs and --out to write them")
         if not self.videos:
@@ -112,10 +114,11 @@ class VideoClipDataset(Dataset):
         if self.detections is not None:
             missing = [v.key for v in self.videos if v.key not in self.detections.videos]
             if missing:
-                raise ValueError(f"the detections {config.detector!r} of {root} cover {len(self.videos) - len(missing)} "
-                                 f"of its {len(self.videos)} videos (first missing: {missing[0]}): a `vivi detect` "
-                                 f"that stopped early, or shards ingested after it; run `vivi detect {root} "
-                                 f"--detector ...` again with the same detector to finish them")
+                raise ValueError(f"the detections {config.detector!r} of {root} cover "
+                                 f"{len(self.videos) - len(missing)} of its {len(self.videos)} videos (first "
+                                 f"missing: {missing[0]}): a `vivi detect` that stopped early, or shards ingested "
+                                 f"after it; run `vivi detect {root} --detector ...` again with the same detector "
+                                 "to finish them")
 
     def __len__(self) -> int:
         return len(self.videos)

@@ -22,7 +22,8 @@ import torch
 
 __all__ = ["IMAGE_SUFFIXES", "LabeledImages", "fit_square", "read_image"]
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif", ".ppm", ".pgm")   # OpenCV reads them
+# the image files OpenCV reads
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif", ".ppm", ".pgm")
 
 
 def read_image(path: str | Path) -> np.ndarray:

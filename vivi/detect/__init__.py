@@ -1,4 +1,4 @@
-"""Detect: offline object boxes for every sampled frame (object-centric paper §3), stored beside the shards.
+"""Detect: offline object boxes for every sampled frame (Object-centric §3, §4.1), stored beside the shards.
 
 ``build_detector(spec)`` turns a spec string into a detector; ``detect_dataset`` runs it.
 Specs: ``groundtruth`` (the synthetic world's boxes), ``import:FILE`` (detections computed

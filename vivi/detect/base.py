@@ -1,7 +1,8 @@
 """The detector interface: anything that gives boxes, classes and scores for sampled frames.
 
-The object-centric paper (§3, §4.1) tags every sampled frame offline with an off-the-shelf
-detector and keeps at most 5 boxes per frame with score >= 0.05. vivi separates the detector
+Object-centric §3 and §4.1 ("Datasets") tag every sampled frame offline with an off-the-shelf
+detector and keep at most 5 boxes per frame with score >= 0.05 (docs/reference.md, "Object-level
+triplet"). vivi separates the detector
 from that bookkeeping: a detector implements one method, :meth:`Detector.detect`, and
 ``vivi.detect.tagging.detect_dataset`` does the rest (filtering, storage beside the shards,
 resumption, progress). Detectors that look at pixels subclass :class:`ImageDetector` and

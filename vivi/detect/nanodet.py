@@ -129,7 +129,8 @@ def _converter_python(python: str | None) -> str:
         if _works(candidate, "import sys, venv; assert sys.version_info[:2] in ((3, 10), (3, 11))"):
             return candidate
     raise FileNotFoundError(f"no Python 3.10 or 3.11 found for the converter environment (tried "
-                            f"{', '.join(filter(None, candidates))}); tensorflow-cpu 2.15 needs one: pass --python PATH")
+                            f"{', '.join(filter(None, candidates))}); tensorflow-cpu 2.15 needs one: "
+                            "pass --python PATH")
 
 
 def _works(python: str | Path, code: str) -> bool:

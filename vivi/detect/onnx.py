@@ -48,7 +48,7 @@ class OnnxConfig:
     strides: tuple[int, ...] = (8, 16, 32)       # gfl
     sigmoid: bool = False                        # gfl
     iou: float = 0.6                             # gfl: NanoDet's NMS threshold
-    conf: float = 0.05                           # gfl: the paper's score filter, so NMS sees what may be kept
+    conf: float = 0.05                           # gfl: Object-centric §4.1's score filter, so NMS sees what may be kept
     coords: str = "pixels"                       # boxes_scores_labels
     outputs: tuple[str, ...] | None = None       # boxes_scores_labels
 
@@ -289,8 +289,9 @@ class OnnxDetector(ImageDetector):
                 dists = [arrays[0][a:b, n:] for a, b in zip(plan[:-1], plan[1:])]
             boxes = gfl_decode(scores, dists, list(c.strides), self._grids, conf=c.conf, iou=c.iou, sigmoid=c.sigmoid)
         else:
-            b, s, l = (arrays[i] for i in self._order)
-            boxes = boxes_scores_labels_decode(_unbatch(b, 3), _unbatch(s, 2), _unbatch(l, 2), input_size=self.size,
+            raw_boxes, raw_scores, raw_labels = (arrays[i] for i in self._order)
+            boxes = boxes_scores_labels_decode(_unbatch(raw_boxes, 3), _unbatch(raw_scores, 2),
+                                               _unbatch(raw_labels, 2), input_size=self.size,
                                                normalized=c.coords == "normalized")
             bad = (boxes[:, 4] < 0) | (boxes[:, 4] >= len(self.class_names))
             if bad.any():

@@ -1,13 +1,15 @@
-"""Object-level nearest-neighbour metric (object-centric paper, Table 2; SPEC §6).
+"""Object-level nearest-neighbour metric (Object-centric §5.1, "Effect of the contrastive loss", and
+Table 2; docs/reference.md, "Object metric").
 
 The fraction of objects whose nearest neighbour in representation space -- over all objects of
-a fixed sample of batches (paper: 50 batches of 8 videos) -- has the same class. An object's
+a fixed sample of batches (Object-centric Table 2: 50 batches of 8 videos) -- has the same class. An object's
 representation is the feature-grid column at its box centre (``forward_features(x)["grid"]`` +
 :func:`vivi.losses.object.extract_box_features`, boxes normalised x0, y0, x1, y1), the same
 feature the object loss trains. Nearest = largest cosine similarity, the object itself excluded.
 The paper does not say whether the same object seen in another frame may be the neighbour; by
-default it may (``exclude_same_video=False``), which is our reading of "over all objects";
-``exclude_same_video=True`` asks the harder question across videos.
+default it may (``exclude_same_video=False``), the literal reading of "for all objects in 50
+batches of 8 videos"; ``exclude_same_video=True`` asks the harder question across videos
+(docs/reference.md, "Choices the papers leave open").
 
 Every object counts once: a shot with fewer sampled frames than a clip takes repeats its frames
 (``vivi.data.clips``), and a repeated frame's boxes are the same objects, so objects are kept
@@ -28,7 +30,8 @@ from torch import nn
 __all__ = ["collect_object_features", "fisher_test", "nearest_neighbour_hits", "object_nn_metric"]
 
 
-def nearest_neighbour_hits(features: np.ndarray, labels: np.ndarray, groups: np.ndarray | None = None) -> tuple[int, int]:
+def nearest_neighbour_hits(features: np.ndarray, labels: np.ndarray,
+                           groups: np.ndarray | None = None) -> tuple[int, int]:
     """(hits, objects): how many objects have a same-class nearest neighbour (cosine, self
     excluded; with ``groups``, objects of the same group are excluded too)."""
     features = np.asarray(features, np.float64)
@@ -114,7 +117,7 @@ def object_nn_metric(encoder: nn.Module, data: str | Path, detector: str = "grou
 def compare_object_metric(checkpoints: list[str | Path], data: str | Path, detector: str = "groundtruth",
                           exclude_same_video: bool = True, seed: int = 0, **sample) -> dict:
     """The object metric of each checkpoint on the same sample of objects, and, for two, Fisher's
-    exact test between their hit rates (paper 2, Table 2). ``random:NAME`` is a random-init encoder."""
+    exact test between their hit rates (Object-centric Table 2). ``random:NAME`` is a random-init encoder."""
     from vivi.eval.transfer import load_eval_encoder
     if len(set(map(str, checkpoints))) < len(checkpoints):
         raise ValueError(f"the same checkpoint is given twice ({', '.join(map(str, checkpoints))}): "

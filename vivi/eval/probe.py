@@ -85,7 +85,7 @@ class _LogisticProbe:
 
 def linear_probe(features: dict[str, np.ndarray], labels: dict[str, np.ndarray],
                  cs=(0.01, 0.1, 1.0, 10.0), num_classes: int | None = None) -> dict:
-    """Linear probe on precomputed features of the four splits (keys as in ``tasks.SPLITS``).
+    """Linear probe on precomputed features of the four splits (keys as in ``suite.SPLITS``).
 
     Returns ``{"test_accuracy", "selected": {"C"}, "val": {C: val200 accuracy}}``.
     """

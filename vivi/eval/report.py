@@ -5,11 +5,11 @@
 * :func:`compare` -- ``vivi report OUT_A OUT_B ...``: a markdown + JSON table of every run per task
   (median over repetitions), group means and means; each run after the first is tested against
   the first (the baseline) per task with a two-sided Welch t-test over the repetitions (scipy,
-  ``equal_var=False``; paper 2 uses 12 runs and p = 0.05). ``*`` marks p < 0.05; with fewer than
+  ``equal_var=False``; Object-centric §4.2 uses 12 runs and p = 0.05). ``*`` marks p < 0.05; with fewer than
   two repetitions on either side (or zero variance on both) there is no test (``n/a``).
   Two PNG plots (matplotlib, Agg): ``accuracy.png``, per-task accuracy bars ordered by group, and
   ``relative.png``, the per-task relative increase of each run over the baseline in percent
-  (like Figure 4 of the object-centric paper).
+  (like Object-centric Figure 4).
 """
 from __future__ import annotations
 

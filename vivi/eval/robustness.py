@@ -1,4 +1,5 @@
-"""Robustness of per-frame predictions on video (SPEC §6; Shankar et al. 2019, ImageNet-Vid-Robust).
+"""Robustness of per-frame predictions on video (VIVI §5.2, Table 3; Object-centric §4.2 and Table 5;
+Shankar et al. 2019, ImageNet-Vid-Robust; docs/reference.md, "Robustness").
 
 For every anchor frame: *anchor accuracy* is the fraction of anchors classified correctly;
 *pm-k accuracy* the fraction of anchors for which the anchor **and every** labelled frame within
@@ -14,6 +15,9 @@ anchor's label). ``k`` counts *sampled* frames: ingest at a higher ``--fps`` for
 neighbourhoods (ImageNet-Vid-Robust's k = 10 is in native 30 fps frames). The classifier is any
 module mapping [0, 1] images to logits over the detector's classes, e.g. an encoder fine-tuned
 on the world's ``object_class`` task (its classes are the world's classes, in the same order).
+The benchmark's frames carry human labels; these choices (largest box, shot-bounded
+neighbourhoods, k in sampled frames) are how vivi labels frames without them
+(docs/reference.md, "Choices the papers leave open").
 """
 from __future__ import annotations
 

@@ -1,7 +1,8 @@
 """Downstream tasks and the suite file that names them.
 
-Every task is read into the four VTAB-1k splits (SPEC §4): ``train800`` (first 800 training
-images), ``val200`` (the next 200), ``train800val200`` (their union, 1000 images) and ``test``.
+Every task is read into the four VTAB-1k splits (VIVI §4, Object-centric §4.2; docs/reference.md,
+"VTAB-1k"): ``train800`` (first 800 training images), ``val200`` (the next 200),
+``train800val200`` (their union, 1000 images) and ``test``.
 
 Sources (the ``source`` field of a suite entry):
 
@@ -216,7 +217,8 @@ def _tfds_split(task: Task, split: str) -> Split:  # pragma: no cover - needs te
         import tensorflow_datasets as tfds
     except ImportError:
         raise ValueError(f"task {task.name!r} has source 'tfds' but tensorflow_datasets is not installed "
-                         "(pip install tensorflow-datasets tensorflow); or export the task as an image folder") from None
+                         "(pip install tensorflow-datasets tensorflow); or export the task as an image "
+                         "folder") from None
     options = task.options
     splits = {"train800": "train[:800]", "val200": "train[800:1000]", "test": "test", **options.get("splits", {})}
     image_key, label_key = options.get("image_key", "image"), options.get("label_key", "label")

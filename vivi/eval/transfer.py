@@ -42,9 +42,10 @@ RANDOM_PREFIX = "random:"
 
 @dataclass(frozen=True)
 class EvalConfig:
-    """Settings of one evaluation; the defaults are the VTAB-1k protocol (SPEC §4)."""
+    """Settings of one evaluation; the defaults are the VTAB-1k protocol (docs/reference.md, "VTAB-1k")."""
     protocol: str = "vtab1k"                          # vtab1k (fine-tune sweep) | linear (probe) | knn
-    repetitions: int = 3                              # vtab1k runs per task with different seeds (VIVI: 3, paper 2: 12)
+    repetitions: int = 3                              # vtab1k runs per task with different seeds
+                                                      # (VIVI §4: 3, median; Object-centric §4.2: 12)
     resolution: int = 224                             # bilinear resize to r x r (VTAB: 224; 32-64 for CPU runs)
     batch_size: int = 512                             # fine-tuning batch (VTAB: 512)
     learning_rates: tuple[float, ...] = (0.1, 0.01)   # sweep learning rates (VTAB lightweight sweep)
@@ -64,9 +65,10 @@ class EvalConfig:
         if (self.repetitions < 1 or self.resolution < 8 or self.batch_size < 1 or self.steps_scale <= 0
                 or self.knn_k < 1 or self.eval_batch_size < 1):
             raise ValueError(f"invalid evaluation settings: repetitions={self.repetitions}, "
-                             f"resolution={self.resolution}, batch_size={self.batch_size}, steps_scale={self.steps_scale}, "
-                             f"knn_k={self.knn_k}, eval_batch_size={self.eval_batch_size} (repetitions, batch sizes "
-                             "and knn_k must be >= 1, resolution >= 8, steps_scale > 0)")
+                             f"resolution={self.resolution}, batch_size={self.batch_size}, "
+                             f"steps_scale={self.steps_scale}, knn_k={self.knn_k}, "
+                             f"eval_batch_size={self.eval_batch_size} (repetitions, batch sizes and knn_k must be "
+                             ">= 1, resolution >= 8, steps_scale > 0)")
         check_device(self.device)
 
     def result_settings(self) -> dict:
@@ -194,7 +196,8 @@ def _vtab1k_task(encoder, task: Task, config: EvalConfig, units: _Units) -> dict
 
         def val_unit(setting):
             model = vtab.finetune(encoder, splits["train800"], splits.num_classes(), setting, ft, seed)
-            return {"lr": setting.lr, "steps": setting.steps, "val_accuracy": vtab.accuracy(model, splits["val200"], ft)}
+            return {"lr": setting.lr, "steps": setting.steps,
+                    "val_accuracy": vtab.accuracy(model, splits["val200"], ft)}
 
         val = {s.key: units.run(task.name, f"rep{rep}-val-{s.key}", lambda s=s: val_unit(s))["val_accuracy"]
                for s in settings}
