@@ -12,7 +12,7 @@ ratios are medians over rounds.
          ingest does), whichever is fastest (the physical limit: ingest must decode every frame to
          find the cuts at the native frame rate); also shown: PyAV's default settings in one
          process, the loop a user writes first;
-* vivi:  ``vivi.ingest.ingest`` with one worker: decode, cut detection, 1 Hz sampling, resize,
+* vivi:  ``vivi.ingest.ingest`` with ``--workers`` processes: decode, cut detection, 1 Hz sampling, resize,
          JPEG, tar shards and indices written to disk;
 * two-pass: what a user would script: ``scenedetect.detect(path, HistogramDetector())`` for the
          cuts, then a second PyAV pass that samples 1 frame per second inside each scene, resizes
@@ -23,7 +23,7 @@ the cheapest H.264 there is to decode, so vivi's own per-frame work weighs most;
 default, with CABAC, deblocking and B-frames, as most real files are coded). Frames are stored at
 ingest's default shorter side (256, never upscaled), as a user's run would.
 
-Targets (issue 2): vivi / bare >= 0.75, and vivi faster than two-pass.
+Measured figures, with the command of each: docs/benchmarks.md, "Ingest".
 """
 from __future__ import annotations
 
@@ -44,7 +44,8 @@ from vivi.ingest import IngestConfig, SamplingConfig, ingest
 def bare_decode_one(path: Path, threaded: bool | None, packets: bool = False) -> int:
     """Decode every frame: ``threaded`` True = FFmpeg frame+slice threads, False = one thread,
     None = PyAV's defaults (what ``for frame in container.decode(video=0)`` does). ``packets``:
-    the loop over packets, each decoded by the codec context (~1 us a frame cheaper at 64 px)."""
+    the loop over packets, each decoded by the codec context (as ingest decodes; the faster loop
+    with FFmpeg's threads)."""
     frames = 0
     with av.open(str(path)) as container:
         stream = container.streams.video[0]
@@ -159,9 +160,9 @@ def run(size: int, videos: int, args) -> None:
         vs_bare = statistics.median(v / b for v, b in zip(rates["vivi"], rates["bare"]))
         vs_two = statistics.median(v / b for v, b in zip(rates["vivi"], rates["two-pass"]))
         vs_default = statistics.median(v / b for v, b in zip(rates["vivi"], rates["bare-default"]))
-        print(f"  vivi / bare decode      = {vs_bare:.2f}   (target >= 0.75; fastest threading, same processes)")
+        print(f"  vivi / bare decode      = {vs_bare:.2f}   (the fastest bare decoding, same processes)")
         print(f"  vivi / bare, PyAV defaults, 1 process = {vs_default:.2f}")
-        print(f"  vivi / two-pass script  = {vs_two:.2f}   (target > 1)")
+        print(f"  vivi / two-pass script  = {vs_two:.2f}")
     finally:
         shutil.rmtree(root, ignore_errors=True)
 

@@ -18,7 +18,7 @@ TINY_INGEST = IngestConfig(sampling=SamplingConfig(short_side=64), videos_per_sh
 @pytest.fixture(scope="module")
 def one_thread():
     """One intra-op thread for a module: the 2-core CI machine is shared, and OpenMP's spinning
-    threads under oversubscription made training steps 10x slower; restored afterwards."""
+    threads under oversubscription make training steps many times slower; restored afterwards."""
     import torch
     threads = torch.get_num_threads()
     torch.set_num_threads(1)

@@ -1,6 +1,7 @@
 """The `vivi` command: thin subcommands over the library, clear errors on bad input."""
 from __future__ import annotations
 
+import csv
 import json
 import subprocess
 import sys
@@ -42,7 +43,8 @@ def test_demo_flags_are_checked_before_anything_is_written(tmp_path):
     assert not (tmp_path / "demo").exists()
     result = vivi("demo", "--quick", "--full", check=False)
     assert result.returncode == 2 and "not allowed with" in result.stderr
-    for flag, value, words in (("--seeds", 0, "--seeds 0"), ("--steps", -1, "--steps -1"), ("--workers", 0, "--workers")):
+    for flag, value, words in (("--seeds", 0, "--seeds 0"), ("--steps", -1, "--steps -1"),
+                               ("--workers", 0, "--workers")):
         result = vivi("demo", "--quick", "--out", tmp_path / "demo", flag, value, check=False)
         assert result.returncode == 2 and words in result.stderr and "Traceback" not in result.stderr, result.stderr
         assert not (tmp_path / "demo").exists()
@@ -54,10 +56,62 @@ def test_a_file_where_a_folder_goes_and_a_full_disk_are_named(world, tmp_path):
     from vivi.cli import _file_system_error
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder")
-    for args in (("synth", blocker, "--videos", 1, "--no-tasks"), ("ingest", world / "videos", "--out", blocker / "data")):
+    for args in (("synth", blocker, "--videos", 1, "--no-tasks"),
+                 ("ingest", world / "videos", "--out", blocker / "data")):
         result = vivi(*args, check=False)
         assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
         assert f"{blocker} is a file where a folder is needed" in result.stderr
     assert blocker.read_text() == "not a folder"
     full = _file_system_error(OSError(errno.ENOSPC, "No space left on device"))
     assert full.startswith("no space left on the device") and "run the command again" in full
+
+
+def test_inspect_cuts_writes_the_stats_and_the_plot(world, tmp_path, capsys):
+    """`vivi inspect --cuts` writes a CSV row per native frame whose cuts are the ground truth's,
+    passes --cut-threshold and --min-shot-frames to the detector, and draws a PNG."""
+    from vivi.cli import main
+    from vivi.ingest import CutDetectorConfig, SamplingConfig, cut_stats
+    videos = sorted((world / "videos").glob("*.mp4"))[:2]
+    stats, plot = tmp_path / "cuts.csv", tmp_path / "plots" / "cuts.png"
+    assert main(["inspect", "--cuts", *map(str, videos), "--stats", str(stats), "--plot", str(plot)]) == 0
+    with open(stats, newline="") as f:
+        rows = list(csv.DictReader(f))
+    for video in videos:
+        truth = json.loads(video.with_suffix(".json").read_text())
+        mine = [r for r in rows if r["video"] == str(video)]
+        assert len(mine) == truth["num_frames"]
+        assert [int(r["frame"]) for r in mine if r["cut"] == "1"] == truth["shot_starts"][1:]
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert f"{len(rows)} frames of 2 video(s)" in capsys.readouterr().out
+    # other settings reach the detector: a low threshold with long shots gives other cuts
+    assert main(["inspect", "--cuts", str(videos[0]), "--stats", str(stats), "--cut-threshold", "0.05",
+                 "--min-shot-frames", "30"]) == 0
+    with open(stats, newline="") as f:
+        cuts = [int(r["frame"]) for r in csv.DictReader(f) if r["cut"] == "1"]
+    config = SamplingConfig(cuts=CutDetectorConfig(threshold=0.05, min_shot_frames=30))
+    assert cuts == [r.frame for r in cut_stats([videos[0]], config) if r.cut]
+    assert cuts != json.loads(videos[0].with_suffix(".json").read_text())["shot_starts"][1:]
+
+
+def test_inspect_cuts_errors_are_one_line_naming_the_file(world, dataset, tmp_path, capsys):
+    from vivi.cli import main
+    video = sorted((world / "videos").glob("*.mp4"))[0]
+    (tmp_path / "notes.mp4").write_text("this is not a video\n")
+    stats = tmp_path / "cuts.csv"
+    cases = [(["--cuts", str(video), str(tmp_path / "missing.mp4")], f"{tmp_path / 'missing.mp4'}: file not found"),
+             (["--cuts", str(tmp_path / "notes.mp4")], f"{tmp_path / 'notes.mp4'}: not a readable video"),
+             (["--cuts", str(video), "--plot", str(tmp_path / "cuts.jpg")], f"{tmp_path / 'cuts.jpg'}: a plot is"),
+             (["--cuts", str(video), "--cut-threshold", "1.5"], "cut detector settings out of range")]
+    for args, words in cases:
+        assert main(["inspect", *args, "--stats", str(stats)]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("vivi inspect: error: ") and words in err and err.count("\n") == 1, err
+        assert not stats.exists()
+    for args, words in ((["inspect"], "give a dataset folder (DATA) or --cuts"),
+                        (["inspect", str(dataset), "--cuts", str(video), "--stats", str(stats)], "not a dataset"),
+                        (["inspect", "--cuts", str(video)], "needs --stats"),
+                        (["inspect", str(dataset), "--stats", str(stats)], "go with --cuts")):
+        assert main(args) == 2
+        err = capsys.readouterr().err
+        assert words in err and err.count("\n") == 1, err
+    assert not stats.exists()

@@ -55,12 +55,39 @@ def _detector(args: argparse.Namespace) -> None:
 
 
 def _inspect(args: argparse.Namespace) -> None:
+    if args.cuts:
+        _inspect_cuts(args)
+        return
+    if args.data is None:
+        raise ValueError("give a dataset folder (DATA) or --cuts VIDEO ... --stats OUT.csv")
+    if args.stats or args.plot:
+        raise ValueError("--stats and --plot go with --cuts VIDEO ...")
     from .data.inspect import dataset_stats, format_stats, render_contact_sheet
     stats = dataset_stats(args.data)
     print(json.dumps(stats, indent=1) if args.json else format_stats(stats))
     if args.render:
         path = render_contact_sheet(args.data, args.render, videos=args.render_videos, detector=args.detector)
         print(f"contact sheet written to {path}", file=sys.stderr if args.json else sys.stdout)
+
+
+def _inspect_cuts(args: argparse.Namespace) -> None:
+    if args.data is not None or args.json or args.render:
+        raise ValueError("--cuts inspects videos, not a dataset: give every video after --cuts, and leave out "
+                         "DATA, --json and --render")
+    if args.stats is None:
+        raise ValueError("--cuts needs --stats OUT.csv (the per-frame distances and cuts)")
+    from .ingest import CutDetectorConfig, SamplingConfig, cut_stats, plot_cut_stats, write_cut_stats
+    from .ingest.cut_stats import plot_format
+    config = CutDetectorConfig(threshold=args.cut_threshold, min_shot_frames=args.min_shot_frames)
+    if args.plot:
+        plot_format(args.plot)          # a wrong extension stops before the videos are decoded
+    rows = cut_stats(args.cuts, SamplingConfig(cuts=config))
+    write_cut_stats(rows, args.stats)
+    cuts = sum(r.cut for r in rows)
+    print(f"{len(rows)} frames of {len(args.cuts)} video(s), {cuts} cuts at --cut-threshold {config.threshold:g} "
+          f"--min-shot-frames {config.min_shot_frames}: {args.stats}")
+    if args.plot:
+        print(f"plot written to {plot_cut_stats(rows, args.plot, config)}")
 
 
 def _demo(args: argparse.Namespace) -> None:
@@ -138,7 +165,8 @@ def _objects(args: argparse.Namespace) -> None:
               f"({r['videos']} videos in {r['batches']} batch(es)"
               + (f"; the data holds no more for the {args.batches} asked)" if r["batches"] < args.batches else ")"))
     if "fisher" in result:
-        print(f"Fisher's exact test: p = {result['fisher']['p_value']:.3g}, odds ratio {result['fisher']['odds_ratio']:.3g}")
+        fisher = result["fisher"]
+        print(f"Fisher's exact test: p = {fisher['p_value']:.3g}, odds ratio {fisher['odds_ratio']:.3g}")
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(result, indent=1))
@@ -159,6 +187,16 @@ def _report(args: argparse.Namespace) -> None:
     from .eval import compare
     compare(args.runs, args.out)
     print(f"report written to {args.out}/report.md (plots accuracy.png, relative.png)")
+
+
+def _add_cut_options(p: argparse.ArgumentParser) -> None:
+    """The cut detector's settings, the same for `vivi ingest` and `vivi inspect --cuts`."""
+    from .ingest import CutDetectorConfig
+    defaults = CutDetectorConfig()
+    p.add_argument("--cut-threshold", type=float, default=defaults.threshold,
+                   help=f"histogram distance in [0, 1] above which a cut is declared (default {defaults.threshold:g})")
+    p.add_argument("--min-shot-frames", type=int, default=defaults.min_shot_frames,
+                   help=f"minimum native frames between two cuts (default {defaults.min_shot_frames})")
 
 
 WORLD_HELP = ("other settings of the synthetic world (vivi.synth.WorldConfig), e.g. --world tracking=1 "
@@ -190,10 +228,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("inputs", nargs="+", help="video files, folders (searched recursively), or .txt lists of paths")
     p.add_argument("--out", type=Path, required=True, help="dataset folder (created; re-running resumes)")
     p.add_argument("--fps", type=float, default=1.0, help="frames sampled per second inside each shot (default 1)")
-    p.add_argument("--short-side", type=int, default=256, help="stored frames' shorter side in pixels (default 256, never upscaled)")
+    p.add_argument("--short-side", type=int, default=256,
+                   help="stored frames' shorter side in pixels (default 256, never upscaled)")
     p.add_argument("--jpeg-quality", type=int, default=90, help="JPEG quality of stored frames (default 90)")
-    p.add_argument("--cut-threshold", type=float, default=0.4, help="histogram distance in [0, 1] above which a cut is declared (default 0.4)")
-    p.add_argument("--min-shot-frames", type=int, default=4, help="minimum native frames between two cuts (default 4)")
+    _add_cut_options(p)
     p.add_argument("--videos-per-shard", type=int, default=32, help="videos per tar shard (default 32)")
     p.add_argument("--workers", type=int, default=default_workers(),
                    help="parallel decoding processes (default: CPU count)")
@@ -214,20 +252,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_detect)
 
     p = sub.add_parser("detector", help="list the detector specs, or fetch and convert a detector's weights once")
-    p.add_argument("action", choices=("list", "fetch"), help="list: specs and the cache; fetch NAME: download and convert")
+    p.add_argument("action", choices=("list", "fetch"),
+                   help="list: specs and the cache; fetch NAME: download and convert")
     p.add_argument("name", nargs="?", default="nanodet", help="detector to fetch (nanodet)")
-    p.add_argument("--python", default=None, help="Python 3.10/3.11 for the throwaway tf2onnx environment (default: found)")
+    p.add_argument("--python", default=None,
+                   help="Python 3.10/3.11 for the throwaway tf2onnx environment (default: found)")
     p.add_argument("--converter-env", type=Path, default=None,
                    help="keep the tf2onnx environment in this folder and reuse it (default: a temporary one)")
     p.add_argument("--force", action="store_true", help="fetch and convert again even when cached")
     p.set_defaults(func=_detector)
 
-    p = sub.add_parser("inspect", help="dataset statistics and a contact sheet")
-    p.add_argument("data", type=Path, help="dataset folder written by `vivi ingest`")
+    p = sub.add_parser("inspect", help="dataset statistics and a contact sheet; or, with --cuts, every frame's "
+                       "cut distance in videos (for choosing --cut-threshold)")
+    p.add_argument("data", type=Path, nargs="?", help="dataset folder written by `vivi ingest`")
     p.add_argument("--json", action="store_true", help="print statistics as JSON")
     p.add_argument("--render", type=Path, metavar="OUT.png", help="draw a contact sheet (a row per shot)")
     p.add_argument("--render-videos", type=int, default=6, help="videos on the contact sheet (default 6)")
     p.add_argument("--detector", default=None, help="draw the boxes of these detections on the contact sheet")
+    p.add_argument("--cuts", nargs="+", metavar="VIDEO",
+                   help="instead of a dataset: decode these videos and write every frame's histogram distance "
+                        "to the previous one and the cuts ingest would find (needs --stats)")
+    p.add_argument("--stats", type=Path, metavar="OUT.csv",
+                   help="with --cuts: CSV with columns video, frame, time_s, distance, cut")
+    p.add_argument("--plot", type=Path, metavar="OUT.png",
+                   help="with --cuts: plot the distances over time, the threshold and the cuts (one panel per video)")
+    _add_cut_options(p)
     p.set_defaults(func=_inspect)
 
     p = sub.add_parser("demo", help="the whole pipeline on the synthetic world, on this machine")
@@ -307,7 +356,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=None, help="write the result as JSON")
     p.set_defaults(func=_objects)
 
-    p = sub.add_parser("robustness", help="pm-k robustness on video frames (SPEC §6) of a classifier fine-tuned on a task")
+    p = sub.add_parser("robustness", help="pm-k robustness on video frames (VIVI §5.2, Object-centric §5.2; "
+                       "docs/eval.md) of a classifier fine-tuned on a task")
     p.add_argument("--checkpoint", required=True, help="run, checkpoint, export or random:NAME")
     p.add_argument("--task", type=Path, required=True,
                    help="task folder whose classes are the detector's, e.g. WORLD/tasks/object_class")

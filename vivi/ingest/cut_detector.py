@@ -1,27 +1,32 @@
-"""Shot-cut detection from colour histograms (Mas & Fernandez, TRECVID 2003; SPEC.md §7).
+"""Shot-cut detection from colour histograms (Mas & Fernandez 2003).
 
-VIVI (papers/vivi-cvpr2020.txt §4, "Data") splits videos into shots with a colour-histogram
-detector. Each frame is summarised by a joint colour histogram with ``bits`` bits per channel
-(4 bits -> 4096 bins), normalised to sum 1. The distance between consecutive frames is half the
-L1 distance of their histograms, which lies in [0, 1] (0: same colours, 1: disjoint colours). A
-cut is declared before frame t when that distance exceeds ``threshold``, and no two cuts are
-closer than ``min_shot_frames`` frames.
+VIVI splits its videos into shots "using a simple strategy based on color histograms, similarly
+to" Mas & Fernandez (VIVI §4, "Upstream training"; docs/reference.md, "Shot-cut detection").
+Each frame is summarised by a joint histogram of its colour samples with ``bits`` bits per
+channel (4 bits -> 4096 bins), normalised to sum 1. The distance between consecutive frames is
+half the L1 distance of their histograms, which lies in [0, 1] (0: same colours, 1: disjoint
+colours). A cut is declared before frame t when that distance exceeds ``threshold`` and frame t
+is at least ``min_shot_frames`` frames after the previous shot start (:meth:`CutDetectorConfig.is_cut`).
 
 Colour space: the histogram is taken over the decoder's own output, the Y, Cb and Cr planes of a
 4:2:0 frame, one sample per chroma pixel (luma subsampled to match), so no colour conversion is
-needed per frame (SPEC §7 gives RGB as an example; any joint colour histogram serves Mas &
-Fernandez's method, and YCbCr is what the video stores). Large frames are sampled on a strided
-grid of about ``max_width`` chroma columns: a histogram needs few samples.
+needed per frame: the method needs a joint colour histogram, not a particular colour space, and
+YCbCr is what the video stores (docs/reference.md, "Choices the papers leave open"). Large frames
+are sampled on a strided grid of about ``max_width`` chroma columns: a histogram needs few
+samples.
 
 Speed: the detector must see every native frame (so that short shots are not lost) while ingest
-keeps only 1 frame per second, so its per-frame cost is most of what ingest adds to decoding.
+keeps only 1 frame per second, so its per-frame cost is a large part of what ingest adds to
+decoding.
 Frames are therefore taken in batches (:class:`ColourSamples` reads a batch's samples with a
 handful of array operations), and most histograms are never built: the two histograms of
 consecutive frames are counts of the same sample positions, so half their L1 distance is at most
 the fraction of positions whose bin changed (moving one sample moves at most 1/n of the mass).
 That fraction is computed for the whole batch at once; only frames where it reaches the threshold
 (cuts, and some frames of fast motion) get their histograms and exact distance. Cuts are the
-same as those of a detector that builds every histogram.
+same as those of a detector that builds every histogram (:class:`ExactDistances`, which
+``vivi inspect --cuts`` uses to show every distance). Measurements: docs/benchmarks.md, "Cut
+detection".
 """
 from __future__ import annotations
 
@@ -35,26 +40,30 @@ from av.video.reformatter import VideoReformatter
 PLANAR_420 = ("yuv420p", "yuvj420p")
 JOIN_BYTES = 32 * 1024       # frames with at most this many plane bytes are copied whole (see ColourSamples)
 # A batch holds its decoded frames alive until it is processed: about BATCH_BYTES of them with
-# FFmpeg's frame threads, so that they stay in the CPU caches (at 256x256, batches of 16 frames
-# cost 20% more CPU than batches of 4), and about BATCH_BYTES_ONE_THREAD with one decoder thread,
-# where the few array operations per batch (~35 us) weigh more than the caches (256x256, idle,
-# one thread, session 14: 146 us a frame for ``decode_video`` with batches of 4, 138 with 8, 136
-# with 16); at least MIN_BATCH frames and at most MAX_BATCH (at 64x64, one decoder thread, under
-# load: 32 frames make decode_video ~4% faster than 16, 64 are slower again).
+# FFmpeg's frame threads, so that they stay in the CPU caches, and about BATCH_BYTES_ONE_THREAD
+# with one decoder thread, where the fixed cost of the array operations per batch weighs more
+# than the caches; at least MIN_BATCH frames and at most MAX_BATCH (the fastest at 64x64: larger
+# batches are slower). Measurements: docs/benchmarks.md, "Cut detection".
 BATCH_BYTES, BATCH_BYTES_ONE_THREAD = 512 << 10, 2 << 20
 MIN_BATCH, MAX_BATCH = 4, 32
 
 
 @dataclass(frozen=True)
 class CutDetectorConfig:
-    bits: int = 4               # bits per RGB channel; 4 -> 4096 bins, as in Mas & Fernandez
+    bits: int = 4               # bits per Y, Cb and Cr sample in the joint histogram; 4 -> 4096 bins
     threshold: float = 0.4      # half-L1 histogram distance above which a cut is declared
-    min_shot_frames: int = 4    # no cut within this many frames of the previous one (flashes)
+    min_shot_frames: int = 4    # no cut within this many frames of the previous shot start (flashes)
 
     def __post_init__(self):
         if not (0 < self.threshold < 1 and self.min_shot_frames >= 1 and 1 <= self.bits <= 8):
             raise ValueError(f"cut detector settings out of range: threshold {self.threshold} (between 0 and 1), "
                              f"min shot frames {self.min_shot_frames} (>= 1), bits {self.bits} (1-8)")
+
+    def is_cut(self, distance: float, frames_since_shot_start: int) -> bool:
+        """The cut rule: a frame whose histogram ``distance`` to the frame before exceeds the
+        threshold starts a shot, unless it is within ``min_shot_frames`` of the last shot start
+        (a flash, or the frames of one gradual change)."""
+        return distance > self.threshold and frames_since_shot_start >= self.min_shot_frames
 
 
 def batch_size(width: int, height: int, threaded: bool = True) -> int:
@@ -76,9 +85,10 @@ class ColourSamples:
     8-bit 4:2:0 frames are read straight from their planes on a grid of about ``max_width``
     chroma columns (luma at every other row and column, matching chroma). The grid is laid out on
     the first frame of a geometry (line sizes included). Small frames are copied whole with one
-    ``bytes.join`` per batch, then sliced (the cheapest way at a few microseconds per frame);
-    large ones through a strided view per plane and frame, so that only the samples are copied. Other formats are first converted to a 4:2:0 thumbnail ``2 * max_width`` pixels wide
-    (one long-lived swscale context).
+    ``bytes.join`` per batch, then sliced (for small frames, one copy of everything is cheaper
+    than a view per plane and frame); large ones through a strided view per plane and frame, so
+    that only the samples are copied. Other formats are first converted to a 4:2:0 thumbnail
+    ``2 * max_width`` pixels wide (one long-lived swscale context).
     """
 
     def __init__(self, max_width: int = 32):
@@ -158,8 +168,7 @@ def _reused(buffer: np.ndarray | None, shape: tuple[int, ...], dtype=np.uint8) -
     """``buffer`` if it has room for ``shape`` (its first ``shape[0]`` rows), else a new zeroed array of ``shape``.
 
     The per-batch arrays are reused rather than allocated: a fresh 128 KiB array per batch
-    comes with page faults (decode_video at 64x64 under load: ~0.7 us a frame faster with the
-    arrays reused, 28 of 42 alternated runs).
+    comes with page faults.
     """
     if buffer is None or buffer.shape[1:] != shape[1:] or len(buffer) < shape[0] or buffer.dtype != dtype:
         return np.zeros(shape, dtype)
@@ -269,11 +278,44 @@ class HistogramCutDetector:
         if before_hist is None:
             before_hist = sample_histogram(before, bits)
         hist = self._hists[index] = sample_histogram(samples, bits)
-        if (histogram_distance(hist, before_hist) > self.config.threshold
-                and index - self.shot_starts[-1] >= self.config.min_shot_frames):
+        if self.config.is_cut(histogram_distance(hist, before_hist), index - self.shot_starts[-1]):
             self.shot_starts.append(index)
             return [index]
         return []
+
+
+class ExactDistances:
+    """Every frame's exact histogram distance to the frame before, and the cuts
+    :class:`HistogramCutDetector` declares with the same ``config``: the same histograms and rule
+    (:meth:`CutDetectorConfig.is_cut`), without the pre-filter, so every distance is built.
+
+    ``push(samples)`` takes the (n, rows, cols, 4) samples of the next n frames and returns one
+    ``(distance, cut)`` per frame; the first frame pushed has no distance (None) and starts the
+    first shot without being a cut. :attr:`shot_starts` is as :class:`HistogramCutDetector`'s.
+    """
+
+    def __init__(self, config: CutDetectorConfig = CutDetectorConfig()):
+        self.config = config
+        self.shot_starts: list[int] = []
+        self._previous: np.ndarray | None = None     # histogram of the last frame pushed
+        self._index = 0
+
+    def push(self, samples: np.ndarray) -> list[tuple[float | None, bool]]:
+        out: list[tuple[float | None, bool]] = []
+        for frame in samples:
+            hist = sample_histogram(frame, self.config.bits)
+            if self._previous is None:
+                self.shot_starts.append(self._index)
+                out.append((None, False))
+            else:
+                distance = histogram_distance(hist, self._previous)
+                cut = self.config.is_cut(distance, self._index - self.shot_starts[-1])
+                if cut:
+                    self.shot_starts.append(self._index)
+                out.append((distance, cut))
+            self._previous = hist
+            self._index += 1
+        return out
 
 
 def detect_cuts(frames, config: CutDetectorConfig = CutDetectorConfig(), max_width: int = 32) -> list[int]:

@@ -3,11 +3,11 @@
 Every frame has to be decoded once (the cut detector looks at all of them, so that short shots are
 not lost); everything else is kept off the per-frame path. Decoded frames are handled in small
 batches: the detector reads their colour samples straight off the decoded Y/Cb/Cr planes (no
-colour conversion) with a few array operations per batch (``shots.py``), then the sampler walks
-the batch's time stamps, and only the frames sampled for the dataset (1 Hz by default) are
+colour conversion) with a few array operations per batch (``cut_detector.py``), then the sampler
+walks the batch's time stamps, and only the frames sampled for the dataset (1 Hz by default) are
 converted, resized to the stored size, turned as the video is shown (``display.py``: phone
 videos upright, non-square pixels at their shape) and JPEG-encoded, for small videos on an
-otherwise idle core (:func:`threading_plan`).
+otherwise idle core (:func:`threading_plan`). Measurements: docs/benchmarks.md, "Ingest".
 """
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ import os
 import queue
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -40,7 +41,7 @@ class SamplingConfig:
     sample_fps: float = 1.0        # frames kept per second inside each shot (VIVI: 1 Hz)
     short_side: int = 256          # stored frames are resized so the shorter side is this (never upscaled)
     jpeg_quality: int = 90         # JPEG quality of stored frames
-    histogram_width: int = 32      # colour samples per row for the cut detector's histogram (few are enough)
+    histogram_width: int = 32      # about this many chroma columns sampled for the cut detector (few are enough)
     cuts: CutDetectorConfig = field(default_factory=CutDetectorConfig)
 
     def __post_init__(self):
@@ -67,7 +68,7 @@ class DecodedVideo:
     frame_size: tuple[int, int]      # (height, width) of the stored frames
     display: Display                 # how the decoded frames were turned to be stored as shown
     damaged_packets: int             # packets the decoder rejected (skipped)
-    unclean_frames: int              # frames decoded after one of them before a key frame, or flagged corrupt
+    unclean_frames: int              # frames after a damaged packet until the next key frame, or flagged corrupt
     jpegs: list[bytes]
 
 
@@ -88,7 +89,49 @@ def decode_video(path: str | Path, config: SamplingConfig = SamplingConfig(), th
     the kept frames in a second thread. Ingest passes 1 when its worker processes already occupy
     every core: one thread, nothing aside.
     """
+    container, stream, fps, width, height = open_video(path)
+    with container:
+        threads, encode_aside = threading_plan(width, height, threads)
+        set_decoder_threads(stream, threads)
+        samples, detector = ColourSamples(config.histogram_width), HistogramCutDetector(config.cuts)
+        # Batches: the detector's cost is per batch, not per frame (cut_detector.py).
+        frames = PacketFrames(container, stream, batch_size(width, height, threaded=threads != 1))
+        # The sampled frames have their own reformatter: each keeps its swscale context (switching
+        # geometry on one rebuilds it); the detector's samples keep theirs for other formats.
+        # (Made just before the ``try`` whose ``finally`` ends its encoding thread, if any.)
+        sampler = _Sampler(stream, config.short_side, 1.0 / config.sample_fps, config.jpeg_quality,
+                           stream_time_base(stream), fps, encode_aside)
+        try:
+            for batch, unclean in frames:
+                sampler.add(batch, _shot_starts(samples, detector, batch), unclean)
+            jpegs = sampler.finish()
+        except av.error.FFmpegError as error:
+            raise frames.failed(error) from None
+        finally:
+            sampler.close()
+        frames.check()
+        if not jpegs:
+            raise VideoError(f"damaged: none of its {frames.count} frames decoded cleanly")
+        declared = container.duration / av.time_base if container.duration else None
+        last_t = sampler.last_t
+        decoded = last_t + 1.0 / fps
+        if declared and decoded < 0.9 * declared - 1.0 / fps:
+            raise VideoError(f"truncated: decoded {decoded:.2f} s of the {declared:.2f} s the container declares")
+    return DecodedVideo(
+        fps=fps, width=width, height=height, num_native_frames=frames.count,
+        duration_s=round(last_t + 1.0 / fps, 6),
+        shot_starts=list(detector.shot_starts), shot_starts_s=[round(s, 6) for s in sampler.shot_starts_s],
+        frame_times_s=sampler.times, frame_native_index=sampler.native, frame_shot=sampler.shots,
+        frame_size=sampler.frame_size, display=sampler.display, damaged_packets=frames.damaged,
+        unclean_frames=frames.unclean, jpegs=jpegs)
+
+
+def open_video(path: str | Path) -> tuple[av.container.InputContainer, av.video.stream.VideoStream, float, int, int]:
+    """(container, its video stream, frames per second, width, height) of the video file ``path``;
+    :class:`VideoError` saying what is wrong with anything else. The caller closes the container."""
     path = Path(path)
+    if path.is_dir():
+        raise VideoError("a folder, not a video file")
     if not path.is_file():
         raise VideoError("file not found")
     if path.stat().st_size == 0:
@@ -99,7 +142,7 @@ def decode_video(path: str | Path, config: SamplingConfig = SamplingConfig(), th
         raise VideoError("zero-length video: the file ends after its header") from None
     except (av.error.FFmpegError, UnicodeDecodeError) as error:
         raise VideoError(f"not a readable video: not a video file, or truncated/corrupt ({_describe(error)})") from None
-    with container:
+    try:
         # A music file's cover art is a one-picture "video" stream: not a video.
         videos = [s for s in container.streams.video if not s.disposition & av.stream.Disposition.attached_pic]
         if not videos:
@@ -109,39 +152,58 @@ def decode_video(path: str | Path, config: SamplingConfig = SamplingConfig(), th
         rate = stream.average_rate or stream.guessed_rate or stream.base_rate
         if not rate or float(rate) <= 0:
             raise VideoError("video stream has no frame rate")
-        fps = float(rate)
         width, height = stream.codec_context.width, stream.codec_context.height
         if not width or not height:
             raise VideoError("video stream has no frame size")
-        threads, encode_aside = threading_plan(width, height, threads)
-        if threads == 1:
-            stream.thread_count = 1
-        else:
-            stream.thread_type, stream.thread_count = "AUTO", threads
-        samples, detector = ColourSamples(config.histogram_width), HistogramCutDetector(config.cuts)
-        size = batch_size(width, height, threaded=threads != 1)
+    except BaseException:
+        container.close()
+        raise
+    return container, stream, float(rate), width, height
+
+
+def set_decoder_threads(stream, threads: int) -> None:
+    """1: one decoder thread; 0: FFmpeg's frame and slice threads, as many as it chooses; n: n threads."""
+    if threads == 1:
+        stream.thread_count = 1
+    else:
+        stream.thread_type, stream.thread_count = "AUTO", threads
+
+
+def stream_time_base(stream) -> float | None:
+    return float(stream.time_base) if stream.time_base else None
+
+
+class PacketFrames:
+    """Every frame of a video stream, decoded packet by packet through the codec context, in
+    batches of ``size``: iterating gives ``(frames, unclean)``, ``unclean`` the positions in
+    ``frames`` of those not to be stored.
+
+    A packet the decoder rejects is skipped, as the ffmpeg command line does; the frames decoded
+    after it until the next key frame may show its damage, so they are unclean, like frames the
+    decoder flags as corrupt. ``count``, ``packets``, ``damaged`` and ``unclean`` count what was
+    decoded so far; :meth:`check` refuses a video with too many damaged packets or no frame.
+    """
+
+    def __init__(self, container, stream, size: int):
+        self.container, self.stream, self.size = container, stream, size
+        self.count = self.packets = self.damaged = self.unclean = 0
+
+    def __iter__(self) -> Iterator[tuple[list[av.VideoFrame], set[int]]]:
         batch: list[av.VideoFrame] = []
-        unclean: set[int] = set()     # positions in ``batch`` of frames not to be stored
-        index, packets, damaged, unclean_frames, suspect = -1, 0, 0, 0, False
-        decode = stream.codec_context.decode
-        # The sampled frames have their own reformatter: each keeps its swscale context (switching
-        # geometry on one rebuilds it, ~1 ms); the detector's samples keep theirs for other formats.
-        # (Made just before the ``try`` whose ``finally`` ends its encoding thread, if any.)
-        sampler = _Sampler(stream, config.short_side, 1.0 / config.sample_fps, config.jpeg_quality,
-                           float(stream.time_base) if stream.time_base else None, fps, encode_aside)
+        unclean: set[int] = set()
+        decode, size = self.stream.codec_context.decode, self.size
+        count = packets = damaged = unclean_frames = 0     # locals on the per-frame path
+        suspect = False
         try:
-            # Frames are taken in batches (shots.py: the detector's cost is per batch, not per frame).
-            for packet in container.demux(stream):
+            for packet in self.container.demux(self.stream):
                 packets += packet.size > 0         # not the empty packet that flushes the decoder
                 try:
                     frames = decode(packet)
                 except av.error.InvalidDataError:
-                    # A damaged packet: skipped, as the ffmpeg command line does. The frames that
-                    # follow may show its damage until the next key frame: they are not stored.
                     damaged, suspect = damaged + 1, True
                     continue
                 for frame in frames:
-                    index += 1
+                    count += 1
                     if suspect and frame.key_frame:
                         suspect = False
                     if suspect or frame.is_corrupt:
@@ -149,34 +211,27 @@ def decode_video(path: str | Path, config: SamplingConfig = SamplingConfig(), th
                         unclean_frames += 1
                     batch.append(frame)
                     if len(batch) == size:
-                        sampler.add(batch, _shot_starts(samples, detector, batch), unclean)
+                        self.count, self.unclean = count, unclean_frames
+                        yield batch, unclean
                         batch, unclean = [], set()
             if batch:
-                sampler.add(batch, _shot_starts(samples, detector, batch), unclean)
-            jpegs = sampler.finish()
-        except av.error.FFmpegError as error:
-            raise VideoError(f"decoding failed after {index + 1} frames: the file may be truncated or corrupt "
-                             f"({_describe(error)})") from None
+                self.count, self.unclean = count, unclean_frames
+                yield batch, unclean
         finally:
-            sampler.close()
-        if damaged > MAX_DAMAGED * packets:
-            raise VideoError(f"damaged: {damaged} of its {packets} packets could not be decoded")
-        if index < 0:
+            self.count, self.packets, self.damaged, self.unclean = count, packets, damaged, unclean_frames
+
+    def failed(self, error: Exception) -> VideoError:
+        """The error to raise for an FFmpeg error while decoding."""
+        return VideoError(f"decoding failed after {self.count} frames: the file may be truncated or corrupt "
+                          f"({_describe(error)})")
+
+    def check(self) -> None:
+        """Raise :class:`VideoError` if more than ``MAX_DAMAGED`` of the packets were damaged or no
+        frame was decoded (call after iterating)."""
+        if self.damaged > MAX_DAMAGED * self.packets:
+            raise VideoError(f"damaged: {self.damaged} of its {self.packets} packets could not be decoded")
+        if not self.count:
             raise VideoError("zero-length video: no frame could be decoded")
-        if not jpegs:
-            raise VideoError(f"damaged: none of its {index + 1} frames decoded cleanly")
-        declared = container.duration / av.time_base if container.duration else None
-        last_t = sampler.last_t
-        decoded = last_t + 1.0 / fps
-        if declared and decoded < 0.9 * declared - 1.0 / fps:
-            raise VideoError(f"truncated: decoded {decoded:.2f} s of the {declared:.2f} s the container declares")
-    return DecodedVideo(
-        fps=fps, width=width, height=height, num_native_frames=index + 1,
-        duration_s=round(last_t + 1.0 / fps, 6),
-        shot_starts=list(detector.shot_starts), shot_starts_s=[round(s, 6) for s in sampler.shot_starts_s],
-        frame_times_s=sampler.times, frame_native_index=sampler.native, frame_shot=sampler.shots,
-        frame_size=sampler.frame_size, display=sampler.display, damaged_packets=damaged,
-        unclean_frames=unclean_frames, jpegs=jpegs)
 
 
 def threading_plan(width: int, height: int, threads: int = 0) -> tuple[int, bool]:
@@ -184,23 +239,20 @@ def threading_plan(width: int, height: int, threads: int = 0) -> tuple[int, bool
     are converted and JPEG-encoded in a thread of their own) for one video.
 
     ``threads=1`` (the caller's processes occupy every core): one decoder thread, nothing aside;
-    any other given number: that many FFmpeg threads. ``threads=0``: it depends on whether the
-    other processes leave a core idle besides this one (measured by :data:`_OTHERS` over the
-    previous video; on busy cores extra threads only add hand-offs: 256x256, two other processes
-    on 2 cores, 156 us a frame for ``decode_video`` with FFmpeg's threads, 134 without) and on
-    the frame size (idle machine, ``decode_video``, 5-7 alternated rounds, session 14):
+    any other given number: that many FFmpeg threads. ``threads=0``: it depends on the frame size
+    and on whether the other processes leave a core idle besides this one (measured by
+    :data:`_OTHERS` over the previous video; on busy cores extra threads only add hand-offs):
 
-    * up to 128x128: one decoder thread, nothing aside (64x64: 38.7 us a frame; with FFmpeg's
-      threads 58; with the JPEG aside 41.1 through ``concurrent.futures``, 39.7 against 38.3
-      through :class:`_Encoder`: its ~5 us a frame are too few to pay for the hand-offs);
+    * up to 128x128: one decoder thread, nothing aside: FFmpeg's threads cost more than they
+      save on such small frames, and the kept frames' JPEG is too cheap to pay for the hand-offs
+      to a second thread;
     * up to QVGA (320x240): one decoder thread, and the kept frames' conversion and JPEG in a
-      second thread when a core is idle (OpenCV and swscale let go of the GIL): at 256x256
-      ``ultrafast``, 10 fps, 171 us a frame with FFmpeg's threads, 153 with one thread, 132 with
-      one thread and the JPEG aside through ``concurrent.futures``, ~122 through :class:`_Encoder`
-      (bare: 99); ``medium``, 25 fps: 160, 163, 142 with ``concurrent.futures`` (bare: 123);
-    * larger: FFmpeg's threads when a core is idle (352x352 ``medium``: 237 us a frame, 240 with
-      one thread and the JPEG aside; 480x480: 351 against 422), the JPEG in the decoding thread
-      (aside, it only competes with FFmpeg's threads for the cores: 357 at 480x480).
+      second thread when a core is idle (OpenCV and swscale let go of the GIL): on two cores
+      this beats FFmpeg's threads, which do not pay at these sizes even for bare decoding;
+    * larger: FFmpeg's threads when a core is idle, the JPEG in the decoding thread (aside, it
+      would only compete with FFmpeg's threads for the cores).
+
+    The measurements behind these limits are in docs/benchmarks.md, "Ingest".
     """
     if threads:
         return threads, False
@@ -248,6 +300,14 @@ class _OtherProcesses:
 
 
 _OTHERS = _OtherProcesses()
+
+
+def frame_times(batch: list[av.VideoFrame], first: int, time_base: float | None, fps: float) -> list[float]:
+    """Time stamps in seconds of the frames ``batch``, whose first is frame ``first`` of the video:
+    from pts, or from the frame index where pts is missing."""
+    if time_base:
+        return [f.pts * time_base if f.pts is not None else (first + k) / fps for k, f in enumerate(batch)]
+    return [(first + k) / fps for k in range(len(batch))]
 
 
 def _shot_starts(samples: ColourSamples, detector: HistogramCutDetector, batch: list) -> set[int]:
@@ -309,12 +369,8 @@ class _Sampler:
         self.out_w, self.out_h = (out_h, out_w) if self.display.transposes else (out_w, out_h)
 
     def _times(self, batch: list[av.VideoFrame]) -> list[float]:
-        """Seconds from the first frame: from pts, or from the frame index where pts is missing."""
-        base, first = self.time_base, self.index
-        if base:
-            times = [f.pts * base if f.pts is not None else (first + k) / self.fps for k, f in enumerate(batch)]
-        else:
-            times = [(first + k) / self.fps for k in range(len(batch))]
+        """Seconds from the first frame (:func:`frame_times`)."""
+        times = frame_times(batch, self.index, self.time_base, self.fps)
         if self.t0 is None:
             self.t0 = times[0]
         t0 = self.t0
@@ -357,9 +413,8 @@ class _Encoder:
     frames behind (each holds a decoded frame). An exception there is raised by the next
     :meth:`submit` or by :meth:`finish`.
 
-    A plain thread and two C-level queues: ``concurrent.futures`` costs ~5 us a frame more in
-    hand-offs under the GIL (256x256, 10 fps, one frame in 10 kept: 126.6 against 121.8 us a
-    frame for ``decode_video``).
+    A plain thread and two C-level queues: ``concurrent.futures`` costs measurably more in
+    hand-offs under the GIL (docs/benchmarks.md, "Ingest").
     """
 
     DEPTH = 8

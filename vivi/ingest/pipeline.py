@@ -69,8 +69,9 @@ class IngestSummary:
                      f"{self.seconds:.1f} s")
         if self.failed:
             reasons = "; ".join(f"{n}x {r}" for r, n in sorted(self.failure_reasons.items(), key=lambda x: -x[1]))
-            lines.append(f"skipped {self.failed} videos that could not be ingested (see {self.out / 'failures.jsonl'}): "
-                         f"{reasons}; once repaired, `--retry-failed` ingests them")
+            lines.append(f"skipped {self.failed} videos that could not be ingested "
+                         f"(see {self.out / 'failures.jsonl'}): {reasons}; once repaired, `--retry-failed` "
+                         "ingests them")
         if self.few_shots:
             lines.append(f"{self.few_shots} videos have fewer than {self.min_shots} shots "
                          "(kept; the loader skips videos with fewer shots than it needs)")
@@ -304,7 +305,8 @@ def collect(out: str | Path) -> dict:
 def _read_plan(out: Path) -> dict:
     plan_path = out / "plan.json"
     if not plan_path.exists():
-        raise FileNotFoundError(f"{out} is not a vivi dataset (no plan.json): create one with `vivi ingest VIDEOS --out {out}`")
+        raise FileNotFoundError(f"{out} is not a vivi dataset (no plan.json): create one with "
+                                f"`vivi ingest VIDEOS --out {out}`")
     return json.loads(plan_path.read_text())
 
 

@@ -20,9 +20,10 @@ manifest in the round of its last.
 Member headers carry no time stamps or owners, so a shard's bytes depend only on its content.
 
 The tar is written directly (:func:`member_header`) rather than through ``tarfile``: the bytes are
-the same as ``tarfile``'s USTAR output, but building a header costs ~1 us instead of ~40 us, which
+the same as ``tarfile``'s USTAR output, but a header costs a fraction of ``tarfile``'s time, which
 matters at one member per stored frame. The shard index is compact JSON (the C encoder; an
-indented dump goes through the pure-Python one, ~10x slower for a shard of records).
+indented dump goes through the much slower pure-Python one). Measurements: docs/benchmarks.md,
+"Ingest".
 """
 from __future__ import annotations
 
@@ -89,16 +90,16 @@ def _unstaged_on_error(renames: list[tuple[Path, Path]]):
         raise
 
 
-# fsync threads live as long as the process: starting a thread can cost as much as an fsync
-# (~1-4 ms on a loaded virtual machine), and an ingest makes durable several rounds of files.
+# fsync threads live as long as the process: starting a thread can cost as much as an fsync on a
+# loaded virtual machine, and an ingest makes durable several rounds of files.
 _FSYNC_THREADS = ThreadPoolExecutor(8, thread_name_prefix="vivi-fsync")
 
 
 def replace_durably(renames: list[tuple[Path, Path]]) -> None:
     """fsync the written files ``tmp``, then ``os.replace(tmp, path)`` in order.
 
-    The fsyncs run concurrently: they then share one journal commit (one fsync's ~4 ms instead
-    of one per file, a large part of a short ingest's time).
+    The fsyncs run concurrently: they then share one journal commit instead of one per file (a
+    large part of a short ingest's time).
     """
     if len(renames) == 1:
         _fsync(renames[0][0])

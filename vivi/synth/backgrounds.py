@@ -43,8 +43,8 @@ def sample_background(rng: np.random.Generator, family: int, colors: np.ndarray,
 
     ``warp`` > 0 bends the pattern over large distances (a displacement of up to ``warp`` x
     0.5 pattern periods that changes over ~5 world units), so that a camera travelling across it
-    sees the texture's local angle and spacing change while its family stays. Drawn last: a world
-    without warp draws the same backgrounds as before."""
+    sees the texture's local angle and spacing change while its family stays. Drawn last, and only
+    with ``warp`` > 0, so that the other draws are the same with and without it."""
     frequency = {"plain": 0.3, "rings": 1.6, "grid": 1.3, "dots": 2.0}.get(
         BACKGROUND_FAMILIES[family], 1.5) * rng.uniform(0.7, 1.3)
     shading = np.stack([

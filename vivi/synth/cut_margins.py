@@ -1,13 +1,14 @@
 """The colour-histogram margins every synthetic cut and shot is drawn to meet.
 
-VIVI finds shots with a colour-histogram cut detector (Mas & Fernandez 2003; SPEC.md §7;
-``vivi/ingest/cut_detector.py``): half the L1 distance between joint colour histograms with 4 bits per
-channel (4096 bins), a cut where it exceeds a threshold (0.4). Such a detector may histogram RGB
-pixels, or the Y/Cb/Cr planes a 4:2:0 decoder outputs; the two see different distances (chroma is
-coarse in YCbCr bins, so colour changes count for less). The world therefore measures both, and
-draws shot set-ups until the distance across each cut is large and the distance between
-consecutive frames of a shot is small in BOTH colour spaces. Measured here on the rendered
-frames; video coding noise adds about 0.05 within shots (tests check decoded videos).
+VIVI finds shots with a colour-histogram cut detector (VIVI §4, after Mas & Fernandez 2003;
+docs/reference.md, "Shot-cut detection"; ``vivi/ingest/cut_detector.py``): half the L1 distance
+between joint colour histograms with 4 bits per channel (4096 bins), a cut where it exceeds a
+threshold (0.4). Such a detector may histogram RGB pixels, or the Y/Cb/Cr planes a 4:2:0 decoder
+outputs (as vivi's does); the two see different distances (chroma is coarse in YCbCr bins, so
+colour changes count for less). The world therefore measures both, and draws shot set-ups until
+the distance across each cut is large and the distance between consecutive frames of a shot is
+small in BOTH colour spaces. Measured here on the rendered frames; video coding noise adds about
+0.05 within shots (tests check decoded videos).
 
 Kept apart from the detector on purpose: the world states what it guarantees in its own terms,
 and the detector is tested against that, rather than the world adapting to the detector.

@@ -1,10 +1,11 @@
 """Labeled still-image tasks drawn from the synthetic world: a small VTAB-1k of our own.
 
 Each task renders single frames with the video renderer (same themes, backgrounds, objects,
-lighting and camera), with one attribute pinned to the label. The groups follow VTAB
-(papers/vivi-cvpr2020.txt §4; SPEC.md §4): *natural* (what object is it), *specialized* (what
-texture/background family, like DTD or EuroSAT), *structured* (how many, where, which way, how
-big: like CLEVR count, dSprites position and orientation, KITTI/CLEVR distance).
+lighting and camera), with one attribute pinned to the label. The groups follow VTAB (VIVI §4,
+"Downstream evaluation"; docs/reference.md, "VTAB-1k"): *natural* (what object is it),
+*specialized* (what texture/background family, like DTD or EuroSAT), *structured* (how many,
+where, which way, how big: like CLEVR count, dSprites position and orientation, KITTI/CLEVR
+distance).
 
 Splits follow VTAB-1k: 1000 training images whose first 800 are ``train800`` and last 200
 ``val200``, and a larger ``test`` split. Images are drawn from the TASK seed domain

@@ -9,7 +9,7 @@ Layout::
     OUT/world.json                      classes, background families, themes, config, seed
     OUT/videos/video_00000.mp4          H.264, yuv420p
     OUT/videos/video_00000.json         ground truth (schema in ``video.py``)
-    OUT/tasks/suite.json, OUT/tasks/<task>/...   (layout in ``tasks.py``)
+    OUT/tasks/suite.json, OUT/tasks/<task>/...   (layout in ``downstream.py``)
 """
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """Object classes of the synthetic world: one 2-D shape per class, as a signed distance function.
 
-The object level of the hierarchy (papers/object-centric-video-2021.txt §3) needs objects whose
+The object level of the hierarchy (Object-centric §3) needs objects whose
 class is carried by their SHAPE alone: every object is painted with colours of its video's
 palette, so colour never tells the class, and only a representation of shape can put two
 objects of one class together. Each class is a signed distance function (negative inside) of
@@ -129,8 +129,8 @@ def chevron(u, v):
 
 
 # The class table. A class id is the index in this tuple; ``world.json`` stores the names.
-# No ellipse or hexagon: at the demo's training size a hexagon is a disc, and a squashed disc an
-# ellipse (docs/demo-study.md: they were classes until the object level was made learnable).
+# No ellipse or hexagon: at the demo's training size a hexagon looks like a disc and a squashed
+# disc like an ellipse, so the object level could not tell them apart (docs/design-notes.md).
 OBJECT_CLASSES = (
     ("disc", disc),
     ("square", square),

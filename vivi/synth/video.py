@@ -3,7 +3,7 @@
 A video draws a theme and a list of shot lengths, then one camera set-up per shot. A set-up is
 redrawn (from the same generator, so the result stays deterministic) until the colour-histogram
 distance across its cut exceeds ``min_cut_distance`` and no two consecutive frames inside it
-exceed ``max_shot_distance`` (``cuts.py``), so a histogram cut detector at a threshold of 0.4
+exceed ``max_shot_distance`` (``cut_margins.py``), so a histogram cut detector at a threshold of 0.4
 (``vivi/ingest/cut_detector.py``) finds every ground-truth cut frame-exactly and no others, with margin
 left for coding noise.
 
@@ -39,8 +39,8 @@ MAX_SETUP_DRAWS = 30        # redraws of a shot set-up before keeping the best o
 
 
 def frames_per_chunk(size: int) -> int:
-    """Frames rendered per call: ~64k pixels keeps the working arrays in cache (measured ~2x
-    faster than whole shots at 64 px)."""
+    """Frames rendered per call: ~64k pixels keeps the working arrays in cache (about twice as
+    fast as whole shots at 64 px)."""
     return max(1, 65536 // (size * size))
 
 

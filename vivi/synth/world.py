@@ -7,13 +7,13 @@ The world is built so that every level of the VIVI hierarchy carries its own sig
   ``theme_background`` / ``theme_palette`` off leave the shots only the classes to share);
 * shot -> a camera SET-UP: a background instance, camera position and zoom, lighting, and the
   objects (with ``cast`` the video's own objects, the same number, classes and sizes in every
-  shot, at new places: then count and scale belong to the video, docs/demo-study.md §23); frames
-  of one shot look alike (what the shot-level exemplar loss uses) and a cut
-  changes the set-up abruptly (what the colour-histogram cut detector finds);
+  shot, at new places: then count and scale belong to the video, docs/design-notes.md); frames
+  of one shot look alike (what the shot-level exemplar loss uses) and a cut changes the set-up
+  abruptly (what the colour-histogram cut detector finds);
 * frame -> the set-up at one instant: objects move, rotate, scale and deform smoothly, the
   camera pans and zooms, the lighting drifts; with ``tracking`` the camera travels with the
   objects, so the background slides by behind them (then a shot holds its objects constant but
-  not its stretch of background, which a frame's crops cannot imitate: docs/demo-study.md §9);
+  not its stretch of background, which a frame's crops cannot imitate: docs/design-notes.md);
 * object -> a shape class (``shapes.py``) painted with the theme's palette, so that only shape
   tells the class (what the object-level loss of the object-centric paper uses).
 
@@ -68,7 +68,7 @@ class WorldConfig:
                                             # for objects, so objects contrast with the background
     objects_per_shot: tuple[int, int] = (1, 3)      # objects in a shot (min, max); few and large, so
                                                     # that a box covers cells of the feature grid
-                                                    # (docs/demo-study.md; the paper caps boxes at 5)
+                                                    # (docs/design-notes.md; the paper caps boxes at 5)
     object_radius: tuple[float, float] = (0.25, 0.5)  # an object's radius on screen in its shot's first
                                                     # frame (screen units: the frame is 2 wide), log-uniform
     object_textures: bool = False   # objects painted with stripes, two tones or rings (else plain):
@@ -83,11 +83,11 @@ class WorldConfig:
     background_warp: float = 0.0    # bends backgrounds over large distances (see backgrounds.py)
     theme_background: bool = True   # False: each shot draws its own background family ...
     theme_palette: bool = True      # ... and its own palette: with both, the shots of a video share
-                                    # only their object classes (docs/demo-study.md §19)
+                                    # only their object classes (docs/design-notes.md)
     cast: bool = True               # a video draws its objects once (a count in objects_per_shot, a
                                     # class and a size each) and every shot shows that cast at new
                                     # places, as the people of a video appear in its shots; False:
-                                    # every shot draws its own (the default before session 12)
+                                    # every shot draws its own
     cast_size_spread: float = 0.15  # with cast: sd of the log of an object's size from shot to shot
                                     # about its own (the camera's distance varies a little)
     min_cut_distance: float = 0.6   # a new shot is redrawn until the half-L1 colour-histogram
@@ -114,8 +114,8 @@ class WorldConfig:
         if not 0 < self.object_radius[0] <= self.object_radius[1] <= 1:
             raise ValueError(f"object_radius must be (min, max) with 0 < min <= max <= 1, got {self.object_radius}")
         if self.videos < 1 or self.fps < 1 or self.seconds <= 0 or self.themes < 1:
-            raise ValueError(f"videos, fps and themes must be at least 1 and seconds above 0, got videos={self.videos}, "
-                             f"fps={self.fps}, seconds={self.seconds}, themes={self.themes}")
+            raise ValueError(f"videos, fps and themes must be at least 1 and seconds above 0, got "
+                             f"videos={self.videos}, fps={self.fps}, seconds={self.seconds}, themes={self.themes}")
         if self.seconds * self.fps < 4:
             raise ValueError(f"a video of {self.seconds} s at {self.fps} fps has fewer than 4 frames")
         if self.objects_per_shot[1] > 5:
@@ -391,15 +391,17 @@ def sample_shot(rng: np.random.Generator, theme: Theme, config: WorldConfig, num
         tracking = 0.0
     camera = sample_camera(rng, times, config.motion, tracking)
     lighting = sample_lighting(rng, times, config.lighting_drift)
-    # the shot's own objects, or the video's cast (without one, this stream is the world's from before the knob)
-    count = int(rng.integers(config.objects_per_shot[0], config.objects_per_shot[1] + 1)) if cast is None else len(cast)
+    # the shot's own objects (a count drawn only without a cast: same stream), or the video's cast
+    count = (int(rng.integers(config.objects_per_shot[0], config.objects_per_shot[1] + 1)) if cast is None
+             else len(cast))
     objects = []
     for i in range(count):
         colors = object_colors[rng.integers(len(object_colors), size=2)]
         if cast is None:
             class_id, radius = rng.choice(theme.classes), None      # a radius drawn in object_radius
         else:
-            class_id, radius = cast[i].class_id, min(cast[i].radius * math.exp(rng.normal(0, config.cast_size_spread)), 1.0)
+            spread = math.exp(rng.normal(0, config.cast_size_spread))
+            class_id, radius = cast[i].class_id, min(cast[i].radius * spread, 1.0)
         objects.append(sample_object(rng, first_object_id + i, class_id, colors, camera, times, config.motion,
                                      screen_radius=radius, radius_range=config.object_radius,
                                      textured=config.object_textures, spin_range=config.object_spin,
