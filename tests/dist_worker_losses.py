@@ -6,7 +6,9 @@ from all ranks with gradients), runs backward and saves its loss, its DDP-averag
 gradients and its input gradients to ``--out/rank{r}.pt``. The test compares them with the
 single-process loss on the global batch (:func:`single_process_reference`).
 
-Also checks the gathers: :func:`all_gather_no_grad` must reproduce the global batch.
+Also checks the gathers: :func:`all_gather_no_grad` must reproduce the global batch, and
+:func:`all_gather_with_grad` must refuse rows of different shapes on the two ranks (instead of
+hanging or failing inside the backend).
 """
 
 from __future__ import annotations
@@ -95,6 +97,12 @@ def main() -> None:
         results[f"{case}/input_grad"] = local.grad.detach().clone()
         for name, p in model.named_parameters():
             results[f"{case}/param/{name}"] = p.grad.detach().clone()
+
+    try:
+        distributed.all_gather_with_grad(torch.zeros(rank + 1, 2))
+        results["shape_mismatch_refused"] = torch.tensor(False)
+    except ValueError as error:
+        results["shape_mismatch_refused"] = torch.tensor("same shape on every rank" in str(error))
 
     args.out.mkdir(parents=True, exist_ok=True)
     torch.save(results, args.out / f"rank{rank}.pt")

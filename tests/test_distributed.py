@@ -32,6 +32,7 @@ def _load_worker():
 
 
 def test_single_process_defaults():
+    """Without a process group: rank 0 of 1, the main process."""
     assert not distributed.is_distributed()
     assert distributed.get_rank() == 0
     assert distributed.get_world_size() == 1
@@ -39,6 +40,8 @@ def test_single_process_defaults():
 
 
 def test_gathers_are_identity_in_one_process():
+    """In one process the gradient gather returns its input itself (graph intact, gradient 1:1);
+    the no-grad gather and the mean are detached copies of the input."""
     x = torch.randn(3, 4, requires_grad=True)
     y = distributed.all_gather_with_grad(x)
     assert y is x  # no copy, graph intact
@@ -52,6 +55,8 @@ def test_gathers_are_identity_in_one_process():
 
 
 def test_init_without_torchrun_env_is_single_process(monkeypatch):
+    """Without torchrun's variables no group is created, so the same script runs as a plain
+    python process; cleanup is safe without a group."""
     for var in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
         monkeypatch.delenv(var, raising=False)
     info = distributed.init_distributed_from_env()
@@ -63,6 +68,9 @@ def test_init_without_torchrun_env_is_single_process(monkeypatch):
 
 @pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed unavailable")
 def test_infonce_two_processes_match_single_process(tmp_path):
+    """Two gloo processes reproduce the one-process loss and DDP parameter gradients exactly
+    (float64, default tolerances): a gather without gradient, a backward that does not sum over
+    ranks, a wrong video offset or local-only negatives each changes the loss or a gradient."""
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
     env["OMP_NUM_THREADS"] = "1"
@@ -97,3 +105,4 @@ def test_infonce_two_processes_match_single_process(tmp_path):
         # Input gradients: rank r's rows, world_size x the single-process gradient.
         grads = torch.cat([r[f"{case}/input_grad"] for r in ranks], dim=0)
         torch.testing.assert_close(grads / world, ref["input_grad"])
+    assert all(bool(r["shape_mismatch_refused"]) for r in ranks)

@@ -8,8 +8,8 @@ model for this).
 Two gathers, named so they cannot be confused:
 
 * :func:`all_gather_with_grad` -- autograd-aware. Used where in-batch negatives come from
-  every device (the video-level InfoNCE loss, SPEC §1, VIVI footnote 2): gradients flow
-  back to the rank that produced each row.
+  every device (the video-level InfoNCE loss: VIVI §3.3, footnote 2, and app. B; see
+  docs/reference.md, "Loss scope"): gradients flow back to the rank that produced each row.
 * :func:`all_gather_no_grad` -- plain, detached. Used for evaluation and logging.
 
 Gradient convention (the one DDP uses). Each rank computes its loss as the *mean over its

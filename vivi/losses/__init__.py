@@ -1,19 +1,20 @@
 """Losses of the video hierarchy: frame/shot level, video level, object level.
 
-=================================  ==================================  ===================
-loss                               level                               paper, SPEC
-=================================  ==================================  ===================
-:class:`SemiHardTripletLoss`       building block                      SPEC §2
-:class:`ExemplarLoss`              frame/shot (shot = exemplar set)    VIVI §3.2, app. A
-:class:`RotationLoss`              frame (+ :func:`rotate_batch`)      VIVI §3.2, app. A
-:class:`VideoInfoNCELoss`          video (predict later shots)         VIVI §3.3, fn. 2
-:class:`ShotOrderLoss`             video (+ reverse_shots_randomly)    VIVI §3.3
-:class:`ObjectLoss`                object (boxes on the feature grid)  object-centric §3-4
-=================================  ==================================  ===================
+=================================  ==================================  =================================
+loss                               level                               paper
+=================================  ==================================  =================================
+:class:`SemiHardTripletLoss`       building block                      VIVI §3.2, app. B; FaceNet mining
+:class:`ExemplarLoss`              frame/shot (shot = exemplar set)    VIVI §3.2, app. A and B
+:class:`RotationLoss`              frame (+ :func:`rotate_batch`)      VIVI §3.2, app. A and B
+:class:`VideoInfoNCELoss`          video (predict later shots)         VIVI §3.3 eq. (4), footnote 2
+:class:`ShotOrderLoss`             video (+ reverse_shots_randomly)    VIVI §3.3, app. A
+:class:`ObjectLoss`                object (boxes on the feature grid)  Object-centric §3 eq. (2), §5.1
+=================================  ==================================  =================================
 
 Every loss takes embeddings or logits and labels and returns ``(loss, diagnostics)``: a
 scalar tensor and a dict of detached scalars to log. Heads and predictors live in
-:mod:`vivi.models.heads`.
+:mod:`vivi.models.heads`. docs/losses.md shows one training step with all of them, and
+docs/reference.md collects what the papers say about each.
 """
 
 from vivi.losses.exemplar import ExemplarLoss, shot_labels

@@ -1,10 +1,10 @@
-"""Exemplar loss with shots as exemplar sets (frame/shot level).
+"""Exemplar loss with the shot as exemplar set (frame/shot level of the hierarchy).
 
-VIVI §3.2 and appendix A; SPEC §1 ("Exemplar"). The frame encoder's pre-logits go through
-the model's :class:`vivi.models.heads.ExemplarHead` (linear 2048 -> 1000); this loss
-L2-normalises those outputs and applies the semi-hard triplet loss (margin 0.5) with the
-shot as label: frames of one shot are positives of each other, frames of all other shots
-are negatives.
+VIVI §3.2: exemplar SSL scaled with a triplet loss, where the exemplar set of a frame is not a
+set of augmented copies of it but the consecutive frames of its shot, each augmented once. The
+frame encoder's pre-logits go through :class:`vivi.models.heads.ExemplarHead` (linear 2048 ->
+1000, VIVI app. A); this loss L2-normalises those outputs and applies the semi-hard triplet loss
+with margin 0.5 (VIVI app. B). See docs/reference.md, "Exemplar".
 """
 
 from __future__ import annotations
@@ -32,26 +32,31 @@ def shot_labels(
 
 
 class ExemplarLoss(nn.Module):
-    """L2-normalise, then semi-hard triplet loss with shot identity as label.
+    """L2-normalise the exemplar embeddings, then semi-hard triplet loss with the shot as label.
 
-    VIVI §3.2 ("we employ a triplet loss encouraging augmentations of the same image to be
-    close and augmentations of different images to be far apart", consecutive frames of one
-    shot as the exemplar set), appendix A (linear head with 1000 outputs, L2-normalisation,
-    margin 0.5); SPEC §1 and §2.
+    Paper: VIVI §3.2 ("we employ a triplet loss encouraging augmentations of the same image to be
+    close and augmentations of different images to be far apart"; "we pick consecutive frames
+    from the same shot and augment each frame once"), VIVI app. A (linear head with 1000 outputs,
+    L2-normalisation before the triplet loss), VIVI app. B (margin 0.5).
 
-    The loss is computed over the frames given to it, i.e. per device; exemplar negatives
-    are not gathered across ranks (unlike the video-level InfoNCE negatives). The papers do
-    not say otherwise, and the per-device batch already holds hundreds of shots.
+    Definition: e_x = h(x) / ||h(x)||, then :class:`vivi.losses.triplet.SemiHardTripletLoss` on
+    the e_x with label = shot: the frames of one shot are positives of each other, the frames of
+    every other shot are negatives. The Ex-YT-F baseline (VIVI §4) is the same loss with the F
+    augmented copies of one frame per video as the exemplar set.
+
+    Scope: the loss is computed over the frames given to it, i.e. per device; no negatives are
+    gathered from other ranks. VIVI app. B: "For exemplar SSL the triplet loss is computed per
+    core" (docs/reference.md, "Loss scope").
 
     Args:
-        margin: triplet margin (0.5 in the paper).
+        margin: triplet margin (0.5 in VIVI app. B).
         eps: floor of the norm in the L2 normalisation.
 
     Shapes:
-        embeddings: (B, D) exemplar-head outputs, or (N, K, F, D) laid out as
-            (video, shot, frame), which is flattened.
-        labels: (B,) shot identity per frame; may be omitted for the (N, K, F, D) layout,
-            where :func:`shot_labels` supplies it.
+        embeddings: (B, D) exemplar-head outputs, or (N, K, F, D) laid out as (video, shot,
+            frame), which is flattened in that order.
+        labels: (B,) shot identity per frame; may be omitted for the (N, K, F, D) layout, where
+            :func:`shot_labels` supplies it.
         returns: scalar loss, dict of detached diagnostics (see
             :func:`vivi.losses.triplet.semi_hard_triplet_loss`).
     """

@@ -1,35 +1,48 @@
 """Video-level InfoNCE: predict later shot embeddings of a video from its earlier shots.
 
-VIVI §3.3, eq. (4) and footnote 2; appendix A (critics); object-centric paper §3, eq. (1);
-SPEC §1 ("Video level, InfoNCE"). The predictors (critics) are model heads, see
-:mod:`vivi.models.heads`; this module only scores and contrasts.
+Paper: VIVI §3.3, eq. (4) and footnote 2; Object-centric §3, eq. (1). The predictors and critics
+are model heads (:mod:`vivi.models.heads`; VIVI app. A, Object-centric §4.1); this module only
+scores and contrasts. See docs/reference.md, "InfoNCE across shots".
 
-Candidates (the choice, with its source). For the prediction of shot l + m of video i
-the candidates are
+Definition. A predictor turns the shots of video i up to shot l into a query q^i_{l,m} for shot
+l + m, and every shot s into a key k(s); the critic score is g = q . k (see
+:class:`vivi.models.heads.ShotPredictions`). Each prediction is a softmax cross-entropy
 
-* the true shot embedding s^i_{l+m} (the label), and
-* **every** shot embedding s^j_k of **every other** video j != i in the **global** batch
-  (all ranks), k = 1..K -- not only those at time step l + m. VIVI footnote 2: "In
-  practice, we use all shot embeddings from the other videos, not only those at time step
-  l + m, which is known to improve performance [42]"; the object-centric paper: "optimization
-  is more stable when contrasting against shot representations from the entire batch of
-  videos". The other shots of video i itself are *not* candidates (the footnote speaks of
-  other videos only, and they are not negatives in the paper's sense: the critic is "trained
-  to assign high scores to pairs of shot embeddings from the same video").
+    -log( exp(q . k(s^i_{l+m})) / sum over candidates c of exp(q . k(c)) )
 
-So each prediction is a softmax cross-entropy over ``1 + (N_global - 1) * K`` candidates;
-this is eq. (4) up to the additive constant log of the candidate count ("up to log N", VIVI
-§3.3). For K = 2 there is one prediction per video (shot 1 -> shot 2); for K = 4 every pair
-l < l + m <= 4 is predicted (6 per video, object-centric eq. (1) sums over l and m).
+over the candidates
 
-Reduction: mean over videos and pairs (the paper's eq. (1) sums over l, m and divides by N
-only; with ``pair_reduction="sum"`` this loss is that sum over pairs of the per-pair mean
-over videos -- the two differ by the factor P, which the loss weight lambda absorbs).
+* the true shot s^i_{l+m} (the label), and
+* **every** shot s^j_1..s^j_K of **every other** video j != i in the **global** batch (all
+  ranks), not only those at time step l + m. VIVI footnote 2: "In practice, we use all shot
+  embeddings from the other videos, not only those at time step l + m, which is known to improve
+  performance"; Object-centric §3: "optimization is more stable when contrasting against shot
+  representations from the entire batch of videos".
 
-Distributed: the keys of all ranks are gathered with :func:`vivi.distributed.all_gather_with_grad`;
-queries stay local, so each rank's loss is the mean over its *local* predictions. With DDP
-averaging parameter gradients over ranks, the gradients equal those of the single-process
-loss on the global batch (tests/test_distributed.py).
+That is ``1 + (N_global - 1) * K`` candidates, and eq. (4) up to its additive constant (VIVI
+§3.3: the terms of (4) are, "up to an additive constant", the cross-entropy of a classification
+with the correct label). There is no temperature: neither paper has one.
+
+The other shots of video i itself are not candidates: footnote 2 names the other videos only,
+and the critic is "trained to assign high scores to pairs of shot embeddings from the same video"
+(VIVI §3.3), so they are not negatives in the paper's sense (docs/reference.md, "Choices the
+papers leave open").
+
+Pairs. K = 2: one prediction per video (shot 1 -> shot 2). K = 4: every pair l < l + m <= 4,
+6 per video, as Object-centric eq. (1) sums over l and m.
+
+Reduction. The mean over videos and pairs. Object-centric eq. (1) sums over (l, m) and divides by
+N; ``pair_reduction="sum"`` gives that (the mean times the number of pairs P). The two differ by
+the constant P, which the video-level weight lambda absorbs (docs/reference.md, "Total loss and
+weights").
+
+Scope. With ``gather=True`` (the default) the keys of all ranks are gathered with
+:func:`vivi.distributed.all_gather_with_grad`; queries stay local, so each rank's loss is the mean
+over its *local* predictions, and with DDP averaging parameter gradients the gradients equal those
+of the single-process loss on the global batch (tests/test_distributed.py). VIVI app. B computed
+the loss across all cores for 4 shots and per core for 2 shots ("computing the loss across all
+cores led to instabilities for that case"); vivi gathers for both, following Object-centric §3,
+and ``gather=False`` gives the per-device loss (docs/reference.md, "Loss scope").
 """
 
 from __future__ import annotations
@@ -81,20 +94,21 @@ def info_nce_logits(
 
 
 class VideoInfoNCELoss(nn.Module):
-    """InfoNCE over shot predictions with all shots of all other videos as negatives.
+    """InfoNCE over shot predictions, with all shots of all other videos as negatives.
 
-    See the module docstring for the candidate set, reduction and distributed convention.
+    Paper: VIVI §3.3, eq. (4) and footnote 2; Object-centric §3, eq. (1). The module docstring
+    gives the definition, the candidate set, the reduction and the distributed convention.
 
     Args:
-        gather: take negatives from all ranks (the paper); False uses the local batch only.
+        gather: take negatives from all ranks (default); False uses the local batch only.
         pair_reduction: ``"mean"`` (default) or ``"sum"`` over the (context, target) pairs.
 
     Shapes:
         queries: (N, P, D) predictions, e.g. ``ShotPredictions.queries``.
         keys: (N, K, D) the local shots mapped to key space (``ShotPredictions.keys``).
         target_shot: (P,) long, index in 0..K-1 of the predicted shot.
-        returns: scalar loss, dict of detached diagnostics: ``accuracy`` (true shot ranked
-            first), ``num_candidates``.
+        returns: scalar loss, dict of detached diagnostics: ``accuracy`` (fraction of predictions
+            whose true shot scores highest among the candidates), ``num_candidates``.
     """
 
     def __init__(self, gather: bool = True, pair_reduction: str = "mean") -> None:

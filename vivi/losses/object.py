@@ -1,8 +1,9 @@
-"""Object-level loss: box features from the feature grid, semi-hard triplet over classes.
+"""Object-level loss: box features from the feature grid, semi-hard triplet over detector classes.
 
-Object-centric paper (Romijnders et al.) §3 ("Extending the hierarchy with object-level
-losses", eq. 2, "Representations of bounding boxes") and §4 (ablations 1 and 4); SPEC §1
-("Object level").
+Paper: Object-centric §3 ("Extending the hierarchy with object-level losses", eq. (2);
+"Representations of bounding boxes", Fig. 3), §4.1 (feature grid of ResNet block 4, at most 5
+objects per frame, the detector's 600 OpenImagesV4 classes) and §5.1 (Ablations 1 and 4,
+Table 1). See docs/reference.md, "Object-level triplet".
 
 Pipeline::
 
@@ -18,12 +19,14 @@ continuous pixel coordinates (pixel column j covers [j, j + 1), so the whole ima
 (0, 0, W, H)). Boxes must already follow the crop, flip and resize of the frame
 (:class:`vivi.train.augment.FrameAugmentation` returns them so).
 
-Box feature (paper: ``r = x'[floor(i H'/H), floor(j W'/W)]``, i the row, j the column): the
-centre pixel is ``i = floor((y0 + y1) / 2)``, ``j = floor((x0 + x1) / 2)`` (in pixels, clamped
-to 0..H-1 and 0..W-1); the grid cell is ``(i * H') // H, (j * W') // W`` in integer arithmetic.
+Box feature (Object-centric §3: ``r = x'[floor(i H'/H), floor(j W'/W)]`` for the box "with
+center index (i, j)", i the row, j the column): the centre pixel is ``i = floor((y0 + y1) / 2)``,
+``j = floor((x0 + x1) / 2)`` (in pixels, clamped to 0..H-1 and 0..W-1); the grid cell is
+``(i * H') // H, (j * W') // W`` in integer arithmetic, so no rounding of H'/H can move a box to
+the neighbouring cell.
 
-Padding: frames have at most 5 boxes; ``valid`` (B, M) marks the real ones. Padded boxes
-may hold any value (NaN included); they never reach a loss.
+Padding: frames have at most 5 boxes (Object-centric §4.1); ``valid`` (B, M) marks the real
+ones. Padded boxes may hold any value (NaN included); they never reach a loss.
 """
 
 from __future__ import annotations
@@ -43,6 +46,18 @@ __all__ = [
     "box_grid_cells",
     "extract_box_features",
 ]
+
+
+def _valid_rows(
+    values: torch.Tensor, labels: torch.Tensor, valid: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(..., D) values and (...) labels flattened to (n, D) and (n,), padded boxes dropped."""
+    values = values.reshape(-1, values.shape[-1])
+    labels = labels.reshape(-1)
+    if valid is None:
+        return values, labels
+    keep = valid.reshape(-1)
+    return values[keep], labels[keep]
 
 
 def _sanitise(boxes: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor:
@@ -89,7 +104,7 @@ def extract_box_features(
     normalized: bool = True,
     valid: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """The feature-grid column at each box centre (object-centric paper §3, Fig. 3).
+    """The feature-grid column at each box centre (Object-centric §3, Fig. 3).
 
     Args:
         feature_grid: (B, C', H', W') output of the last ResNet block, before pooling.
@@ -111,7 +126,7 @@ def extract_box_features(
     return feature_grid.permute(0, 2, 3, 1)[frame, rows.to(frame.device), cols.to(frame.device)]
 
 
-#: Names accepted by :func:`ablate_objects` (object-centric paper §4, ablation 1; Table 1).
+#: Names accepted by :func:`ablate_objects` (Object-centric §5.1, Ablation 1; Table 1).
 OBJECT_ABLATIONS = ("detector", "random_boxes", "random_boxes_and_labels")
 
 
@@ -124,14 +139,18 @@ def ablate_objects(
     image_size: tuple[int, int] | None = None,
     generator: torch.Generator | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Replace detector boxes and/or labels by random ones (ablation 1 of the paper).
+    """Replace detector boxes and/or labels by random ones (Object-centric §5.1, Ablation 1).
 
     Modes:
         ``"detector"``: unchanged (the method).
-        ``"random_boxes"``: "Boxes at random coordinates" -- each box is moved to a centre
-            drawn uniformly over the image (size kept); labels kept.
-        ``"random_boxes_and_labels"``: "Boxes and labels at random" -- as above and labels
-            drawn uniformly from ``0..num_classes-1``.
+        ``"random_boxes"``: Table 1's "Boxes at random coordinates": each box is moved to a
+            centre drawn uniformly over the image (size kept); labels kept.
+        ``"random_boxes_and_labels"``: Table 1's "Boxes and labels at random": as above, and
+            labels drawn uniformly from ``0..num_classes-1``.
+
+    The paper does not say how a random box is drawn; vivi keeps each box's size and draws its
+    centre uniformly, since only the centre decides the box feature (docs/reference.md, "Choices
+    the papers leave open").
 
     Args:
         boxes: (B, M, 4) (x0, y0, x1, y1); labels: (B, M) long.
@@ -163,19 +182,32 @@ def ablate_objects(
 
 
 class ObjectTripletLoss(nn.Module):
-    """Semi-hard triplet loss over the boxes of the batch, detector class as label.
+    """Semi-hard triplet loss over the boxes of the batch, with the detector's class as label.
 
-    Object-centric paper §3, eq. (2) with semi-hard mining [62]; SPEC §1, §2. All valid
-    boxes of the (local) batch are pooled: same class = positive, different class =
-    negative, across frames, shots and videos.
+    Paper: Object-centric §3, eq. (2): sum over boxes b of max(||r_b - r_p||^2 - ||r_b - r_n||^2
+    + alpha, 0), "objects from the same class form positive pairs, and objects from different
+    classes form negative pairs", with semi-hard negative mining (FaceNet).
 
-    Choices the paper leaves open (*unverified*): the margin is VIVI's 0.5, and the box
-    features are L2-normalised first (as for the exemplar loss; without it the triplet
-    loss can be lowered by scaling the features). ``normalize=False`` uses the raw columns.
+    Definition: the valid boxes of the (local) batch are pooled, across frames, shots and videos;
+    each box feature r is L2-normalised (``normalize=True``), then
+    :class:`vivi.losses.triplet.SemiHardTripletLoss` with label = detector class.
+
+    The paper states neither the margin alpha nor a normalisation of r. vivi takes VIVI's margin
+    0.5 (VIVI app. B) and L2-normalises the box features as VIVI app. A does for the exemplar
+    embeddings: on raw features the loss could be lowered by scaling all features up, which says
+    nothing about classes (docs/reference.md, "Choices the papers leave open").
+    ``normalize=False`` uses the raw grid columns.
+
+    Args:
+        margin: triplet margin alpha.
+        normalize: L2-normalise the box features first.
 
     Shapes:
-        box_features: (B, M, C') or (n, C'); labels: same leading shape, long;
-        valid: same leading shape, bool (optional). Returns scalar loss, diagnostics.
+        box_features: (B, M, C') or (n, C').
+        labels: the same leading shape, long.
+        valid: the same leading shape, bool (optional; all boxes when omitted).
+        returns: scalar loss (an exact 0 with a graph when no box is valid), dict of detached
+            diagnostics (see :func:`vivi.losses.triplet.semi_hard_triplet_loss`).
     """
 
     def __init__(self, margin: float = 0.5, normalize: bool = True) -> None:
@@ -184,16 +216,9 @@ class ObjectTripletLoss(nn.Module):
         self.normalize = normalize
 
     def forward(
-        self,
-        box_features: torch.Tensor,
-        labels: torch.Tensor,
-        valid: torch.Tensor | None = None,
+        self, box_features: torch.Tensor, labels: torch.Tensor, valid: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        feats = box_features.reshape(-1, box_features.shape[-1])
-        labels = labels.reshape(-1)
-        if valid is not None:
-            keep = valid.reshape(-1)
-            feats, labels = feats[keep], labels[keep]
+        feats, labels = _valid_rows(box_features, labels, valid)
         if self.normalize:
             feats = F.normalize(feats, dim=-1)
         if feats.shape[0] == 0:
@@ -205,30 +230,31 @@ class ObjectTripletLoss(nn.Module):
 
 
 class ObjectClassificationLoss(nn.Module):
-    """Binary cross-entropy of the linear box classifier (object-centric §4, ablation 4).
+    """Binary cross-entropy of the linear box classifier (Object-centric §5.1, Ablation 4).
 
-    "we use a linear classifier to classify the bounding box representations r_b as one of
-    600 OpenImagesV4 classes using a binary cross-entropy loss". Target: one-hot of the
-    detector class; sigmoid cross-entropy summed over classes, mean over valid boxes
-    (the reduction is *unverified*; a mean over classes would shrink the term by 600).
+    Paper: "we use a linear classifier to classify the bounding box representations r_b as one of
+    600 OPENIMAGESV4 classes using a binary cross-entropy loss".
+
+    Definition: target t = one-hot of the detector class; per box, the sigmoid cross-entropy
+    -sum over classes c of [t_c log sigma(z_c) + (1 - t_c) log(1 - sigma(z_c))]; loss = the mean
+    of that over the valid boxes.
+
+    The paper does not say how the BCE is reduced. vivi sums over the classes and averages over
+    the boxes: a mean over the 600 classes as well would shrink the term 600-fold next to the
+    triplet term it is added to (docs/reference.md, "Choices the papers leave open").
 
     Shapes:
-        logits: (B, M, num_classes) or (n, num_classes); labels: leading shape, long;
-        valid: leading shape, bool (optional). Returns scalar loss, ``{"accuracy": ...}``.
+        logits: (B, M, num_classes) or (n, num_classes).
+        labels: the leading shape, long.
+        valid: the leading shape, bool (optional).
+        returns: scalar loss, ``{"accuracy": ...}`` (arg-max equals the label, over valid boxes).
     """
 
     def forward(
-        self,
-        logits: torch.Tensor,
-        labels: torch.Tensor,
-        valid: torch.Tensor | None = None,
+        self, logits: torch.Tensor, labels: torch.Tensor, valid: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         num_classes = logits.shape[-1]
-        logits = logits.reshape(-1, num_classes)
-        labels = labels.reshape(-1)
-        if valid is not None:
-            keep = valid.reshape(-1)
-            logits, labels = logits[keep], labels[keep]
+        logits, labels = _valid_rows(logits, labels, valid)
         targets = F.one_hot(labels.long(), num_classes).to(logits.dtype)
         per_box = F.binary_cross_entropy_with_logits(logits, targets, reduction="none").sum(-1)
         loss = per_box.sum() / max(per_box.shape[0], 1)
@@ -241,26 +267,31 @@ class ObjectClassificationLoss(nn.Module):
 
 
 class ObjectLoss(nn.Module):
-    """The object-level loss with the paper's variants chosen by name.
+    """The object-level loss, with the paper's variants chosen by name.
+
+    Paper: Object-centric §3 (eq. (2), the method) and §5.1, Ablation 4 (the linear classifier
+    added to, or replacing, the triplet loss; Table 1).
 
     ``terms``:
-        ``("triplet",)``: the method (eq. 2), default;
-        ``("triplet", "classification")``: ablation 4, the extra linear 600-way BCE head
-            added (64.1 -> 64.9 VTAB in the paper);
-        ``("classification",)``: the head replacing the triplet loss (63.7).
-    The class logits come from the model's :class:`vivi.models.heads.ObjectClassHead`
-    applied to the (un-normalised) box features. Random boxes / labels (ablation 1) are
-    :func:`ablate_objects`, applied before :func:`extract_box_features`.
+        ``("triplet",)``: the method, :class:`ObjectTripletLoss` (default);
+        ``("triplet", "classification")``: Ablation 4, the 600-way BCE head added
+            (Table 1: "Also predict cross entropy");
+        ``("classification",)``: the BCE head replacing the triplet loss.
+    The class logits come from :class:`vivi.models.heads.ObjectClassHead` applied to the
+    (un-normalised) box features. Random boxes / labels (Ablation 1) are :func:`ablate_objects`,
+    applied before :func:`extract_box_features`.
+
+    Definition: loss = [triplet] + classification_weight * [classification], the terms present.
 
     Args:
         terms: subset of ``("triplet", "classification")``.
         margin, normalize: see :class:`ObjectTripletLoss`.
-        classification_weight: weight of the BCE term when both terms are used.
+        classification_weight: weight of the BCE term.
 
     Shapes:
         box_features (B, M, C'), labels (B, M), valid (B, M), class_logits (B, M, classes)
-        -> scalar loss (sum of the weighted terms), dict with ``triplet``/``classification``
-        term values and their diagnostics prefixed by the term name.
+        -> scalar loss, dict with the ``triplet``/``classification`` term values and their
+        diagnostics prefixed by the term name.
     """
 
     TERMS = ("triplet", "classification")

@@ -1,21 +1,23 @@
-"""Rotation prediction (frame level).
+"""Rotation prediction (frame level of the hierarchy).
 
-Gidaris et al. 2018 as used in VIVI §3.2 and appendix A ("we compute the predicted
-rotation after appending to the mini-batch 3 rotated copies of the mini-batch along the
-batch dimension and compute the rotation loss for all rotated copies"); SPEC §1.
+VIVI §3.2 uses rotation prediction (Gidaris et al. 2018) as a frame-level loss without an explicit
+shot-level term ("approach (i)"), on 4 consecutive frames per shot (VIVI §4). VIVI app. B: "we
+compute the predicted rotation after appending to the mini-batch 3 rotated copies of the
+mini-batch along the batch dimension and compute the rotation loss for all rotated copies"; VIVI
+app. A: a linear head with 4 outputs. See docs/reference.md, "Rotation".
 
-Pipeline: crop + colour distortion (shared by the four copies) -> :func:`rotate_batch`
--> encoder -> :class:`vivi.models.heads.RotationHead` (4-way linear) -> :class:`RotationLoss`.
-Rotate *before* any resize: resizing a non-square crop after rotating changes the aspect
-ratio differently for 90/270 than for 0/180 degrees, a shortcut the network would learn.
-:func:`rotate_batch` therefore refuses non-square images.
+Pipeline: crop + colour distortion (shared by the four copies) -> :func:`rotate_batch` ->
+encoder -> :class:`vivi.models.heads.RotationHead` -> :class:`RotationLoss`. Rotate *before* any
+resize: resizing a non-square crop after rotating changes the aspect ratio differently for 90/270
+than for 0/180 degrees, a shortcut the network would learn. :func:`rotate_batch` therefore refuses
+non-square images.
 """
 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
-from torch import nn
+
+from vivi.losses.classification import PretextClassificationLoss
 
 __all__ = ["ROTATION_DEGREES", "RotationLoss", "rotate_batch"]
 
@@ -48,10 +50,13 @@ def rotate_batch(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return rotated, labels
 
 
-class RotationLoss(nn.Module):
+class RotationLoss(PretextClassificationLoss):
     """Softmax cross-entropy of the 4-way rotation head over all four copies.
 
-    VIVI appendix A; SPEC §1 ("Rotation"). Mean over the 4B images.
+    Paper: VIVI §3.2; VIVI app. A (linear head with 4 outputs) and app. B (loss over the batch
+    and its 3 rotated copies).
+
+    Definition: loss = mean over the 4B images x of -log softmax(head(x))[rotation of x].
 
     Shapes:
         logits: (4B, 4) outputs of :class:`vivi.models.heads.RotationHead`.
@@ -59,12 +64,5 @@ class RotationLoss(nn.Module):
         returns: scalar loss, ``{"accuracy": ...}`` (detached).
     """
 
-    def forward(
-        self, logits: torch.Tensor, labels: torch.Tensor
-    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        if logits.ndim != 2 or logits.shape[1] != 4:
-            raise ValueError(f"logits must be (4B, 4), got {tuple(logits.shape)}")
-        loss = F.cross_entropy(logits, labels)
-        with torch.no_grad():
-            accuracy = (logits.argmax(dim=1) == labels).float().mean()
-        return loss, {"accuracy": accuracy}
+    num_classes = len(ROTATION_DEGREES)
+    rows = "4B"

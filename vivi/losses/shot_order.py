@@ -1,9 +1,11 @@
-"""Shot-order prediction (video level): was the sequence of shot embeddings reversed?
+"""Shot-order prediction (video level of the hierarchy): was the sequence of shot embeddings reversed?
 
-VIVI §3.3 ("we randomly reverse the order of the shot embeddings and train a prediction
-function to predict the shot order from concatenated shot embeddings ... the cross-entropy
-loss and y is 1 if the sequence of shot embeddings is reversed and 0 otherwise") and
-appendix A (used with 2 shots, MLP with 512 hidden units); SPEC §1.
+VIVI §3.3: "we randomly reverse the order of the shot embeddings and train a prediction function
+to predict the shot order from concatenated shot embeddings, i.e., [the loss] in (3) is the
+cross-entropy loss and [the label] is 1 if the sequence of shot embeddings is reversed and 0
+otherwise". VIVI §4 and app. A: only with exemplar SSL and 2 shots per video, with "a
+single-hidden-layer MLP with 512 hidden units as prediction function". See docs/reference.md,
+"Shot order".
 
 Pipeline: shot embeddings (N, 2, 512) -> :func:`reverse_shots_randomly` ->
 :class:`vivi.models.heads.ShotOrderHead` -> :class:`ShotOrderLoss`.
@@ -12,8 +14,8 @@ Pipeline: shot embeddings (N, 2, 512) -> :func:`reverse_shots_randomly` ->
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
-from torch import nn
+
+from vivi.losses.classification import PretextClassificationLoss
 
 __all__ = ["ShotOrderLoss", "reverse_shots_randomly"]
 
@@ -38,8 +40,13 @@ def reverse_shots_randomly(
     return out, labels
 
 
-class ShotOrderLoss(nn.Module):
-    """Two-way softmax cross-entropy, forward (0) vs reversed (1). Mean over videos.
+class ShotOrderLoss(PretextClassificationLoss):
+    """Two-way softmax cross-entropy, forward (0) vs reversed (1), mean over videos.
+
+    Paper: VIVI §3.3 (eq. (3) with the cross-entropy loss), VIVI app. A (the MLP head).
+
+    Definition: loss = mean over videos i of -log softmax(head(shots_i))[y_i], y_i = 1 if the
+    shots of video i were reversed.
 
     Shapes:
         logits: (N, 2) from :class:`vivi.models.heads.ShotOrderHead`.
@@ -47,12 +54,5 @@ class ShotOrderLoss(nn.Module):
         returns: scalar loss, ``{"accuracy": ...}`` (detached).
     """
 
-    def forward(
-        self, logits: torch.Tensor, labels: torch.Tensor
-    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        if logits.ndim != 2 or logits.shape[1] != 2:
-            raise ValueError(f"logits must be (N, 2), got {tuple(logits.shape)}")
-        loss = F.cross_entropy(logits, labels)
-        with torch.no_grad():
-            accuracy = (logits.argmax(dim=1) == labels).float().mean()
-        return loss, {"accuracy": accuracy}
+    num_classes = 2
+    rows = "N"

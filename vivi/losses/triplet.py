@@ -1,8 +1,15 @@
-"""Semi-hard triplet loss (FaceNet mining, TensorFlow Addons semantics).
+"""Semi-hard triplet loss: FaceNet's online mining, with TensorFlow Addons' ``triplet_semihard_loss`` semantics.
 
-Used by the exemplar loss (VIVI §3.2, appendix A: margin 0.5 on L2-normalised head outputs,
-labels = shot identity) and the object loss (object-centric paper §3, eq. 2, labels =
-detector class). The exact definition is SPEC §2.
+The building block of two losses of the hierarchy:
+
+* the exemplar loss (VIVI §3.2; VIVI app. A and B): L2-normalised exemplar-head outputs, margin
+  0.5, label = the frame's shot (:class:`vivi.losses.exemplar.ExemplarLoss`);
+* the object-level loss (Object-centric §3, eq. (2), with "semi-hard negative mining", i.e.
+  FaceNet's): box features, label = the detector's class (:class:`vivi.losses.object.ObjectLoss`).
+
+Neither paper spells the mining out; vivi follows FaceNet (Schroff et al. 2015) as TensorFlow
+Addons' ``triplet_semihard_loss`` implements it. The definition is in :class:`SemiHardTripletLoss`
+and in docs/reference.md, "Semi-hard triplet mining".
 """
 
 from __future__ import annotations
@@ -94,32 +101,36 @@ def semi_hard_triplet_loss(
 
 
 class SemiHardTripletLoss(nn.Module):
-    """Semi-hard triplet loss of FaceNet (Schroff et al. 2015) as in TF Addons.
+    """Semi-hard triplet loss of FaceNet (Schroff et al. 2015), as in TensorFlow Addons.
 
-    SPEC §2; VIVI appendix A ("We set the margin parameter in the semi-hard triplet loss to
-    0.5"); object-centric paper §3, eq. (2).
+    Paper: VIVI §3.2 (exemplar SSL with a triplet loss), VIVI app. B ("We set the margin
+    parameter in the semi-hard triplet loss to 0.5"); Object-centric §3, eq. (2). See
+    docs/reference.md, "Semi-hard triplet mining".
 
     Definition:
-        * d(a, b) = squared Euclidean distance of the embeddings (no normalisation here).
+        * d(a, b) = ||e_a - e_b||^2, the squared Euclidean distance (no normalisation here: the
+          exemplar and object losses normalise before calling).
         * Positive pairs: every ordered pair (a, p), a != p, with the same label.
-        * Negative for (a, p): the smallest d(a, n) among negatives of a with
-          d(a, n) > d(a, p) (strict); if none exists, the largest d(a, n) over all negatives
-          of a.
-        * loss = sum over positive pairs of max(0, margin + d(a, p) - d(a, n)), divided by
-          the number of positive pairs (zero-loss pairs count in the divisor).
+        * Negative of (a, p): the smallest d(a, n) over the negatives n of a (other label) with
+          d(a, n) > d(a, p), strictly; if there is none, the largest d(a, n) over all negatives of a.
+        * loss = sum over positive pairs of max(0, margin + d(a, p) - d(a, n)), divided by the
+          number of positive pairs (pairs with zero loss count in the divisor).
 
-    Edge cases (documented differences from TF Addons): pairs whose anchor has no negative
-    at all (every label in the batch equal) are dropped from sum and divisor; with no usable
-    pair the loss is an exact 0 that still has a graph to the embeddings.
+    Two edge cases differ from TensorFlow Addons, on purpose: pairs whose anchor has no negative
+    at all (every label in the batch equal) are left out of sum and divisor (TF Addons takes the
+    row minimum, 0, as d(a, n)); with no usable pair the loss is an exact 0 that still has a graph
+    to the embeddings, so a step with one shot per device does not fail.
 
-    Memory is O(B^2): one distance matrix, one sort per anchor row and a ``searchsorted``;
-    at the paper's B = 2048 x 8 frames that is a few B x B float tensors.
+    Memory is O(B^2): one distance matrix, one sort per anchor row and a ``searchsorted``, no
+    B x B x B tensor.
 
     Args:
         margin: alpha; 0.5 in both papers.
 
     Shapes:
-        embeddings (B, D), labels (B,) -> scalar loss, dict of detached diagnostics.
+        embeddings: (B, D) float.
+        labels: (B,) integer labels.
+        returns: scalar loss, dict of detached diagnostics (see :func:`semi_hard_triplet_loss`).
     """
 
     def __init__(self, margin: float = 0.5) -> None:

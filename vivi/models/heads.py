@@ -1,6 +1,6 @@
 """Heads and predictors that sit on the frame encoder (they belong to the model).
 
-VIVI appendix A: "For each prediction task, we attach a different linear head to the
+VIVI app. A: "For each prediction task, we attach a different linear head to the
 2048-dimensional pre-logits ResNet representation before applying the respective loss or
 prediction function." Feature sizes are constructor arguments so that wider encoders
 (w = 3: 6144-d pre-logits) and small test models plug in unchanged.
@@ -12,16 +12,17 @@ head                          what                                        paper
 :class:`RotationHead`         linear pre-logits -> 4                      VIVI app. A
 :class:`ShotProjection`       mean over frames, linear -> 512             VIVI §3.1, app. A
 :class:`MLPCritic`            phi(u)^T psi(v), MLPs 256 hidden, 128 out   VIVI app. A (K = 2)
-:class:`BilinearCritic`       u^T W v                                     object-centric §4
+:class:`BilinearCritic`       u^T W v                                     Object-centric §4.1
 :class:`LSTMPredictor`        2-layer LSTM 256, linear 256 -> 512         VIVI app. A (K = 4)
 :class:`ShotOrderHead`        MLP 512 hidden on concatenated shots -> 2   VIVI §3.3, app. A
-:class:`ObjectClassHead`      linear grid column -> 600 classes           object-centric §4
+:class:`ObjectClassHead`      linear grid column -> 600 classes           Object-centric §5.1
 ============================  ==========================================  ====================
 
 The video-level predictors return :class:`ShotPredictions`, which
 :class:`vivi.losses.infonce.VideoInfoNCELoss` consumes: the critic score of a prediction
 and a candidate shot is the dot product ``query . key``, so every critic above is written
-as a query map of the context and a key map of the candidate.
+as a query map of the context and a key map of the candidate. docs/reference.md, "InfoNCE
+across shots", collects the papers' statements on the predictors.
 """
 
 from __future__ import annotations
@@ -66,9 +67,9 @@ class RotationHead(nn.Linear):
 class ShotProjection(nn.Module):
     """Shot embedding: average the frame embeddings of a shot, then project to 512.
 
-    VIVI §3.1 (parameter-free average pooling of the frame embeddings) and app. A ("we
-    project the pre-logits, average-pooled across the frames of the same shot, to 512
-    dimensions using a linear head"); SPEC §1.
+    VIVI §3.1 and §4 ("Throughout, we rely on (parameter-free) average pooling") and app. A
+    ("we project the pre-logits, average-pooled across the frames of the same shot, to 512
+    dimensions using a linear head").
 
     Shapes: (..., F, in_dim) frame pre-logits, e.g. (N, K, F, 2048) -> (..., out_dim),
     e.g. (N, K, 512).
@@ -122,7 +123,7 @@ class MLPCritic(nn.Module):
 
     VIVI app. A: "when we sample 2 shots, we predict one from the other using an MLP, i.e.
     the function in (4) has the form phi(u)^T psi(v), where phi, psi are MLPs with a single
-    hidden layer with 256 units and 128 outputs"; SPEC §1.
+    hidden layer with 256 units and 128 outputs".
 
     With K = 2 the only pair is shot 0 -> shot 1. For K > 2 every pair (l, l + m) is
     scored with u = shot l alone (no aggregation of earlier shots; use
@@ -143,8 +144,8 @@ class MLPCritic(nn.Module):
 
 
 class BilinearCritic(nn.Module):
-    """Critic f(u, v) = u^T W v (the object-centric paper, §4: "We parameterize the critic
-    function g as a bilinear form"; CPC's critic).
+    """Critic f(u, v) = u^T W v (Object-centric §4.1: "We parameterize the critic function g as
+    a bilinear form"; the critic of CPC, Oord et al. 2018).
 
     Pairs as in :class:`MLPCritic` (u = shot l). Keys are the shot embeddings themselves.
 
@@ -167,15 +168,16 @@ class LSTMPredictor(nn.Module):
     VIVI app. A: "In the experiments with 4 shots, we use a 2-layer LSTM prediction function
     with 256 hidden units to predict every shot embedding from the previous ones. To match
     the dimension of the LSTM output (256) and that of the future shot embeddings (512) we
-    employ another linear layer." The object-centric paper's eq. (1) sums over l and m:
-    the LSTM state after reading shots 0..l predicts shot l + m for every m >= 1.
+    employ another linear layer." Object-centric §4.1 uses the same LSTM with 256 hidden units,
+    and its eq. (1) sums over l and m: the LSTM state after reading shots 0..l predicts shot
+    l + m for every m >= 1.
 
-    Reading chosen here (*unverified*, the paper shows one linear layer and does not say
-    how the offset m enters): one linear 256 -> 512 layer per offset m, as CPC (Oord et al.
-    2018, the paper's [42]) uses one W_m per step. ``shared_head=True`` uses a single
-    linear layer for all offsets instead (then a context predicts the same vector for all
-    its later shots). The score of a prediction and a candidate shot is their dot product,
-    i.e. a bilinear critic between the LSTM state and the candidate.
+    VIVI app. A names one linear layer and does not say how the offset m enters the prediction.
+    vivi uses one linear 256 -> 512 layer per offset m, as CPC (Oord et al. 2018, the InfoNCE
+    reference of VIVI §3.3) uses one W_m per step: with a single layer a context would predict
+    the same vector for all its later shots (docs/reference.md, "Choices the papers leave
+    open"). ``shared_head=True`` is that single layer. The score of a prediction and a candidate
+    shot is their dot product, i.e. a bilinear critic between the LSTM state and the candidate.
 
     Args:
         dim: shot-embedding size (512).
@@ -220,8 +222,9 @@ class LSTMPredictor(nn.Module):
 class ShotOrderHead(nn.Module):
     """Forward/backward classifier on the concatenated shot embeddings.
 
-    VIVI §3.3 and app. A: "a single-hidden-layer MLP with 512 hidden units as prediction
-    function"; class 1 = reversed, 0 = forward order.
+    VIVI §3.3 (the shot order "from concatenated shot embeddings") and app. A ("a
+    single-hidden-layer MLP with 512 hidden units as prediction function"); class 1 = reversed,
+    0 = forward order.
 
     Shapes: shots (N, num_shots, dim) -> logits (N, 2).
     """
@@ -235,8 +238,8 @@ class ShotOrderHead(nn.Module):
 
 
 class ObjectClassHead(nn.Linear):
-    """Linear classifier of box features into detector classes (object-centric §4,
-    ablation 4: 600 OpenImages V4 classes, binary cross-entropy).
+    """Linear classifier of box features into detector classes (Object-centric §5.1, Ablation 4:
+    600 OpenImagesV4 classes, binary cross-entropy in :class:`vivi.losses.ObjectClassificationLoss`).
 
     Shapes: (..., in_dim) -> (..., num_classes).
     """

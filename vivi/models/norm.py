@@ -1,10 +1,13 @@
 """Normalisation choices for the encoder: BatchNorm, or GroupNorm + Weight Standardisation.
 
-VIVI trains with BatchNorm. Co-trained models (papers/vivi-cvpr2020.txt §3.3, SPEC.md §1) use
-GroupNorm with Weight Standardisation instead, so that video frames and labelled images that pass
-through the same encoder do not share batch statistics. The GN+WS recipe is the one of BiT
-(google-research/big_transfer, SPEC.md §5): every convolution standardises each output filter
-over (in, kh, kw) with the biased variance and eps 1e-10, and GroupNorm uses 32 groups.
+VIVI trains with BatchNorm; co-trained models use GroupNorm with Weight Standardisation instead,
+"to avoid mismatch in batch statistics between the two data sources" (VIVI §4 and app. A;
+Object-centric §4.1, "Cotraining details"): video frames and labelled images pass through the
+same encoder and must not share batch statistics. Neither paper gives the recipe's constants;
+vivi takes BiT's (Kolesnikov et al. 2020; VIVI's acknowledgements thank Lucas Beyer, a BiT
+author, for the implementation of GroupNorm with weight standardisation): every convolution
+standardises each output filter over (in, kh, kw) with the biased variance and eps 1e-10, and
+GroupNorm uses 32 groups. See docs/reference.md, "Co-training" and "ResNet-50 v2".
 
 A norm kind is a pair (conv class, norm factory) looked up by name in :data:`NORMS`, so that a
 model asks for ``conv(...)`` and ``norm(channels)`` without branching on the kind.

@@ -1,9 +1,10 @@
-"""ResNet v2 (pre-activation) frame encoder, BiT style (SPEC.md §5).
+"""ResNet v2 (pre-activation) frame encoder in the layout of BiT.
 
 Both papers encode frames with a ResNet-50 v2 (He et al. 2016, "Identity mappings in deep
-residual networks"), ×3 wide for the "Big" models, with BatchNorm, or GroupNorm + Weight
-Standardisation when co-training (see ``norm.py``). The layout follows BiT
-(google-research/big_transfer):
+residual networks"; VIVI §4 and app. A, Object-centric §4.1), three times wider for VIVI's "Big"
+models, with BatchNorm, or GroupNorm + Weight Standardisation when co-training (see
+``norm.py``). The papers give no further detail; the layout follows BiT (Kolesnikov et al. 2020,
+google-research/big_transfer), see docs/reference.md, "ResNet-50 v2":
 
 - root: k×k convolution (7×7, stride 2, 64·w channels), then a 3×3 max-pool with stride 2; no
   norm or activation in the root;
@@ -110,15 +111,14 @@ class ResNetV2(nn.Module):
     - ``"root"``: output of the root (after the pool, if any);
     - ``"stage1"`` … ``"stageN"``: the residual stream after each stage, *before* any norm;
     - ``"grid"`` (B, C, H', W'): the last stage after the final norm → ReLU. This is the feature
-      grid of the object-level loss (SPEC.md §1: "output of the last ResNet block, before
-      pooling"). It is taken *after* the final norm + ReLU because in a pre-activation network the
-      raw output of the last block is an un-normalised sum of residuals whose scale grows with
-      depth and which no layer was trained to read directly; in v2 networks the final
-      norm + ReLU completes the last block (TF-slim's resnet_v2 calls it ``postnorm`` and applies
-      it before pooling, as BiT does before its head). It also makes ``pre_logits`` exactly
-      the spatial mean of ``grid``, so a box feature and a frame feature live in the same space
-      and a whole-frame box reproduces the frame embedding. The raw stream is still available as
-      ``"stageN"``. Which tensor the object-centric paper's code used is *unverified*.
+      grid of the object-level loss, which Object-centric §4.1 takes from "the ResNet block 4".
+      vivi takes it *after* the final norm + ReLU: in a pre-activation network the raw output of
+      the last block is an un-normalised sum of residuals whose scale grows with depth and which
+      no layer was trained to read directly, and in v2 networks the final norm + ReLU completes
+      the last block (TF-slim's resnet_v2 calls it ``postnorm`` and applies it before pooling, as
+      BiT does before its head). It also makes ``pre_logits`` exactly the spatial mean of
+      ``grid``, so box features and frame features live in one space (docs/reference.md,
+      "Choices the papers leave open"). The raw stream is still available as ``"stageN"``.
     - ``"pre_logits"`` (B, C): global average of ``grid``; ``C`` is :attr:`num_features`.
 
     :meth:`forward` returns ``pre_logits``. Heads (frame, shot, object, supervised) are separate
