@@ -44,6 +44,13 @@ def test_preset_parses_validates_and_builds(name, tmp_path):
     assert ("image_class_head" in heads) == (config.loss.cotrain_weight > 0)
     if config.loss.object_weight > 0:
         assert ("object_class_head" in heads) == ("classification" in config.loss.object_terms)
+    # a disabled head is an attribute set to None (not a missing one), and the model says which
+    # inputs it needs: a loop that probed attributes, or asked the wrong property, fails here
+    for name in ("frame_head", "shot_projection", "predictor", "shot_order_head", "video_loss", "object_class_head",
+                 "object_loss", "image_class_head"):
+        assert (getattr(model, name) is None) == (name not in heads), name
+    assert model.uses_boxes == (config.loss.object_weight > 0)
+    assert model.uses_labelled_images == (config.loss.cotrain_weight > 0)
     if not big:                                   # a real forward of the tiny model
         d = config.data
         k = d.shots
@@ -53,6 +60,56 @@ def test_preset_parses_validates_and_builds(name, tmp_path):
         images, image_labels = torch.rand(4, 3, 32, 32), torch.randint(0, 4, (4,))
         terms, _ = model(frames, boxes, labels, images, image_labels, generator=torch.Generator().manual_seed(0))
         assert all(torch.isfinite(t) for t in terms.values())
+        # every enabled loss gives its term (a head built but skipped in forward would be missing)
+        expected = {config.loss.frame, config.loss.video} - {"none"}
+        expected |= {"object"} if config.loss.object_weight > 0 else set()
+        expected |= {"supervised"} if config.loss.cotrain_weight > 0 else set()
+        assert set(terms) == expected
+
+
+def _linear(name: str) -> list[str]:
+    return [f"{name}.weight", f"{name}.bias"]
+
+
+# The names under which a checkpoint stores each head's tensors (besides ``encoder.*``), written
+# out: checkpoints of earlier runs load only while the model registers its heads under these names.
+HEAD_KEYS = {
+    "frame_head": _linear("frame_head"),
+    "shot_projection": _linear("shot_projection.proj"),
+    "mlp": [f"predictor.{net}.{i}.{p}" for net in ("phi", "psi") for i in (0, 2) for p in ("weight", "bias")],
+    "lstm": [f"predictor.lstm.{kind}_{gate}_l{layer}" for kind in ("weight", "bias") for gate in ("ih", "hh")
+             for layer in (0, 1)],        # + one linear map per prediction offset: predictor.heads.M
+    "bilinear": ["predictor.weight.weight"],
+    "shot_order": [f"shot_order_head.mlp.{i}.{p}" for i in (0, 2) for p in ("weight", "bias")],
+    "object_class_head": _linear("object_class_head"),
+    "image_class_head": _linear("image_class_head"),
+}
+
+
+@pytest.mark.parametrize("name, overrides", [(name, []) for name in sorted(list_presets())] + [
+    ("tiny-vivi-ex4", ["loss.predictor=bilinear"]), ("tiny-vivi-ex2", ["loss.predictor=lstm"])])
+def test_checkpoint_keys_keep_their_names(name, overrides):
+    """The state_dict keys of every preset's model: ``encoder.`` + the encoder's own, and the heads'
+    names of HEAD_KEYS. Catches a renamed or re-nested head attribute, or a loss module that gained
+    parameters or buffers, either of which would make the checkpoints of earlier runs unloadable."""
+    from vivi.train.model import build_encoder, encoder_spec
+    config = load_config(name, overrides, validate=False)
+    loss = config.loss
+    with torch.device("meta"):
+        keys = list(VIVIModel(config).state_dict())
+        encoder_keys = ["encoder." + k for k in build_encoder(encoder_spec(config)).state_dict()]
+    expected = list(encoder_keys)
+    expected += HEAD_KEYS["frame_head"] if loss.frame != "none" else []
+    expected += HEAD_KEYS["shot_projection"] if loss.video != "none" else []
+    if loss.video == "infonce":
+        expected += HEAD_KEYS[loss.predictor]
+    if loss.video == "infonce" and loss.predictor == "lstm":
+        expected += [key for m in range(config.data.shots - 1) for key in _linear(f"predictor.heads.{m}")]
+    expected += HEAD_KEYS["shot_order"] if loss.video == "shot_order" else []
+    if loss.object_weight > 0 and "classification" in loss.object_terms:
+        expected += HEAD_KEYS["object_class_head"]
+    expected += HEAD_KEYS["image_class_head"] if loss.cotrain_weight > 0 else []
+    assert sorted(keys) == sorted(expected)
 
 
 def test_paper_hyper_parameters():

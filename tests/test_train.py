@@ -27,7 +27,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 @pytest.fixture(scope="module")
 def data(world, dataset, tmp_path_factory) -> Path:
-    """A private copy of the session dataset with ground-truth detections named ``groundtruth``
+    """A private copy of the shared ``dataset`` fixture with ground-truth detections named ``groundtruth``
     (the tiny object preset's detector), so other test modules see the dataset unchanged."""
     out = tmp_path_factory.mktemp("train") / "ds"
     shutil.copytree(dataset, out)
@@ -64,14 +64,15 @@ def test_resume_is_exact(data, tmp_path):
     a, b = read_checkpoint(tmp_path / "straight"), read_checkpoint(tmp_path / "split")
     assert a["step"] == b["step"] == 6
     assert a["model"].keys() == b["model"].keys() and a["optim"].keys() == b["optim"].keys()
+    # one process, one thread: the same float operations in the same order, so equal bit for bit
     for key in a["model"]:
-        torch.testing.assert_close(a["model"][key], b["model"][key], rtol=1e-5, atol=1e-6, msg=key)
+        assert torch.equal(a["model"][key], b["model"][key]), key
     for key in a["optim"]:
-        torch.testing.assert_close(a["optim"][key], b["optim"][key], rtol=1e-5, atol=1e-6, msg=key)
+        assert torch.equal(a["optim"][key], b["optim"][key]), key
     straight, split = metrics(tmp_path / "straight"), metrics(tmp_path / "split")
     assert [m["step"] for m in split] == list(range(1, 7))
     for x, y in zip(straight, split):
-        assert x["loss"] == pytest.approx(y["loss"], rel=1e-5) and x["lr"] == pytest.approx(y["lr"])
+        assert x["loss"] == y["loss"] and x["lr"] == y["lr"]
 
 
 def test_resume_without_checkpoint_errors(data, tmp_path):
@@ -133,8 +134,8 @@ def test_ctrl_c_finishes_the_step_writes_a_checkpoint_and_resume_is_exact(data, 
     straight = tmp_path / "straight"
     train("tiny-ex-yt-s", data, straight, overrides=over[:-1] + [f"optim.steps={stopped + 2}"], progress=False)
     a, b = read_checkpoint(straight), read_checkpoint(run)
-    for key in a["model"]:
-        torch.testing.assert_close(a["model"][key], b["model"][key], rtol=1e-5, atol=1e-6, msg=key)
+    for key in a["model"]:                # one thread in both processes: equal bit for bit
+        assert torch.equal(a["model"][key], b["model"][key]), key
 
 
 @pytest.mark.parametrize("override, words", [
@@ -175,7 +176,10 @@ def test_tiny_preset_loss_decreases(preset, data, image_source, tmp_path):
     train(preset, data, run, overrides=over, progress=False)
     losses = [m["loss"] for m in metrics(run)]
     assert len(losses) == 16 and all(math.isfinite(x) for x in losses)
-    assert np.mean(losses[-4:]) < np.mean(losses[:4]), losses
+    # Without random augmentation the losses follow from the seed alone; every method's mean over
+    # the last 4 steps is 12-100 % below the first 4's, so a run whose parameters do not move (no
+    # optimizer step, a zero learning rate: the batches alone vary the loss) fails a 5 % margin.
+    assert np.mean(losses[-4:]) < 0.95 * np.mean(losses[:4]), losses
     record = metrics(run)[-1]
     assert {"lr", "grad_norm", "frames_per_s"} <= record.keys()
     config = load_config(preset, over)
@@ -197,6 +201,21 @@ def test_run_folder_contents(data, tmp_path):
     assert read_checkpoint(run)["config"]["optim"]["steps"] == 2           # resolved config in the checkpoint
     assert list((run / "tensorboard").glob("events.*"))
     assert not list((run / "checkpoints").glob(".*tmp*"))
+
+
+def test_run_log_writes_nothing_on_other_ranks(tmp_path):
+    """Ranks other than 0 leave the (shared) run folder alone: no folder, config.yaml or
+    metrics.jsonl lines of theirs beside rank 0's; their records still get step and frames/s, so
+    every rank's ``train`` returns the same keys."""
+    from vivi.train.log import RunLog
+    log = RunLog(tmp_path / "run", load_config("tiny-ex-yt-s"), start_step=0, resumed=False, main_process=False,
+                 progress=False)
+    record = {"loss": 1.0, "loss/exemplar": 1.0}
+    log.write(10, record)
+    log.advance()
+    log.close()
+    assert not (tmp_path / "run").exists()
+    assert record["step"] == 10 and record["frames_per_s"] > 0
 
 
 def test_schedule_warmup_and_decay():

@@ -1,4 +1,5 @@
-"""Training: config and presets, the VIVI model (encoder + heads), the loop, checkpoints, augmentation.
+"""Training: config and presets, the VIVI model (encoder + heads), the loop, resume, the run's log,
+checkpoints, augmentation.
 
 ``train(config, data, out, resume=False)`` is the entry point (``vivi train`` on the command line);
 ``load_config`` reads a preset by name (``list_presets()``) or a YAML file and applies overrides.

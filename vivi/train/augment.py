@@ -1,11 +1,12 @@
 """Frame augmentation on the device, batched: inception crop + flip, colour distortion, boxes.
 
-VIVI §4 / appendix A ("the augmentation mechanism from [55]", Szegedy et al.'s inception
-preprocessing; AutoAugment in its place; S4L's HSV randomisation for co-training), object-centric
-paper §4 ("random cropping, left-right flipping and color distortions. The coordinates of object
-bounding boxes are recalculated accordingly"); SPEC §3. Every frame is augmented independently
-("Frames of one shot are augmented independently"): each image of the batch draws its own crop,
-flip and colour parameters.
+VIVI §4 and app. A ("the augmentation mechanism from [55]", the inception preprocessing of
+GoogLeNet, Szegedy et al. 2015; AutoAugment in its place; S4L's HSV randomisation for
+co-training), Object-centric §4.1 ("random cropping, left-right flipping and color distortions.
+The coordinates of object bounding boxes are recalculated accordingly"); docs/reference.md,
+"Augmentation". Every frame is augmented independently: each image of the batch draws its own
+crop, flip and colour parameters (the exemplar loss needs that: the frames of a shot are its
+exemplars).
 
 Pipeline, for a float batch (B, 3, H, W) in [0, 1] already on the device::
 
@@ -23,7 +24,7 @@ inside). ``crop="center"`` takes the largest centred square, ``crop="resize"`` t
 one affine sampling grid, so the frame is resampled once (bilinear, ``align_corners=False``, no
 antialiasing: TF's ``resize_images`` default, which the papers used). The output is square, so
 :func:`vivi.losses.rotation.rotate_batch` applies to it: the rotation loss appends its rotated
-copies *after* this module, and all four copies share crop and colour (SPEC §1).
+copies *after* this module, and all four copies share crop and colour (docs/reference.md, "Rotation").
 
 Colour (``color=``): ``"distort"`` is inception preprocessing's ``distort_color(fast_mode=True)``:
 brightness delta uniform in ±``brightness`` and HSV saturation factor uniform in ``saturation``, in
@@ -35,9 +36,9 @@ colour distortion by kornia's ImageNet AutoAugment policy, one sub-policy drawn 
 behaviour; kornia's own module draws one per batch). ``"linear"`` (vivi's, not the papers'; the
 synthetic world's preset) draws the four parameters of ``"distort_strong"`` and applies them as
 one affine map per image (see :func:`linear_color`): cheap, and the order does not matter.
-``hsv_noise=True`` adds S4L's HSV-space
-randomisation after the colour distortion (see :func:`hsv_noise`); VIVI uses it for co-trained
-models, read here as the labelled-image branch (docs/augment.md discusses the reading).
+``hsv_noise=True`` adds S4L's HSV-space randomisation after the colour distortion (see
+:func:`hsv_noise`); VIVI uses it for co-trained models, read here as the labelled-image branch
+(docs/augment.md and docs/reference.md, "Choices the papers leave open", discuss the reading).
 
 Boxes (B, M, 4) are normalised (x0, y0, x1, y1) in the input frame, vivi's convention. They are
 mapped into the crop (normalised in the S x S output), mirrored in x when flipped and clipped to
@@ -81,19 +82,23 @@ class AugmentConfig:
                                           # the papers' 224, 32-64 for CPU presets
     crop: str = "inception"               # "inception" (random, training), "center" (largest centred square)
                                           # or "resize" (whole frame, aspect ignored: VTAB evaluation)
-    area: tuple[float, float] = (0.05, 1.0)       # inception crop: fraction of the frame area, uniform (SPEC §3;
-                                                  # TF's min_object_covered=0.1 makes its effective minimum 0.1)
-    aspect: tuple[float, float] = (3 / 4, 4 / 3)  # inception crop: width/height, log-uniform (SPEC §3)
+    area: tuple[float, float] = (0.05, 1.0)       # inception crop: fraction of the frame area, uniform; TF
+                                                  # inception preprocessing's area_range (GoogLeNet states 8 %;
+                                                  # TF's min_object_covered=0.1 makes its effective minimum 0.1;
+                                                  # docs/reference.md, "Choices the papers leave open")
+    aspect: tuple[float, float] = (3 / 4, 4 / 3)  # inception crop: width/height, log-uniform (GoogLeNet's range)
     attempts: int = 10                    # inception crop: candidates per frame before the fallback
                                           # (torchvision's 10; TF's 100 changes the fallback rate only)
-    flip: bool = True                     # random left-right flip with probability 1/2 (SPEC §3)
+    flip: bool = True                     # random left-right flip with probability 1/2 (the papers' flip)
     color: str = "distort"                # "none", "distort" (brightness + saturation, random order),
                                           # "distort_strong" (+ hue, contrast), "linear" (the same four as
                                           # one affine colour map) or "autoaugment" (ImageNet policy)
-    brightness: float = 32 / 255          # distort: delta added to every channel, uniform in [-b, b] (SPEC §3)
-    saturation: tuple[float, float] = (0.5, 1.5)  # distort: HSV saturation factor range (SPEC §3)
-    hue: float = 0.2                      # distort_strong, linear: hue delta in turns, uniform in [-h, h] (SPEC §3)
-    contrast: tuple[float, float] = (0.5, 1.5)    # distort_strong, linear: contrast factor range (SPEC §3)
+    brightness: float = 32 / 255          # distort: delta added to every channel, uniform in [-b, b]; this and
+                                          # the three below are TF's distort_color values (docs/reference.md,
+                                          # "Augmentation")
+    saturation: tuple[float, float] = (0.5, 1.5)  # distort: HSV saturation factor range
+    hue: float = 0.2                      # distort_strong, linear: hue delta in turns, uniform in [-h, h]
+    contrast: tuple[float, float] = (0.5, 1.5)    # distort_strong, linear: contrast factor range
     hsv_noise: bool = False               # S4L's HSV randomisation after the colour (VIVI co-training images)
 
     def __post_init__(self):
@@ -118,8 +123,8 @@ AUGMENTATIONS: dict[str, AugmentConfig] = {
     "eval": AugmentConfig(crop="resize", flip=False, color="none"),  # evaluation: plain resize to S x S
     # the synthetic world at 64 px: palettes are drawn per theme/shot and never tell a task's label, so
     # colour must not identify a shot/video -- full hue wheel, wide saturation/contrast; crops keep
-    # >= 20 % of the frame so the small objects survive (docs/demo-study.md)
-    # (the affine "linear" colour map: the HSV round trips of "distort_strong" cost ~20 % of a tiny step)
+    # >= 20 % of the frame so the small objects survive (docs/design-notes.md); the affine "linear" colour
+    # map, much cheaper than the HSV round trips of "distort_strong" against a tiny encoder
     "synth": AugmentConfig(area=(0.2, 1.0), color="linear", hue=0.5, saturation=(0.2, 1.8),
                            contrast=(0.4, 1.6), brightness=64 / 255),
 }

@@ -28,7 +28,7 @@ from safetensors.torch import save_file
 from ..files import replacing
 
 __all__ = ["CHECKPOINT_DIR", "CHECKPOINT_KIND", "ENCODER_KIND", "checkpoint_path", "export_encoder",
-           "latest_checkpoint", "read_checkpoint", "read_encoder_file", "write_checkpoint"]
+           "latest_checkpoint", "load_momentum", "read_checkpoint", "read_encoder_file", "write_checkpoint"]
 
 CHECKPOINT_DIR = "checkpoints"
 CHECKPOINT_KIND = "vivi-checkpoint"
@@ -69,6 +69,15 @@ def write_checkpoint(run: str | Path, step: int, model: torch.nn.Module, optimiz
     for stale in old[:-keep] if keep > 0 else []:
         stale.unlink(missing_ok=True)
     return path
+
+
+def load_momentum(optimizer: torch.optim.Optimizer, model: torch.nn.Module, momentum: dict[str, torch.Tensor],
+                  device: torch.device) -> None:
+    """Put a checkpoint's SGD momentum (``read_checkpoint(...)["optim"]``, by parameter name) into
+    ``optimizer``, whose parameters are ``model``'s: the inverse of :func:`write_checkpoint`'s."""
+    params = dict(model.named_parameters())
+    for name, buf in momentum.items():
+        optimizer.state[params[name]]["momentum_buffer"] = buf.to(device)
 
 
 def _read(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:

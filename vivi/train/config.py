@@ -5,9 +5,10 @@ A run is described by a :class:`TrainConfig`. Presets live as YAML files in
 only lists the fields that differ from the defaults below. Command-line overrides
 ``section.field=value`` are parsed as YAML scalars and type-checked against the field.
 
-Defaults are the VIVI recipe (papers/vivi-cvpr2020.txt §4, Table 5; SPEC §3): ResNet-50 v2
-with BatchNorm, N·K = 2048 shots per step, SGD momentum 0.9, learning rate 0.8 at batch 2048,
-120k steps, ×0.1 at 90k and 110k.
+Defaults are the recipe of VIVI-Ex(4), the VIVI paper's main model (VIVI §4, app. A-B, Table 5;
+docs/reference.md, "Training schedule"): ResNet-50 v2 with BatchNorm, exemplar + InfoNCE with
+the LSTM predictor, N·K = 2048 shots per step, SGD momentum 0.9, learning rate 0.8 at batch
+2048, 120k steps, ×0.1 at 90k and 110k.
 """
 from __future__ import annotations
 
@@ -40,28 +41,33 @@ PRECISIONS = ("bf16", "fp32")
 class DataConfig(ClipConfig):
     """The clips (``ClipConfig``: shots K, frames F, mode, frame_choice, detector, max_boxes) and
     how many of them a step takes."""
-    size: int | None = 256           # 256 = ingest's default short side, before the 224 inception crop
-    videos: int = 512                # N: videos per step over all ranks (N·K = 2048 in VIVI); split over ranks
-    workers: int = 4                 # DataLoader worker processes per rank (the batches do not depend on it)
+    size: int | None = 256           # loader's short-side resize + centre crop; 256 = ingest's default short
+                                     # side, so frames ingested with the defaults are not resampled again
+    videos: int = 512                # N: videos per step over all ranks, split over them (N·K = 2048, VIVI §4)
+    workers: int = 4                 # DataLoader worker processes per rank, decoding JPEGs while the step
+                                     # runs (the batches do not depend on it)
 
 
 @dataclass
 class ModelConfig:
-    encoder: str = "resnet50_v2"     # name in vivi.models.ENCODERS (resnet50x3_v2 for the "Big" rows)
-    norm: str = "bn"                 # "bn" (VIVI) or "gnws" (GroupNorm + weight standardisation: co-training)
+    encoder: str = "resnet50_v2"     # name in vivi.models.ENCODERS: the papers' ResNet-50 v2 (VIVI §4;
+                                     # resnet50x3_v2 for the "Big" rows)
+    norm: str = "bn"                 # "bn" (VIVI §4) or "gnws" (GroupNorm + weight standardisation: co-training)
     width: int | None = None         # width multiplier override (None: the encoder's own, 3 for resnet50x3_v2)
     exemplar_dim: int = 1000         # exemplar head outputs (VIVI app. A)
     shot_dim: int = 512              # shot projection size for the video-level losses (VIVI app. A)
     predictor_hidden: int = 256      # LSTM units / MLP-critic hidden units (VIVI app. A: 256)
     order_hidden: int = 512          # hidden units of the shot-order MLP (VIVI app. A: 512)
-    object_classes: int = 600        # detector classes (OpenImages V4: 600); random labels are drawn from these
-    image_classes: int = 1000        # co-training classifier outputs (ImageNet: 1000)
+    object_classes: int = 600        # detector classes (OpenImages V4: 600, Object-centric §4.1); random
+                                     # labels of the ablation are drawn from these
+    image_classes: int = 1000        # co-training classifier outputs (ImageNet: 1000, VIVI app. A)
 
 
 @dataclass
 class AugmentSection:
-    preset: str = "inception"        # frame augmentation, name in vivi.train.augment.AUGMENTATIONS (SPEC §3)
-    size: int = 224                  # output frames are size x size (papers: 224)
+    preset: str = "inception"        # frame augmentation, name in vivi.train.augment.AUGMENTATIONS: inception
+                                     # crop + colour distortion (VIVI §4; docs/reference.md, "Augmentation")
+    size: int = 224                  # output frames are size x size (the papers' ResNet input, 224)
     cotrain_preset: str = "cotrain_images"  # augmentation of the co-training images (VIVI §4: + HSV noise)
 
 
@@ -69,14 +75,18 @@ class AugmentSection:
 class LossConfig:
     frame: str = "exemplar"          # frame/shot-level loss: "exemplar" (triplet over shots), "rotation" or "none"
     video: str = "infonce"           # video-level loss: "infonce" (predict later shots), "shot_order" or "none"
-    predictor: str = "lstm"          # InfoNCE critic: "mlp" (K = 2), "lstm" (K = 4) or "bilinear" (object-centric)
-    video_weight: float = 0.04       # λ (β in paper 2): weight of the video-level loss (0.04 quoted by paper 2)
-    margin: float = 0.5              # triplet margin of the exemplar and object losses (VIVI app. A)
-    object_weight: float = 0.0       # ω: weight of the object loss (paper 2: 5); 0 disables it
-    object_mode: str = "detector"    # boxes: "detector", or ablations "random_boxes", "random_boxes_and_labels"
-    object_terms: str = "triplet"    # "triplet" (eq. 2), "triplet+classification" (extra 600-way BCE head)
-                                     # or "classification" (the head replacing the triplet)
-    cotrain_weight: float = 0.0      # γ: weight of the supervised image loss; 0 disables co-training
+    predictor: str = "lstm"          # InfoNCE critic: "mlp" (K = 2), "lstm" (K = 4, VIVI app. A) or "bilinear"
+                                     # (Object-centric §4.1)
+    video_weight: float = 0.04       # λ (β in Object-centric): weight of the video-level loss; VIVI swept it,
+                                     # 0.04 is the value Object-centric §4.1 takes from VIVI
+                                     # (docs/reference.md, "Choices the papers leave open")
+    margin: float = 0.5              # triplet margin of the exemplar and object losses (VIVI app. B)
+    object_weight: float = 0.0       # ω: weight of the object loss (Object-centric §4.1: 5); 0, VIVI, disables it
+    object_mode: str = "detector"    # boxes: "detector", or the ablations "random_boxes", "random_boxes_and_labels"
+                                     # (Object-centric §5.1)
+    object_terms: str = "triplet"    # "triplet" (Object-centric eq. (2)), "triplet+classification" (an extra
+                                     # 600-way BCE head) or "classification" (the head replacing the triplet)
+    cotrain_weight: float = 0.0      # γ: weight of the supervised image loss; 0, the unsupervised rows, disables it
     cotrain_source: str | None = None  # labelled images: a folder with one sub-folder per class, or .npz/.npy
     cotrain_images: int = 2048       # labelled images per step over all ranks (VIVI Table 5: 2048 or 256)
     cotrain_fraction: float = 1.0    # class-balanced fraction of the source used (Co(10%): 0.1)
@@ -84,32 +94,40 @@ class LossConfig:
 
 @dataclass
 class OptimConfig:
-    lr: float = 0.8                  # peak learning rate at batch base_batch (VIVI: 0.8 at 2048)
+    lr: float = 0.8                  # peak learning rate at batch base_batch (VIVI §4: 0.8 at 2048)
     base_batch: int = 2048           # batch (N·K shots, all ranks) at which lr applies; lr scales linearly
     momentum: float = 0.9            # SGD momentum (VIVI §4)
-    weight_decay: float = 1e-4       # on conv/linear weights only; VIVI Table 5 does not state it (guess,
-                                     # the value of the exemplar/rotation baselines of Kolesnikov et al. 2019)
-    warmup_steps: int = 5000         # linear warm-up from 0 (5k shot/video models, 17k frame baselines)
-    steps: int = 120000              # total optimisation steps
-    decay_steps: list[int] = field(default_factory=lambda: [90000, 110000])  # lr ×decay_factor at each
-    decay_factor: float = 0.1        # multiplicative decay at each of decay_steps
+    weight_decay: float = 1e-4       # on weight matrices only; not stated for the unsupervised rows: vivi
+                                     # takes Kolesnikov et al. 2019's value, whose recipes VIVI §4's baselines
+                                     # follow (docs/reference.md, "Choices the papers leave open")
+    warmup_steps: int = 5000         # linear warm-up from 0 (VIVI Table 5: 5k shot/video models, 17k frame ones)
+    steps: int = 120000              # total optimisation steps (VIVI §4)
+    decay_steps: list[int] = field(default_factory=lambda: [90000, 110000])  # lr ×decay_factor at each (VIVI §4)
+    decay_factor: float = 0.1        # multiplicative decay at each of decay_steps (VIVI §4)
 
 
 @dataclass
 class RunConfig:
-    seed: int = 0                    # seeds the initialisation, the data stream and the augmentation
-    device: str = "auto"             # "auto" (cuda if available), "cpu" or "cuda"
-    precision: str = "bf16"          # "bf16" autocast on CUDA (CPU always runs fp32) or "fp32"
+    seed: int = 0                    # seeds the initialisation, the data stream and the augmentation: a run
+                                     # is repeatable
+    device: str = "auto"             # "auto" (cuda if available: one command for CPU and GPU), "cpu" or "cuda"
+    precision: str = "bf16"          # "bf16" autocast on CUDA (CPU always runs fp32) or "fp32"; the heads and
+                                     # losses run in fp32 either way
     channels_last: bool = True       # NHWC memory format for the encoder (faster convolutions on GPU)
-    compile: bool = False            # torch.compile the encoder (first steps are slower)
-    log_every: int = 10              # steps between metrics.jsonl / TensorBoard records
-    ckpt_every: int = 5000           # steps between checkpoints (one is always written at the end)
-    keep_checkpoints: int = 3        # newest checkpoints kept (older ones are deleted)
+    compile: bool = False            # torch.compile the encoder; off: compiling delays the first steps, which
+                                     # short runs do not repay
+    log_every: int = 10              # steps between metrics.jsonl / TensorBoard records (a record is a few
+                                     # scalars: cheap enough for a curve with every tenth step)
+    ckpt_every: int = 5000           # steps between checkpoints (one is always written at the end); a crash
+                                     # repeats at most this many steps
+    keep_checkpoints: int = 3        # newest checkpoints kept (older ones are deleted); more than one, so a
+                                     # damaged newest file leaves an older one to resume from
 
 
 @dataclass
 class TrainConfig:
-    name: str = "custom"             # preset name (the paper row), recorded in the run folder
+    name: str = "custom"             # preset name (the paper row), recorded in the run folder; --resume
+                                     # refuses another preset
     description: str = ""            # one line shown by `vivi train --list-presets`
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -157,17 +175,19 @@ class TrainConfig:
                 raise ValueError(f"data.{name} must be positive, got {getattr(self.data, name)}")
         if self.optim.steps < 1 or self.run.log_every < 1 or self.run.ckpt_every < 1:
             raise ValueError("optim.steps, run.log_every and run.ckpt_every must be positive")
-        at_least = {"data.max_boxes": (self.data.max_boxes, 1), "augment.size": (self.augment.size, 8),
-                    "model.exemplar_dim": (self.model.exemplar_dim, 1), "model.shot_dim": (self.model.shot_dim, 1),
-                    "model.predictor_hidden": (self.model.predictor_hidden, 1),
-                    "model.order_hidden": (self.model.order_hidden, 1),
-                    "model.object_classes": (self.model.object_classes, 1),
-                    "model.image_classes": (self.model.image_classes, 1), "optim.base_batch": (self.optim.base_batch, 1),
-                    "optim.warmup_steps": (self.optim.warmup_steps, 0), "run.keep_checkpoints": (self.run.keep_checkpoints, 1),
-                    "loss.cotrain_images": (self.loss.cotrain_images, 1), "optim.lr": (self.optim.lr, 0),
-                    "optim.weight_decay": (self.optim.weight_decay, 0), "loss.margin": (self.loss.margin, 0),
-                    "loss.video_weight": (self.loss.video_weight, 0), "loss.object_weight": (self.loss.object_weight, 0),
-                    "loss.cotrain_weight": (self.loss.cotrain_weight, 0)}
+        at_least = {
+            "data.max_boxes": (self.data.max_boxes, 1), "augment.size": (self.augment.size, 8),
+            "model.exemplar_dim": (self.model.exemplar_dim, 1), "model.shot_dim": (self.model.shot_dim, 1),
+            "model.predictor_hidden": (self.model.predictor_hidden, 1),
+            "model.order_hidden": (self.model.order_hidden, 1),
+            "model.object_classes": (self.model.object_classes, 1),
+            "model.image_classes": (self.model.image_classes, 1),
+            "optim.base_batch": (self.optim.base_batch, 1), "optim.warmup_steps": (self.optim.warmup_steps, 0),
+            "run.keep_checkpoints": (self.run.keep_checkpoints, 1),
+            "loss.cotrain_images": (self.loss.cotrain_images, 1), "optim.lr": (self.optim.lr, 0),
+            "optim.weight_decay": (self.optim.weight_decay, 0), "loss.margin": (self.loss.margin, 0),
+            "loss.video_weight": (self.loss.video_weight, 0), "loss.object_weight": (self.loss.object_weight, 0),
+            "loss.cotrain_weight": (self.loss.cotrain_weight, 0)}
         if self.data.size is not None:
             at_least["data.size"] = (self.data.size, 8)
         if self.model.width is not None:
@@ -178,8 +198,8 @@ class TrainConfig:
         if not (0 <= self.optim.momentum < 1 and 0 < self.optim.decay_factor <= 1
                 and 0 < self.loss.cotrain_fraction <= 1 and min(self.optim.decay_steps, default=0) >= 0):
             raise ValueError(f"optim.momentum must lie in [0, 1), optim.decay_factor and loss.cotrain_fraction in "
-                             f"(0, 1], optim.decay_steps be >= 0; got {self.optim.momentum}, {self.optim.decay_factor}, "
-                             f"{self.loss.cotrain_fraction}, {self.optim.decay_steps}")
+                             f"(0, 1], optim.decay_steps be >= 0; got {self.optim.momentum}, "
+                             f"{self.optim.decay_factor}, {self.loss.cotrain_fraction}, {self.optim.decay_steps}")
         if self.loss.frame == "exemplar" and self.data.frames < 2:
             raise ValueError("loss.frame='exemplar' needs data.frames >= 2: the frames of a shot are each other's "
                              f"positives (got {self.data.frames}, which leaves the loss nothing to learn)")

@@ -1,6 +1,6 @@
 """The training entry point: ``train(config, data, out, resume=False)``.
 
-Reads top to bottom in the sections of DINO's ``main_dino.py``: setup, data, model, losses,
+Reads top to bottom in the sections of DINO's ``main_dino.py``: run and device, data, model,
 optimizer, schedule, resume, loop. The same function runs as one CPU process, on one GPU
 (bf16 autocast, channels_last, optional torch.compile) and under ``torchrun`` (DDP; gloo on
 CPU, NCCL on GPU; each rank reads its own shard of the video stream; the InfoNCE negatives are
@@ -18,27 +18,29 @@ the diagnostics, frames/s), TensorBoard events (when ``tensorboard`` is installe
 """
 from __future__ import annotations
 
-import json
+import functools
 import math
 import signal
 import sys
 import threading
-import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
-from tqdm import tqdm
 
 from vivi.data import make_loader
 from vivi.distributed import all_reduce_mean, cleanup_distributed, init_distributed_from_env
 from vivi.train.augment import build_augmentation
-from vivi.train.checkpoint import latest_checkpoint, read_checkpoint, write_checkpoint
-from vivi.train.config import TrainConfig, config_from_dict, config_json, config_to_dict, dump_config, load_config
+from vivi.train.checkpoint import latest_checkpoint, load_momentum, write_checkpoint
+from vivi.train.config import TrainConfig, config_json
+from vivi.train.log import RunLog
 from vivi.train.model import VIVIModel, encoder_spec, weighted_terms
+from vivi.train.resume import RESUME_OVERRIDES, open_run
 
-__all__ = ["NonFiniteLossError", "build_optimizer", "learning_rate_schedule", "step_seed", "train", "train_step"]
+__all__ = ["RESUME_OVERRIDES", "NonFiniteLossError", "StepContext", "build_model", "build_optimizer",
+           "learning_rate_schedule", "step_seed", "train", "train_step", "training_device"]
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -67,8 +69,10 @@ def step_seed(seed: int, step: int, rank: int, stream: int) -> int:
 
 
 def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.SGD:
-    """SGD with momentum; weight decay on conv/linear weights, not on norm scales/offsets or biases
-    (*unverified*: the papers do not say which parameters decay)."""
+    """SGD with momentum (VIVI §4); weight decay on the weight matrices (conv, linear, LSTM), not on
+    norm scales/offsets or biases. The papers do not say which parameters decay; vivi decays the
+    weights only, the usual choice of ResNet training recipes (docs/reference.md, "Choices the
+    papers leave open")."""
     decay = [p for n, p in model.named_parameters() if p.ndim > 1]
     no_decay = [p for n, p in model.named_parameters() if p.ndim <= 1]
     return torch.optim.SGD([{"params": decay, "weight_decay": config.optim.weight_decay},
@@ -76,49 +80,99 @@ def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.SGD:
                            lr=0.0, momentum=config.optim.momentum)
 
 
-def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, batch: dict, *, config: TrainConfig,
-               augment: nn.Module, cotrain_augment: nn.Module | None, lr: float, step: int, rank: int,
-               device: torch.device, autocast: bool) -> dict[str, float]:
-    """One optimisation step; returns the measurements to log as is (big_vision style).
+def training_device(config: TrainConfig, process_device: torch.device) -> torch.device:
+    """``run.device`` resolved for this process (``process_device``: its rank's device, CUDA when
+    there is one); raises when CUDA is asked for and missing."""
+    if config.run.device == "cpu" or (config.run.device == "auto" and process_device.type == "cpu"):
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        raise ValueError("run.device='cuda' but CUDA is not available")
+    return process_device if process_device.type == "cuda" else torch.device("cuda", 0)
 
+
+def build_model(config: TrainConfig, device: torch.device, state: dict[str, torch.Tensor] | None = None) -> VIVIModel:
+    """The model on ``device`` in the memory format and compilation that ``run`` asks for, with the
+    parameters and buffers of ``state`` (a checkpoint's ``model``) when given."""
+    model = VIVIModel(config).to(device)
+    if config.run.channels_last:
+        model.use_channels_last()
+    if state is not None:
+        model.load_state_dict(state)
+    if config.run.compile:
+        model.compile_encoder()
+    return model
+
+
+@dataclass(frozen=True)
+class StepContext:
+    """What every training step needs besides the model, the optimizer and the batch."""
+    config: TrainConfig
+    augment: nn.Module                 # the frames (and their boxes), on the device
+    cotrain_augment: nn.Module | None  # the labelled images; None without co-training
+    device: torch.device
+    autocast: bool                     # bf16 autocast: CUDA with run.precision = "bf16" (CPU runs fp32)
+    rank: int                          # enters every seed: each rank draws its own augmentation
+
+    @classmethod
+    def create(cls, config: TrainConfig, device: torch.device, rank: int = 0) -> StepContext:
+        """The context of ``config``'s steps on ``device``: its augmentations built and moved there."""
+        a = config.augment
+        cotrain = config.loss.cotrain_weight > 0
+        return cls(config=config, augment=build_augmentation(a.preset, size=a.size).to(device),
+                   cotrain_augment=build_augmentation(a.cotrain_preset, size=a.size).to(device) if cotrain else None,
+                   device=device, autocast=device.type == "cuda" and config.run.precision == "bf16", rank=rank)
+
+    def seed(self, step: int, stream: int) -> int:
+        """The seed of one random stream of ``step`` on this rank (:func:`step_seed`)."""
+        return step_seed(self.config.run.seed, step, self.rank, stream)
+
+
+def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, batch: dict, context: StepContext,
+               step: int, lr: float) -> dict[str, float]:
+    """One optimisation step (``step`` counted from 0); returns the measurements to log as is
+    (big_vision style).
+
+    Random streams of the step: 0 the frames' augmentation, 1 the labelled images', 2 the
+    model's (shot reversal, random boxes); the loader draws the images of stream 3.
     Raises NonFiniteLossError naming the step and the term when any weighted term is not finite.
     """
-    seed = config.run.seed
+    device = context.device
     frames = batch["frames"].to(device, non_blocking=True)
     boxes = labels = None
-    if "boxes" in batch and hasattr(_unwrap(model), "object_loss"):
+    if "boxes" in batch and _unwrap(model).uses_boxes:
         boxes, labels = batch["boxes"].to(device), batch["box_labels"].to(device)
-        frames, boxes, valid = augment(frames, boxes, labels >= 0, seed=step_seed(seed, step, rank, 0))
+        frames, boxes, valid = context.augment(frames, boxes, labels >= 0, seed=context.seed(step, 0))
         labels = labels.masked_fill(~valid, -1)          # boxes whose centre left the crop
     else:
-        frames, _, _ = augment(frames, seed=step_seed(seed, step, rank, 0))
+        frames, _, _ = context.augment(frames, seed=context.seed(step, 0))
     images = image_labels = None
     if "images" in batch:
-        images, _, _ = cotrain_augment(batch["images"].to(device), seed=step_seed(seed, step, rank, 1))
+        images, _, _ = context.cotrain_augment(batch["images"].to(device), seed=context.seed(step, 1))
         image_labels = batch["image_labels"].to(device)
-    generator = torch.Generator(device=device).manual_seed(step_seed(seed, step, rank, 2))
+    generator = torch.Generator(device=device).manual_seed(context.seed(step, 2))
 
     for group in optimizer.param_groups:
         group["lr"] = lr
-    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=context.autocast):
         terms, diagnostics = model(frames, boxes, labels, images, image_labels, generator=generator)
-    terms = weighted_terms(config, terms)
+    terms = weighted_terms(context.config, terms)
     total = sum(terms.values())
     # averaged over ranks (one small all-reduce): the log shows the global batch, and every rank
     # sees the same values, so all stop together on a non-finite term instead of hanging
     values = all_reduce_mean(torch.stack([total.detach().float()] + [t.detach().float() for t in terms.values()]))
     values = values.cpu()
+    named = dict(zip(terms, values[1:].tolist()))
     if not torch.isfinite(values).all():
-        bad = [name for name, v in zip(terms, values[1:].tolist()) if not math.isfinite(v)] or ["total"]
-        raise NonFiniteLossError(f"non-finite loss at step {step + 1}: term {bad[0]!r} = "
-                                 f"{dict(zip(terms, values[1:].tolist()))[bad[0]] if bad[0] in terms else values[0].item()} "
-                                 f"(all terms: {', '.join(f'{k}={v:.4g}' for k, v in zip(terms, values[1:].tolist()))})")
+        bad = next((name for name, value in named.items() if not math.isfinite(value)), "total")
+        all_terms = ", ".join(f"{name}={value:.4g}" for name, value in named.items())
+        raise NonFiniteLossError(f"non-finite loss at step {step + 1}: term {bad!r} = "
+                                 f"{named.get(bad, values[0].item())} (all terms: {all_terms})")
     optimizer.zero_grad(set_to_none=True)
     total.backward()
     grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), float("inf"))
     optimizer.step()
     out = {"loss": values[0].item(), "lr": lr, "grad_norm": grad_norm.item()}
-    out.update({f"loss/{name}": v for name, v in zip(terms, values[1:].tolist())})
+    out.update({f"loss/{name}": value for name, value in named.items()})
     out.update({name: float(v) for name, v in diagnostics.items()})
     return out
 
@@ -128,7 +182,8 @@ def _unwrap(model: nn.Module) -> nn.Module:
 
 
 class _CotrainBatches:
-    """Adds ``images``/``image_labels`` to each video batch from a LabeledImages source."""
+    """Adds ``images``/``image_labels`` to each video batch from a LabeledImages source, drawn
+    from (run seed, step, rank, stream 3) so that a resumed run draws the same images."""
 
     def __init__(self, loader, source, per_rank: int, seed: int, rank: int, start: int):
         self.loader, self.source, self.per_rank = loader, source, per_rank
@@ -136,53 +191,38 @@ class _CotrainBatches:
 
     def __iter__(self):
         for batch in self.loader:
-            batch["images"], batch["image_labels"] = self.source.batch(self.per_rank, [self.seed, self.step, self.rank, 3])
+            seed = [self.seed, self.step, self.rank, 3]
+            batch["images"], batch["image_labels"] = self.source.batch(self.per_rank, seed)
             self.step += 1
             yield batch
 
 
-# What ``--resume`` may change: how the run is carried out, and how long it goes on. Anything else
-# (the model, the data, the losses, the schedule) would no longer be the checkpoint's run.
-RESUME_OVERRIDES = ("optim.steps", "run.log_every", "run.ckpt_every", "run.keep_checkpoints", "run.device",
-                    "run.precision", "run.channels_last", "run.compile", "data.workers")
-
-
-def _resumed_config(checkpoint: dict, asked, overrides, out: Path) -> TrainConfig:
-    """The run's own config with the overrides that ``--resume`` allows (:data:`RESUME_OVERRIDES`)."""
-    saved = config_from_dict(checkpoint["config"])
-    if isinstance(asked, (str, Path)) and load_config(asked, validate=False).name != saved.name:
-        raise ValueError(f"{out} is a {saved.name!r} run, not {str(asked)!r}: --resume continues the run's own "
-                         f"config (pass --config {saved.name}, or a new --out for another run)")
-    config = load_config(saved, overrides)
-    before, after = config_to_dict(saved), config_to_dict(config)
-    changed = sorted(f"{section}.{key}" for section, values in after.items() if isinstance(values, dict)
-                     for key, value in values.items() if before[section][key] != value)
-    refused = [key for key in changed if key not in RESUME_OVERRIDES]
-    if refused:
-        raise ValueError(f"--resume continues the run's own config; {', '.join(refused)} cannot change (the "
-                         "checkpoint was trained without it): start another run with a new --out. On resume "
-                         f"these may change: {', '.join(RESUME_OVERRIDES)}")
-    if config.optim.steps < checkpoint["step"]:
-        raise ValueError(f"{out} is at step {checkpoint['step']} already; pass optim.steps larger than that "
-                         f"to train further (got {config.optim.steps})")
-    return config
-
-
-def _records_until(metrics: Path, step: int) -> list[str]:
-    """The lines of ``metrics.jsonl`` logged at or before ``step``; a last line cut short (the
-    process was killed while writing it) is dropped."""
-    lines = [line for line in metrics.read_text().splitlines() if line.strip()]
-    kept = []
-    for number, line in enumerate(lines, 1):
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            if number == len(lines):
-                break
-            raise ValueError(f"{metrics} line {number} is not JSON: repair or delete that line, then resume") from None
-        if record.get("step", 0) <= step:
-            kept.append(line)
-    return kept
+def _batches(config: TrainConfig, data: str | Path, start_step: int, rank: int, world_size: int):
+    """This rank's batches from ``start_step`` on: its shard of the video stream, with labelled
+    images added to each when co-training. Data that cannot give them raises before any compute."""
+    d, loss = config.data, config.loss
+    cotrain = None
+    if loss.cotrain_weight > 0:
+        from vivi.data.images import LabeledImages
+        cotrain = LabeledImages(loss.cotrain_source, size=d.size or config.augment.size, fraction=loss.cotrain_fraction)
+        if cotrain.num_classes > config.model.image_classes:
+            raise ValueError(f"the co-training source has {cotrain.num_classes} classes but "
+                             f"model.image_classes={config.model.image_classes}")
+        if loss.cotrain_images % world_size:
+            raise ValueError(f"loss.cotrain_images={loss.cotrain_images} must divide over {world_size} ranks")
+    loader = make_loader(data, d, batch_size=d.videos // world_size, seed=config.run.seed, workers=d.workers,
+                         start_batch=start_step, rank=rank, world_size=world_size)
+    if d.videos > len(loader.dataset) and rank == 0:
+        print(f"note: data.videos={d.videos} but only {len(loader.dataset)} videos of {data} have {d.shots} shots: "
+              "every batch holds some videos twice, whose clips are then each other's negatives; lower "
+              "data.videos or ingest more videos", file=sys.stderr)
+    detections = loader.dataset.detections
+    if loss.object_weight > 0 and not any(any(frames) for frames in detections.videos.values()):
+        raise ValueError(f"the detections {d.detector!r} in {data} hold no box for any video: the object loss "
+                         "would be 0; re-run `vivi detect` (or set loss.object_weight=0)")
+    if cotrain is None:
+        return loader
+    return _CotrainBatches(loader, cotrain, loss.cotrain_images // world_size, config.run.seed, rank, start_step)
 
 
 class _StopAtStepEnd:
@@ -233,162 +273,70 @@ def train(config: TrainConfig | str | Path | None, data: str | Path, out: str | 
         overrides: ``section.field=value`` strings or a nested dict.
         progress: show the tqdm bar (rank 0).
     """
-    # ============ setup: config, processes, device ... ============
+    # ============ run, processes, device ============
     out = Path(out)
-    checkpoint = None
-    found = latest_checkpoint(out)
-    if resume:
-        if found is None:
-            raise FileNotFoundError(f"--resume: no checkpoint in {out}/checkpoints (a run interrupted before its "
-                                    "first checkpoint starts over: run the command without --resume)")
-        checkpoint = read_checkpoint(found)
-        config = _resumed_config(checkpoint, config, overrides, out)
-    else:
-        config = load_config(config, overrides)
-        if found is not None:
-            raise ValueError(f"{out} already holds a run (checkpoints up to {found.stem}): continue it with "
-                             "--resume, or pass a new --out (or delete the folder) to start another")
+    config, checkpoint = open_run(config, out, resume, overrides)
+    start_step = checkpoint["step"] if checkpoint else 0
     dist_info = init_distributed_from_env()
     rank, world_size = dist_info.rank, dist_info.world_size
-    if config.run.device == "cpu" or (config.run.device == "auto" and dist_info.device.type == "cpu"):
-        device = torch.device("cpu")
-    else:
-        if not torch.cuda.is_available():
-            raise ValueError("run.device='cuda' but CUDA is not available")
-        device = dist_info.device if dist_info.device.type == "cuda" else torch.device("cuda", 0)
-    autocast = device.type == "cuda" and config.run.precision == "bf16"
+    main_process = rank == 0
+    device = training_device(config, dist_info.device)
     if config.data.videos % world_size:
         raise ValueError(f"data.videos={config.data.videos} must divide over {world_size} ranks")
-    main_process = rank == 0
     torch.manual_seed(config.run.seed)                 # initialisation: identical on every rank
-    start_step = checkpoint["step"] if checkpoint else 0
 
-    # ============ data: this rank's shard of the video stream (+ labelled images) ============
-    d = config.data
-    cotrain = None
-    if config.loss.cotrain_weight > 0:
-        from vivi.data.images import LabeledImages
-        cotrain = LabeledImages(config.loss.cotrain_source, size=d.size or config.augment.size,
-                                fraction=config.loss.cotrain_fraction)
-        if cotrain.num_classes > config.model.image_classes:
-            raise ValueError(f"the co-training source has {cotrain.num_classes} classes but "
-                             f"model.image_classes={config.model.image_classes}")
-        if config.loss.cotrain_images % world_size:
-            raise ValueError(f"loss.cotrain_images={config.loss.cotrain_images} must divide over {world_size} ranks")
-    loader = make_loader(data, d, batch_size=d.videos // world_size, seed=config.run.seed, workers=d.workers,
-                         start_batch=start_step, rank=rank, world_size=world_size)
-    if d.videos > len(loader.dataset) and main_process:
-        print(f"note: data.videos={d.videos} but only {len(loader.dataset)} videos of {data} have {d.shots} shots: "
-              "every batch holds some videos twice, whose clips are then each other's negatives; lower "
-              "data.videos or ingest more videos", file=sys.stderr)
-    detections = loader.dataset.detections
-    if config.loss.object_weight > 0 and not any(any(frames) for frames in detections.videos.values()):
-        raise ValueError(f"the detections {d.detector!r} in {data} hold no box for any video: the object loss "
-                         "would be 0; re-run `vivi detect` (or set loss.object_weight=0)")
-    batches = loader if cotrain is None else _CotrainBatches(
-        loader, cotrain, config.loss.cotrain_images // world_size, config.run.seed, rank, start_step)
-    augment = build_augmentation(config.augment.preset, size=config.augment.size).to(device)
-    cotrain_augment = (build_augmentation(config.augment.cotrain_preset, size=config.augment.size).to(device)
-                       if cotrain is not None else None)
+    # ============ data: this rank's shard of the video stream (+ labelled images), augmentation ============
+    batches = _batches(config, data, start_step, rank, world_size)
+    context = StepContext.create(config, device, rank)
 
-    # ============ model: encoder + heads of the enabled losses ============
-    model = VIVIModel(config).to(device)
-    if config.run.channels_last:
-        model.encoder.to(memory_format=torch.channels_last)
-        model.encoder_channels_last = True
-    if checkpoint:
-        model.load_state_dict(checkpoint["model"])
-    if config.run.compile:
-        model.compile_encoder()
+    # ============ model: encoder + heads and losses of the enabled terms (weighted in train_step) ============
+    model = build_model(config, device, checkpoint["model"] if checkpoint else None)
     ddp_model: nn.Module = model
     if world_size > 1:
         ddp_model = nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None, broadcast_buffers=False)
 
-    # ============ losses: inside the model (terms), weighted here ============
-    # L = L_frame + λ L_video + ω L_object + γ L_supervised (vivi.train.model.weighted_terms)
-
     # ============ optimizer ============
     optimizer = build_optimizer(model, config)
 
-    # ============ schedule ============
+    # ============ schedule: the learning rate of every step ============
     lr_schedule = learning_rate_schedule(config)
 
-    # ============ resume ============
+    # ============ resume: the momentum (parameters and buffers came with the model) ============
     if checkpoint:
-        params = dict(model.named_parameters())
-        for name, buf in checkpoint["optim"].items():
-            optimizer.state[params[name]]["momentum_buffer"] = buf.to(device)
-    out.mkdir(parents=True, exist_ok=True)
-    if main_process:
-        (out / "config.yaml").write_text(dump_config(config))
-        metrics_path = out / "metrics.jsonl"
-        if checkpoint and metrics_path.exists():   # drop records logged after the checkpoint we resume from
-            metrics_path.write_text("".join(line + "\n" for line in _records_until(metrics_path, start_step)))
-        elif metrics_path.exists():                # a run stopped before its first checkpoint starts over
-            metrics_path.unlink()
-    writer = None
-    if main_process:
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-            writer = SummaryWriter(str(out / "tensorboard"), purge_step=start_step)
-        except ImportError:
-            writer = None   # tensorboard is optional: metrics.jsonl has everything
-    cfg_json, enc_spec = config_json(config), encoder_spec(config)
+        load_momentum(optimizer, model, checkpoint["optim"], device)
 
-    # ============ loop ============
-    steps = config.optim.steps
-    frames_per_step = d.videos * d.shots * d.frames
-    bar = tqdm(total=steps, initial=start_step, disable=not (progress and main_process), dynamic_ncols=True,
-               desc=config.name)
-    metrics_file = open(out / "metrics.jsonl", "a") if main_process else None
-    record: dict = {}
-    step = start_step
+    # ============ loop: rank 0 logs and writes checkpoints ============
+    steps, step, record = config.optim.steps, start_step, {}
+    log = RunLog(out, config, start_step=start_step, resumed=checkpoint is not None, main_process=main_process,
+                 progress=progress)
+    save = functools.partial(write_checkpoint, out, model=model, optimizer=optimizer, config_json=config_json(config),
+                             encoder=encoder_spec(config), keep=config.run.keep_checkpoints)
     model.train()
-    tick = time.perf_counter()
     stop = _StopAtStepEnd(enabled=world_size == 1)
     try:
         for batch in stop.guard(batches):
             if step >= steps:
                 break
-            record = train_step(ddp_model, optimizer, batch, config=config, augment=augment,
-                                cotrain_augment=cotrain_augment, lr=float(lr_schedule[step]), step=step, rank=rank,
-                                device=device, autocast=autocast)
+            record = train_step(ddp_model, optimizer, batch, context, step, float(lr_schedule[step]))
             step += 1
             if step % config.run.log_every == 0 or step == steps:
-                now = time.perf_counter()
-                record["frames_per_s"] = frames_per_step * config.run.log_every / max(now - tick, 1e-9)
-                tick = now
-                record["step"] = step
-                if main_process:
-                    metrics_file.write(json.dumps(record) + "\n")
-                    metrics_file.flush()
-                    if writer is not None:
-                        for key, value in record.items():
-                            if key != "step":
-                                writer.add_scalar(key, value, step)
-                bar.set_postfix(loss=f"{record['loss']:.4g}", fps=f"{record['frames_per_s']:.0f}",
-                                **{k.split('/')[1]: f"{v:.3g}" for k, v in record.items()
-                                   if k.startswith("loss/")})
-            bar.update(1)
+                log.write(step, record)
+            log.advance()
             if main_process and (step % config.run.ckpt_every == 0 or step == steps):
-                write_checkpoint(out, step, model, optimizer, cfg_json, enc_spec, keep=config.run.keep_checkpoints)
+                save(step=step)
             if stop.requested:
                 break
         if stop.requested:
             if main_process and step > start_step and step % config.run.ckpt_every and step != steps:
-                write_checkpoint(out, step, model, optimizer, cfg_json, enc_spec, keep=config.run.keep_checkpoints)
+                save(step=step)
             newest = latest_checkpoint(out)
-            bar.write(f"interrupted after step {step}; " + (
+            log.note(f"interrupted after step {step}; " + (
                 f"add --resume to the same command to continue from {newest.name}" if newest is not None
                 else "no checkpoint yet: the same command starts over"))
             raise KeyboardInterrupt
     finally:
         stop.restore()
-        bar.close()
-        if metrics_file is not None:
-            metrics_file.close()
-        if writer is not None:
-            writer.close()
+        log.close()
         cleanup_distributed()
     return {"run": str(out), "step": step, "last": record}

@@ -2,13 +2,16 @@
 
 Variants are composed from the config, not flagged inside the code paths: a head exists only
 when its loss is enabled (``frame_head`` = exemplar or rotation head, ``shot_projection`` +
-``predictor`` for InfoNCE or ``shot_order_head``, ``object_class_head``, ``image_class_head``).
+``predictor`` for InfoNCE or ``shot_order_head``, ``object_class_head``, ``image_class_head``);
+the attribute of a disabled one is None, and ``uses_boxes`` / ``uses_labelled_images`` say which
+inputs ``forward`` needs.
 
 ``forward`` takes the augmented frames of a step and returns the **unweighted** loss terms and
 the diagnostics, so that one DDP-wrapped call covers every parameter. The training loop weights
 the terms (:func:`weighted_terms`).
 
-Order of operations in one step (VIVI §3, app. A; object-centric §3; SPEC §1):
+Order of operations in one step (VIVI §3, app. A; Object-centric §3; docs/reference.md, "The
+hierarchy and batch geometry"):
 
 1. frames (N, K, F, 3, S, S) -> flat (N·K·F, 3, S, S); rotation appends the 3 rotated copies;
 2. encoder forward once -> pre-logits (and the feature grid for the object loss);
@@ -87,12 +90,16 @@ class VIVIModel(nn.Module):
         loss, model = config.loss, config.model
         self.encoder = build_encoder(encoder_spec(config))
         dim = self.encoder.num_features
+        # Every head and loss is an attribute, None where its loss is off; the parameter names
+        # (and so the checkpoints' keys) are those of the heads that exist.
+        self.frame_head = self.frame_loss = None
         if loss.frame == "exemplar":
             self.frame_head = ExemplarHead(dim, model.exemplar_dim)
             self.frame_loss = ExemplarLoss(margin=loss.margin)
         elif loss.frame == "rotation":
             self.frame_head = RotationHead(dim)
             self.frame_loss = RotationLoss()
+        self.shot_projection = self.predictor = self.shot_order_head = self.video_loss = None
         if loss.video != "none":
             self.shot_projection = ShotProjection(dim, model.shot_dim)
         if loss.video == "infonce":
@@ -105,13 +112,36 @@ class VIVIModel(nn.Module):
         elif loss.video == "shot_order":
             self.shot_order_head = ShotOrderHead(model.shot_dim, num_shots=config.data.shots, hidden=model.order_hidden)
             self.video_loss = ShotOrderLoss()
+        self.object_class_head = self.object_loss = None
         if loss.object_weight > 0:
             terms = tuple(loss.object_terms.split("+"))
             if "classification" in terms:
                 self.object_class_head = ObjectClassHead(dim, model.object_classes)
             self.object_loss = ObjectLoss(terms=terms, margin=loss.margin)
-        if loss.cotrain_weight > 0:
-            self.image_class_head = nn.Linear(dim, model.image_classes)
+        self.image_class_head = nn.Linear(dim, model.image_classes) if loss.cotrain_weight > 0 else None
+        self.encoder_channels_last = False    # use_channels_last() (run.channels_last)
+        self.compiled_features = None         # compile_encoder(): torch.compile'd encoder.forward_features
+
+    @property
+    def uses_boxes(self) -> bool:
+        """The object loss is on: ``forward`` needs the boxes and their labels."""
+        return self.object_loss is not None
+
+    @property
+    def uses_labelled_images(self) -> bool:
+        """Co-training is on: ``forward`` needs a batch of labelled images."""
+        return self.image_class_head is not None
+
+    def use_channels_last(self) -> None:
+        """NHWC memory format for the encoder's weights and inputs (faster convolutions on GPU)."""
+        self.encoder.to(memory_format=torch.channels_last)
+        self.encoder_channels_last = True
+
+    def compile_encoder(self) -> None:
+        """torch.compile the encoder's ``forward_features`` (what the step calls); the parameters and
+        their names are unchanged, so checkpoints do not depend on the flag."""
+        self.compiled_features = torch.compile(self.encoder.forward_features)
+        self.encoder.compile()            # the plain forward too (co-training images)
 
     def forward(self, frames: torch.Tensor, boxes: torch.Tensor | None = None,
                 box_labels: torch.Tensor | None = None, images: torch.Tensor | None = None,
@@ -128,7 +158,7 @@ class VIVIModel(nn.Module):
         features = (self.compiled_features or self.encoder.forward_features)(flat)
         pre_logits = features["pre_logits"].float()
         image_pre_logits = None
-        if hasattr(self, "image_class_head") and images is not None:
+        if self.uses_labelled_images and images is not None:
             if self.encoder_channels_last:
                 images = images.contiguous(memory_format=torch.channels_last)
             image_pre_logits = self.encoder(images).float()     # same encoder, its own call (own BN batch)
@@ -157,7 +187,7 @@ class VIVIModel(nn.Module):
                     shots, order = reverse_shots_randomly(shots, generator=generator)
                     record("shot_order", self.video_loss(self.shot_order_head(shots), order))
 
-            if hasattr(self, "object_loss"):
+            if self.uses_boxes:
                 if boxes is None or box_labels is None:
                     raise ValueError("the object loss needs boxes and box_labels (set data.detector)")
                 m = boxes.shape[-2]
@@ -170,28 +200,19 @@ class VIVIModel(nn.Module):
                 grid = features["grid"][:b].float()
                 size = tuple(flat.shape[-2:])
                 box_features = extract_box_features(grid, obj_boxes, size, valid=valid)      # (B, M, C)
-                logits = self.object_class_head(box_features) if hasattr(self, "object_class_head") else None
+                logits = self.object_class_head(box_features) if self.object_class_head is not None else None
                 value, diag = self.object_loss(box_features, obj_labels, valid, class_logits=logits)
                 terms["object"] = value
                 diagnostics.update({f"object/{key}": v.detach() for key, v in diag.items()})
                 diagnostics["object/boxes"] = valid.sum().float().detach()
 
-            if hasattr(self, "image_class_head"):
+            if self.uses_labelled_images:
                 if images is None or image_labels is None:
                     raise ValueError("co-training needs a batch of labelled images")
                 logits = self.image_class_head(image_pre_logits)
                 terms["supervised"] = F.cross_entropy(logits, image_labels)
                 diagnostics["supervised/accuracy"] = (logits.argmax(1) == image_labels).float().mean().detach()
             return terms, diagnostics
-
-    encoder_channels_last: bool = False   # set by the loop (run.channels_last)
-    compiled_features = None              # torch.compile'd encoder.forward_features (run.compile)
-
-    def compile_encoder(self) -> None:
-        """torch.compile the encoder's ``forward_features`` (what the step calls); the parameters and
-        their names are unchanged, so checkpoints do not depend on the flag."""
-        self.compiled_features = torch.compile(self.encoder.forward_features)
-        self.encoder.compile()            # the plain forward too (co-training images)
 
 
 def weighted_terms(config: TrainConfig, terms: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

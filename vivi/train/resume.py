@@ -1,0 +1,63 @@
+"""Which run a ``train`` call starts or continues, and with which config.
+
+A run folder holds one run: without ``resume`` a folder with checkpoints is refused (two runs
+never mix in one folder); with ``resume`` the run continues from its newest checkpoint with the
+config saved in it, and the command line may change only :data:`RESUME_OVERRIDES`.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from vivi.train.checkpoint import latest_checkpoint, read_checkpoint
+from vivi.train.config import TrainConfig, config_from_dict, config_to_dict, load_config
+
+__all__ = ["RESUME_OVERRIDES", "open_run", "resumed_config"]
+
+# What ``--resume`` may change: how the run is carried out, and how long it goes on. Anything else
+# (the model, the data, the losses, the schedule) would no longer be the checkpoint's run.
+RESUME_OVERRIDES = ("optim.steps", "run.log_every", "run.ckpt_every", "run.keep_checkpoints", "run.device",
+                    "run.precision", "run.channels_last", "run.compile", "data.workers")
+
+
+def open_run(config: TrainConfig | str | Path | None, out: Path, resume: bool,
+             overrides: list[str] | dict | None) -> tuple[TrainConfig, dict | None]:
+    """The run's config and the checkpoint it continues from (None for a new run); raises before
+    anything is written when ``out`` and ``resume`` disagree."""
+    found = latest_checkpoint(out)
+    if not resume:
+        config = load_config(config, overrides)
+        if found is not None:
+            raise ValueError(f"{out} already holds a run (checkpoints up to {found.stem}): continue it with "
+                             "--resume, or pass a new --out (or delete the folder) to start another")
+        return config, None
+    if found is None:
+        raise FileNotFoundError(f"--resume: no checkpoint in {out}/checkpoints (a run interrupted before its "
+                                "first checkpoint starts over: run the command without --resume)")
+    checkpoint = read_checkpoint(found)
+    return resumed_config(checkpoint, config, overrides, out), checkpoint
+
+
+def resumed_config(checkpoint: dict, asked: TrainConfig | str | Path | None, overrides: list[str] | dict | None,
+                   out: Path) -> TrainConfig:
+    """The run's own config with the overrides that ``--resume`` allows (:data:`RESUME_OVERRIDES`).
+
+    ``asked`` is the config the command named: None, or the run's own preset or file (another
+    one is refused, since the checkpoint was not trained with it).
+    """
+    saved = config_from_dict(checkpoint["config"])
+    if isinstance(asked, (str, Path)) and load_config(asked, validate=False).name != saved.name:
+        raise ValueError(f"{out} is a {saved.name!r} run, not {str(asked)!r}: --resume continues the run's own "
+                         f"config (pass --config {saved.name}, or a new --out for another run)")
+    config = load_config(saved, overrides)
+    before, after = config_to_dict(saved), config_to_dict(config)
+    changed = sorted(f"{section}.{key}" for section, values in after.items() if isinstance(values, dict)
+                     for key, value in values.items() if before[section][key] != value)
+    refused = [key for key in changed if key not in RESUME_OVERRIDES]
+    if refused:
+        raise ValueError(f"--resume continues the run's own config; {', '.join(refused)} cannot change (the "
+                         "checkpoint was trained without it): start another run with a new --out. On resume "
+                         f"these may change: {', '.join(RESUME_OVERRIDES)}")
+    if config.optim.steps < checkpoint["step"]:
+        raise ValueError(f"{out} is at step {checkpoint['step']} already; pass optim.steps larger than that "
+                         f"to train further (got {config.optim.steps})")
+    return config
