@@ -1,6 +1,12 @@
-"""`vivi demo` end to end at the smallest scale: every stage leaves its outputs, trained methods
-beat random init somewhere, a re-run redoes nothing, more seeds extend a folder, other settings in the
-same folder are refused."""
+"""`vivi demo` end to end at the smallest scale: every stage leaves its outputs, each evaluation
+probes the encoder its training run left, a re-run redoes nothing, more seeds extend a folder, other
+settings in the same folder are refused.
+
+Whether the methods learn is not tested here: at the 30 steps the suite can afford, every trained
+method's mean over the six tasks is at or below random init's (three seeds of ``TINY``: random
+19.2 / 15.8 / 15.8 %, trained 12.8-17.5 %; with 60 test images a task one image is 1.7 points), as
+at the demo's own 300-step ``--quick`` size. The losses' decrease is tested per preset in
+tests/test_train.py; the methods' gains are the demo runs' results (docs/demo.md)."""
 from __future__ import annotations
 
 import json
@@ -21,6 +27,7 @@ def demo(tmp_path_factory):
 
 
 def test_every_stage_leaves_its_outputs(demo):
+    """Catches a stage that is skipped or writes elsewhere: world, shards, boxes, runs, report files."""
     out, result = demo
     assert (out / "world" / "world.json").exists() and (out / "world" / "tasks" / "suite.json").exists()
     assert json.loads((out / "data" / "manifest.json").read_text())["videos"] == 6
@@ -37,16 +44,27 @@ def test_every_stage_leaves_its_outputs(demo):
     assert "One seed: a difference" in report and "`vivi demo --full` (8000 steps, 5 seeds)" in report
 
 
-def test_trained_methods_beat_random_init_on_some_task(demo):
-    _, result = demo
-    methods = result["methods"]
-    random = methods["random"]["tasks"]
-    wins = [(name, task) for name, m in methods.items() if name != "random"
-            for task, t in m["tasks"].items() if t["seeds"][0] > random[task]["seeds"][0]]
-    assert wins, "no trained method beat random init on any task"
+def test_each_evaluation_probes_its_own_runs_final_encoder(demo):
+    """Catches evaluation jobs wired to the wrong encoder: the random one, another method's run,
+    or a checkpoint other than the run's last."""
+    from vivi.api import load_encoder
+    from vivi.eval.transfer import encoder_digest
+    out, result = demo
+    digests = {}
+    for name in result["methods"]:
+        evaluated = json.loads((out / "evals" / f"{name}-seed0" / "results.json").read_text())
+        digests[name] = evaluated["encoder_sha256"]
+        if name == "random":
+            assert evaluated["checkpoint"] == "random:resnet_tiny_v2"
+            continue
+        run = out / "runs" / f"{name}-seed0"
+        assert evaluated["checkpoint"] == str(run)
+        assert digests[name] == encoder_digest(load_encoder(run)), name
+    assert len(set(digests.values())) == len(digests)       # five encoders, five different weights
 
 
 def test_ordering_checks_every_neighbouring_pair(demo):
+    """Catches a pair of the papers' ordering left out, and a significance test run on one seed."""
     _, result = demo
     checks = result["ordering"]
     assert [(c["low"], c["high"]) for c in checks] == [("random", "ex-yt-f"), ("ex-yt-f", "ex-yt-s"),
@@ -55,20 +73,31 @@ def test_ordering_checks_every_neighbouring_pair(demo):
 
 
 def test_rerun_redoes_nothing(demo):
+    """Catches a re-run that makes the world again, retrains or re-evaluates finished jobs."""
     out, result = demo
+    kept = [out / "world" / "world.json", *out.glob("runs/*/checkpoints/*.safetensors"),
+            *out.glob("evals/*-seed0/results.json")]
+    assert len(kept) == 1 + 4 + 5
+    written = {path: path.stat().st_mtime_ns for path in kept}
     start = time.perf_counter()
     again = run_demo(out, **TINY)
-    assert time.perf_counter() - start < 30
+    assert time.perf_counter() - start < 30       # retraining alone would take minutes
+    # an evaluation run again resumes from its finished tasks in a second: only the files tell
+    assert {path: path.stat().st_mtime_ns for path in kept} == written
     assert again["methods"] == result["methods"]
 
 
 def test_other_settings_in_the_same_folder_are_refused(demo):
+    """Catches results of two scales mixed in one folder, and a refused run that overwrites demo.json."""
     out, _ = demo
+    settings = (out / "demo.json").read_text()
     with pytest.raises(ValueError, match="other settings.*steps"):
         run_demo(out, **{**TINY, "steps": 31})
+    assert (out / "demo.json").read_text() == settings
 
 
 def test_ordering_significance_over_seeds():
+    """Catches a Welch test that calls separated seeds not significant, or overlapping ones significant."""
     methods = {"random": {"mean": [0.10, 0.11, 0.12]}, "ex-yt-f": {"mean": [0.20, 0.21, 0.22]},
                "ex-yt-s": {"mean": [0.19, 0.22, 0.20]}}
     low_high = {(c["low"], c["high"]): c for c in ordering(methods)}
@@ -78,6 +107,7 @@ def test_ordering_significance_over_seeds():
 
 
 def test_method_selection_and_scales():
+    """Catches unknown names accepted, the random baseline missing, and sizes out of order."""
     assert [m.name for m in select_methods(["vivi-ex4"])] == ["random", "vivi-ex4"]
     assert [m.name for m in select_methods(None, rotation=True)][-2:] == ["rot-yt-f", "vivi-rot4"]
     with pytest.raises(ValueError, match="unknown demo method"):
@@ -88,6 +118,7 @@ def test_method_selection_and_scales():
 
 
 def test_at_least_pair_reports_whether_a_shortfall_is_significant():
+    """Catches the ">=" pair (objects over VIVI) treated as ">" or its shortfall left untested."""
     methods = {"vivi-ex4": {"mean": [0.27, 0.28, 0.29]}, "vivi-ex4-obj": {"mean": [0.265, 0.27, 0.285]}}
     (check,) = ordering(methods)
     assert check["relation"] == ">=" and not check["holds"] and not check["significantly_worse"]
@@ -97,6 +128,8 @@ def test_at_least_pair_reports_whether_a_shortfall_is_significant():
 
 
 def test_world_settings_and_training_size_reach_the_world_and_the_runs(tmp_path):
+    """Catches --world and --train-size lost on the way, bad world settings written before they are
+    refused, a seed's finished jobs redone when seeds are added, and a kept world of other settings used."""
     with pytest.raises(ValueError, match="trackin: not a world setting; valid: .*tracking"):
         run_demo(tmp_path / "bad", **TINY, world={"trackin": 1.0})
     with pytest.raises(ValueError, match="tracking_share"):

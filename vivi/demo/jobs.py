@@ -151,7 +151,8 @@ def _describe(job: Job) -> str:
         last = job.result.get("last", {})
         losses = ", ".join(f"{k.split('/')[1]} {v:.3f}" for k, v in last.items() if k.startswith("loss/"))
         return f"trained {job.method.label} (seed {job.seed}) in {job.seconds:.0f} s; final {losses}"
-    return f"evaluated {job.method.label} (seed {job.seed}) in {job.seconds:.0f} s: mean {100 * job.result['mean']:.1f} %"
+    return (f"evaluated {job.method.label} (seed {job.seed}) in {job.seconds:.0f} s: "
+            f"mean {100 * job.result['mean']:.1f} %")
 
 
 def run_jobs(jobs: list[Job], *, scale: Scale, data: Path, world: Path, tasks: int, workers: int,

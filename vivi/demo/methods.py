@@ -1,9 +1,9 @@
 """What the demo compares, and at which scale: the methods of the papers' tables and the three
 demo sizes (``--quick``, default, ``--full``).
 
-The methods are the rows of VIVI Table 1 and the object-centric paper's Table 1 that matter for
-the claim the demo checks (VIVI §4.2: the video hierarchy beats frame-level self-supervision;
-object-centric §4.2: the object loss adds to VIVI), as tiny CPU presets of ``vivi/train/presets``.
+The methods are the rows of VIVI Table 4 and Object-centric Table 1 that matter for the claim the
+demo checks (VIVI §5.1, Fig. 2: shot- and video-level invariances beat frame-level self-supervision;
+Object-centric §5.1: the object loss adds to VIVI), as tiny CPU presets of ``vivi/train/presets``.
 """
 from __future__ import annotations
 
@@ -37,8 +37,8 @@ METHODS: dict[str, Method] = {m.name: m for m in (
 EXEMPLAR_METHODS = ("random", "ex-yt-f", "ex-yt-s", "vivi-ex4", "vivi-ex4-obj")
 ROTATION_METHODS = ("rot-yt-f", "vivi-rot4")
 
-# The ordering the papers report, worst to best (VIVI Table 1; object-centric Table 1). The demo
-# tests each neighbouring pair; ">=" pairs (objects over VIVI) only need "not worse".
+# The ordering the papers report, worst to best (VIVI §5.1, Fig. 2; Object-centric Table 1). The
+# demo tests each neighbouring pair; ">=" pairs (objects over VIVI) only need "not worse".
 CLAIMED_ORDER = ("random", "ex-yt-f", "ex-yt-s", "vivi-ex4", "vivi-ex4-obj")
 AT_LEAST_PAIRS = {("vivi-ex4", "vivi-ex4-obj")}
 
@@ -62,10 +62,13 @@ class Scale:
 
 
 SCALES: dict[str, Scale] = {
+    # a first look at every stage: at 300 steps no method has learned anything yet
     "quick": Scale(videos=48, seconds=20.0, steps=300, seeds=1, test_size=500),
+    # what fits in 15 minutes on a 2-core CPU
     "default": Scale(videos=200, seconds=20.0, steps=2500, seeds=1, test_size=1000),
-    # 8000 steps: at 4000 the frame level's easier task favoured it and the shot level did not show
-    # (docs/demo-study.md §20); 5 seeds: with 3, objects' +2.4 had p = 0.1
+    # the frame level's task is the easiest and is learnt first, so the shot and video levels need
+    # the longer run to show; the last three steps of the ordering are 1.6-3.4 points, which takes
+    # five seeds to tell from the spread between seeds (docs/design-notes.md)
     "full": Scale(videos=200, seconds=20.0, steps=8000, seeds=5, test_size=2000),
 }
 

@@ -35,10 +35,11 @@ def demo_scale(mode: str = "default", **overrides) -> Scale:
     scale = replace(SCALES[mode], **{k: v for k, v in overrides.items() if v is not None})
     small = {name: getattr(scale, name) for name in ("videos", "steps", "seeds", "test_size")
              if getattr(scale, name) < 1}
-    if small or scale.seconds <= 0:
+    if scale.seconds <= 0:
+        small["seconds"] = scale.seconds
+    if small:
         raise ValueError("demo settings must be at least 1 (seconds above 0): "
-                         + ", ".join(f"--{k.replace('_', '-')} {v}" for k, v in {**small, "seconds": scale.seconds}.items()
-                                     if k != "seconds" or v <= 0))
+                         + ", ".join(f"--{k.replace('_', '-')} {v}" for k, v in small.items()))
     return scale
 
 
@@ -91,7 +92,7 @@ def run_demo(out: str | Path = "demo", *, mode: str = "default", workers: int = 
     seed: the world's seed. methods: names from ``vivi.demo.METHODS`` (default: the exemplar
         family); rotation: add the rotation variants.
     world: other :class:`vivi.synth.WorldConfig` settings of the world, e.g. ``{"tracking": 1.0,
-        "background_warp": 1.0}`` (docs/demo-study.md compares such worlds).
+        "background_warp": 1.0}`` for tracking shots (docs/design-notes.md says what they change).
     train_size: the training crop size of every method (``augment.size``; the presets' is 32);
         the linear probe stays at the world's 64 px.
     scale_overrides: any :class:`Scale` field (videos, seconds, steps, seeds, test_size), for tests

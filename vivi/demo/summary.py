@@ -69,7 +69,9 @@ def table(methods: dict) -> tuple[list[str], list[list[str]]]:
 
 def format_table(header: list[str], rows: list[list[str]]) -> str:
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-    line = lambda r: "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
+
+    def line(r: list[str]) -> str:
+        return "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
     return "\n".join([line(header), line(["-" * w for w in widths]), *map(line, rows)])
 
 
@@ -80,7 +82,8 @@ def format_ordering(checks: list[dict], methods: dict) -> list[str]:
         if c["p_value"] is None:
             test = f"no significance test (one seed; `vivi demo --full` runs {SCALES['full'].seeds})"
         else:
-            test = f"one-sided Welch p = {c['p_value']:.3g}" + (" (significant)" if c["significant"] else " (not significant)")
+            verdict_p = "significant" if c["significant"] else "not significant"
+            test = f"one-sided Welch p = {c['p_value']:.3g} ({verdict_p})"
             if c["relation"] == ">=" and not c["holds"]:
                 test += (f"; worse with p = {c['p_worse']:.3g}: "
                          + ("significantly worse" if c["significantly_worse"] else "not significantly worse"))
