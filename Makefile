@@ -21,6 +21,7 @@ demo: install
 	$(BIN)/vivi demo
 
 test: install
+	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 bench: install

@@ -42,17 +42,7 @@ from vivi.losses import (
     rotate_batch,
     shot_labels,
 )
-from vivi.models import create_encoder
-from vivi.models.heads import (
-    BilinearCritic,
-    ExemplarHead,
-    LSTMPredictor,
-    MLPCritic,
-    ObjectClassHead,
-    RotationHead,
-    ShotOrderHead,
-    ShotProjection,
-)
+from vivi.models import create_encoder, heads
 from vivi.train.config import TrainConfig
 
 __all__ = ["VIVIModel", "build_encoder", "encoder_spec", "weighted_terms"]
@@ -94,29 +84,30 @@ class VIVIModel(nn.Module):
         # (and so the checkpoints' keys) are those of the heads that exist.
         self.frame_head = self.frame_loss = None
         if loss.frame == "exemplar":
-            self.frame_head = ExemplarHead(dim, model.exemplar_dim)
+            self.frame_head = heads.ExemplarHead(dim, model.exemplar_dim)
             self.frame_loss = ExemplarLoss(margin=loss.margin)
         elif loss.frame == "rotation":
-            self.frame_head = RotationHead(dim)
+            self.frame_head = heads.RotationHead(dim)
             self.frame_loss = RotationLoss()
         self.shot_projection = self.predictor = self.shot_order_head = self.video_loss = None
         if loss.video != "none":
-            self.shot_projection = ShotProjection(dim, model.shot_dim)
+            self.shot_projection = heads.ShotProjection(dim, model.shot_dim)
         if loss.video == "infonce":
             k = config.data.shots
-            self.predictor = {"mlp": lambda: MLPCritic(model.shot_dim, hidden=model.predictor_hidden),
-                              "bilinear": lambda: BilinearCritic(model.shot_dim),
-                              "lstm": lambda: LSTMPredictor(model.shot_dim, hidden=model.predictor_hidden,
+            self.predictor = {"mlp": lambda: heads.MLPCritic(model.shot_dim, hidden=model.predictor_hidden),
+                              "bilinear": lambda: heads.BilinearCritic(model.shot_dim),
+                              "lstm": lambda: heads.LSTMPredictor(model.shot_dim, hidden=model.predictor_hidden,
                                                             max_offset=max(1, k - 1))}[loss.predictor]()
             self.video_loss = VideoInfoNCELoss()
         elif loss.video == "shot_order":
-            self.shot_order_head = ShotOrderHead(model.shot_dim, num_shots=config.data.shots, hidden=model.order_hidden)
+            self.shot_order_head = heads.ShotOrderHead(model.shot_dim, num_shots=config.data.shots,
+                                                       hidden=model.order_hidden)
             self.video_loss = ShotOrderLoss()
         self.object_class_head = self.object_loss = None
         if loss.object_weight > 0:
             terms = tuple(loss.object_terms.split("+"))
             if "classification" in terms:
-                self.object_class_head = ObjectClassHead(dim, model.object_classes)
+                self.object_class_head = heads.ObjectClassHead(dim, model.object_classes)
             self.object_loss = ObjectLoss(terms=terms, margin=loss.margin)
         self.image_class_head = nn.Linear(dim, model.image_classes) if loss.cotrain_weight > 0 else None
         self.encoder_channels_last = False    # use_channels_last() (run.channels_last)
