@@ -2,12 +2,14 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pytest
 import torch
 
 from vivi.data import ClipConfig, VideoClipDataset, VideoDataset, VideoSampler, make_loader
+from vivi.ingest.index import write_index
 
 
 def _batches(loader, n):
@@ -46,28 +48,30 @@ def test_videos_with_too_few_shots_are_skipped(dataset):
         VideoClipDataset(dataset, ClipConfig(shots=99))
 
 
-def test_a_shot_without_stored_frames_breaks_the_run_of_shots(dataset, monkeypatch):
+def test_a_shot_without_stored_frames_breaks_the_run_of_shots(dataset, tmp_path):
     """A damaged stretch of a video can leave a shot with no stored frame: clips take K consecutive
-    shots that each have frames (catches a draw of an empty shot, an IndexError in ``choose``)."""
-    from vivi.data.reader import Video
-    key = VideoDataset(dataset).videos[0].key
-    shot_frames = Video.shot_frames
-
-    def one_shot_empty(self):
-        frames = shot_frames(self)
-        if self.key == key:
-            frames[1] = []
-        return frames
-
-    monkeypatch.setattr(Video, "shot_frames", one_shot_empty)
-    clips = VideoClipDataset(dataset, ClipConfig(shots=2, frames=2, size=64))
-    num_shots = VideoDataset(dataset).videos[0].num_shots
+    shots that each have frames (catches a draw of an empty shot, an IndexError in ``choose``, and
+    an index whose longest run of shots with frames is counted wrongly)."""
+    copy = tmp_path / "ds"
+    shutil.copytree(dataset, copy)
+    path = copy / "shards" / "shard-000000.json"
+    shard = json.loads(path.read_text())
+    video = shard["videos"][0]
+    keep = [i for i, shot in enumerate(video["frame_shot"]) if shot != 1]      # shot 1 loses its frames
+    for name in ("frame_times_s", "frame_native_index", "frame_shot", "frame_members"):
+        video[name] = [video[name][i] for i in keep]
+    path.write_text(json.dumps(shard))
+    write_index(copy)
+    key, num_shots = video["key"], len(video["shot_starts_s"])
     assert num_shots >= 4, "the test needs a video of 4 shots first"
+    clips = VideoClipDataset(copy, ClipConfig(shots=2, frames=2, size=64))
     index = [v.key for v in clips.videos].index(key)
-    assert clips.windows[index] == list(range(2, num_shots - 1))     # pairs (0, 1) and (1, 2) hold shot 1
+    assert clips.windows(index) == list(range(2, num_shots - 1))     # pairs (0, 1) and (1, 2) hold shot 1
     seen = {tuple(clips[(index, draw)]["shots"].tolist()) for draw in range(40)}
     assert seen and all(1 not in shots for shots in seen)
-    short = VideoClipDataset(dataset, ClipConfig(shots=num_shots - 1, frames=2, size=64))
+    longest = max(2, num_shots - 2)                                  # shots 2 .. num_shots-1 keep their frames
+    assert key in [v.key for v in VideoClipDataset(copy, ClipConfig(shots=longest, frames=2, size=64)).videos]
+    short = VideoClipDataset(copy, ClipConfig(shots=longest + 1, frames=2, size=64))
     assert key not in [v.key for v in short.videos]                  # no run of K shots with frames left
 
 

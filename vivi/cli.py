@@ -70,6 +70,14 @@ def _inspect(args: argparse.Namespace) -> None:
         print(f"contact sheet written to {path}", file=sys.stderr if args.json else sys.stdout)
 
 
+def _index(args: argparse.Namespace) -> None:
+    from .ingest.index import open_index, write_index
+    path = write_index(args.data)
+    index = open_index(args.data)
+    print(f"index of {len(index)} videos, {len(index.shot_start_s)} shots, {len(index.frame_time_s)} frames "
+          f"in {len(index.shards)} shards written to {path}")
+
+
 def _inspect_cuts(args: argparse.Namespace) -> None:
     if args.data is not None or args.json or args.render:
         raise ValueError("--cuts inspects videos, not a dataset: give every video after --cuts, and leave out "
@@ -261,6 +269,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="keep the tf2onnx environment in this folder and reuse it (default: a temporary one)")
     p.add_argument("--force", action="store_true", help="fetch and convert again even when cached")
     p.set_defaults(func=_detector)
+
+    p = sub.add_parser("index", help="(re)build a dataset's columnar index (DATA/index.bin) from its shard indices")
+    p.add_argument("data", type=Path, help="dataset folder written by `vivi ingest`")
+    p.set_defaults(func=_index)
 
     p = sub.add_parser("inspect", help="dataset statistics and a contact sheet; or, with --cuts, every frame's "
                        "cut distance in videos (for choosing --cut-threshold)")

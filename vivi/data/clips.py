@@ -38,7 +38,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from .boxes import load_detections
 from .images import fit_square
-from .reader import Video, VideoDataset
+from .reader import Video, VideoDataset, VideoList
 
 MODES = ("shots", "frame")
 FRAME_CHOICES = ("fixed", "each_draw")
@@ -85,34 +85,29 @@ class VideoClipDataset(Dataset):
     def __init__(self, root: str | Path, config: ClipConfig = ClipConfig()):
         self.config = config
         self.dataset = VideoDataset(root)
+        table = self.dataset.index
         need = config.shots if config.mode == "shots" else 1
         # A clip's K shots are consecutive shots that each have a stored frame (a damaged stretch of
-        # a video can leave a shot without one); ``windows``: the first shot of every such run.
-        self.videos: list[Video] = []
-        self.windows: list[list[int]] = []
-        for video in self.dataset.videos:
-            has_frames = [len(frames) > 0 for frames in video.shot_frames()]
-            windows = [first for first in range(video.num_shots - need + 1) if all(has_frames[first:first + need])]
-            if windows and video.num_frames > 0:
-                self.videos.append(video)
-                self.windows.append(windows)
-        if not self.dataset.videos:
-            from vivi.ingest.shards import completed_shard_indices
-            if completed_shard_indices(root):
+        # a video can leave a shot without one): a video takes part when it has such a run of K.
+        # ``videos`` are those videos, made into objects only when drawn.
+        self.rows = np.flatnonzero(np.asarray(table.video_run) >= need)
+        self.videos = VideoList(table, self.rows)
+        if not len(table):
+            if table.shards:
                 raise ValueError(f"no video of {root} could be ingested (the reasons are in "
                                  f"{Path(root) / 'failures.jsonl'})")
             raise ValueError(f"{root} holds no complete shard (shards/*.tar missing, damaged or not yet written): "
                              "run `vivi ingest` again with the same inputs and --out to write them")
-        if not self.videos:
-            counts = sorted({v.num_shots for v in self.dataset.videos})
-            raise ValueError(f"no video in {root} has {need} shots (videos: {len(self.dataset.videos)}, "
+        if not len(self.rows):
+            counts = np.unique(table.num_shots()).tolist()
+            raise ValueError(f"no video in {root} has {need} shots (videos: {len(table)}, "
                              f"shot counts seen: {counts or 'none'}); lower the number of shots per clip "
                              "or ingest longer, multi-shot videos")
-        if config.size is None and len({v.frame_size for v in self.videos}) > 1:
+        if config.size is None and len(np.unique(np.asarray(table.video_frame_size)[self.rows], axis=0)) > 1:
             raise ValueError("videos of different frame sizes need ClipConfig.size to batch them")
         self.detections = load_detections(root, config.detector) if config.detector else None
         if self.detections is not None:
-            missing = [v.key for v in self.videos if v.key not in self.detections.videos]
+            missing = [key for key in map(table.key, self.rows.tolist()) if key not in self.detections.videos]
             if missing:
                 raise ValueError(f"the detections {config.detector!r} of {root} cover "
                                  f"{len(self.videos) - len(missing)} of its {len(self.videos)} videos (first "
@@ -126,7 +121,7 @@ class VideoClipDataset(Dataset):
     def choose(self, video: Video, rng: np.random.Generator, windows: list[int] | None = None
                ) -> tuple[list[int], list[list[int]]]:
         """The shots and, for each, the frame indices of one clip of ``video`` (``windows``: the
-        possible first shots; default: every run of K shots with frames)."""
+        possible first shots; default: the first shot of every run of K shots with frames)."""
         K, F = self.config.shots, self.config.frames
         if self.config.mode == "frame":
             if self.config.frame_choice == "fixed":
@@ -134,11 +129,11 @@ class VideoClipDataset(Dataset):
             else:
                 frame = int(rng.integers(video.num_frames))
             return [video.frame_shot[frame]] * K, [[frame] * F for _ in range(K)]
+        per_shot = video.shot_frames()
         if windows is None:
-            windows = self.windows[self.videos.index(video)]
+            windows = _windows(per_shot, K)
         first = windows[int(rng.integers(len(windows)))]
         shots = list(range(first, first + K))
-        per_shot = video.shot_frames()
         frames = []
         for shot in shots:
             available = per_shot[shot]
@@ -156,11 +151,18 @@ class VideoClipDataset(Dataset):
         rng = np.random.default_rng([self.seed, zlib.crc32(video.key.encode()), _FIXED_FRAME_STREAM])
         return int(rng.integers(video.num_frames))
 
+    def windows(self, index: int) -> list[int]:
+        """The shots a clip of video ``index`` may start at (``mode="shots"``)."""
+        return _windows(self.videos[index].shot_frames(), self.config.shots)
+
+    def clip(self, index: int, draw: int) -> tuple[Video, list[int], list[list[int]]]:
+        """The video, shots and frame indices of sample ``(index, draw)``: its random choices, no pixels."""
+        video = self.videos[index]
+        return (video, *self.choose(video, np.random.default_rng([self.seed, draw])))
+
     def __getitem__(self, item: tuple[int, int]) -> dict[str, torch.Tensor]:
         index, draw = item
-        video = self.videos[index]
-        rng = np.random.default_rng([self.seed, draw])
-        shots, frames = self.choose(video, rng, self.windows[index])
+        video, shots, frames = self.clip(index, draw)
         decoded: dict[int, np.ndarray] = {}
         crop = None
         for frame in {f for shot in frames for f in shot}:
@@ -182,6 +184,12 @@ class VideoClipDataset(Dataset):
         if self.config.size is None:
             return image, (0.0, 0.0, 1.0, 1.0)
         return fit_square(image, self.config.size)
+
+
+def _windows(per_shot: list[list[int]], k: int) -> list[int]:
+    """The first shot of every run of ``k`` consecutive shots that each have a sampled frame."""
+    has = [len(frames) > 0 for frames in per_shot]
+    return [first for first in range(len(per_shot) - k + 1) if all(has[first:first + k])]
 
 
 class VideoSampler(Sampler):

@@ -1,73 +1,57 @@
 """Random access to an ingested dataset: the videos' records and any of their frames.
 
-The shard indices written by ingest (``shards/shard-*.json``) hold the byte offset of every
-member, so a frame is one ``pread`` of its JPEG bytes: no scanning of tar files, and any video
-can be read by any DataLoader worker. File handles are opened lazily per process (they must not
-cross a fork).
+The dataset's index (``vivi.ingest.index``, built from the shard indices ingest writes) holds
+the byte offset of every member, so a frame is one ``pread`` of its JPEG bytes: no scanning of
+tar files, and any video can be read by any DataLoader worker. File handles are opened lazily
+per process (they must not cross a fork).
 """
 from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
 from ..ingest.decode import decode_jpeg
-from ..ingest.shards import SHARD_DIR, completed_shard_indices
+from ..ingest.index import DatasetIndex, Video, open_index
+from ..ingest.shards import SHARD_DIR, require_dataset
 
 
-@dataclass(frozen=True)
-class Video:
-    """One ingested video: its record from the shard index (see ``vivi.ingest.pipeline``)."""
-    key: str
-    source: str
-    shard: str                              # path of its tar, relative to the dataset root
-    fps: float
-    duration_s: float
-    frame_size: tuple[int, int]             # (height, width) of the stored frames
-    shot_starts_s: tuple[float, ...]
-    frame_times_s: tuple[float, ...]
-    frame_native_index: tuple[int, ...]
-    frame_shot: tuple[int, ...]             # shot of each sampled frame
-    frame_members: tuple[tuple[int, int], ...]  # (offset, size) of each frame's JPEG in the tar
-    record_member: tuple[int, int]          # (offset, size) of the video's JSON record in the tar
+class VideoList(Sequence):
+    """The videos of a :class:`~vivi.ingest.index.DatasetIndex` (or of the rows ``rows`` of it) as
+    a sequence of :class:`Video` objects, each made when it is asked for."""
 
-    @property
-    def num_shots(self) -> int:
-        return len(self.shot_starts_s)
+    def __init__(self, table: DatasetIndex, rows: np.ndarray | None = None):
+        self.table, self.rows = table, rows
 
-    @property
-    def num_frames(self) -> int:
-        return len(self.frame_times_s)
+    def __len__(self) -> int:
+        return len(self.table) if self.rows is None else len(self.rows)
 
-    def shot_frames(self) -> list[list[int]]:
-        """Indices of the sampled frames of each shot (a shot may have none if shorter than 1/fps)."""
-        frames: list[list[int]] = [[] for _ in range(self.num_shots)]
-        for i, shot in enumerate(self.frame_shot):
-            frames[shot].append(i)
-        return frames
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]
+        if i < 0:
+            i += len(self)
+        if not 0 <= i < len(self):
+            raise IndexError(f"video {i} of {len(self)}")
+        return self.table.video(int(i if self.rows is None else self.rows[i]))
 
 
 class VideoDataset:
-    """The videos of the dataset at ``root`` (complete shards only), in key order."""
+    """The videos of the dataset at ``root`` (complete shards only), in shard order.
+
+    The facts about every video come from the dataset's columnar index (``vivi.ingest.index``:
+    memory-mapped, shared by every process), so opening costs milliseconds and a few bytes a video
+    whatever the dataset's size; ``videos[i]`` makes the :class:`Video` object of one video.
+    """
 
     def __init__(self, root: str | Path):
         self.root = Path(root)
-        if not (self.root / "plan.json").exists():
-            raise FileNotFoundError(f"{self.root} is not a vivi dataset (no plan.json): "
-                                    f"create one with `vivi ingest VIDEOS --out {self.root}`")
-        self.videos: list[Video] = []
-        for shard_index in completed_shard_indices(self.root):
-            for v in shard_index["videos"]:
-                self.videos.append(Video(
-                    key=v["key"], source=v["source"], shard=shard_index["shard"], fps=v["fps"],
-                    duration_s=v["duration_s"], frame_size=tuple(v["frame_size"]),
-                    shot_starts_s=tuple(v["shot_starts_s"]), frame_times_s=tuple(v["frame_times_s"]),
-                    frame_native_index=tuple(v["frame_native_index"]), frame_shot=tuple(v["frame_shot"]),
-                    frame_members=tuple(map(tuple, v["frame_members"])),
-                    record_member=tuple(v["record_member"])))
+        require_dataset(self.root)
+        self.index = open_index(self.root)
+        self.videos = VideoList(self.index)
         self._files: dict[str, int] = {}
         self._pid = os.getpid()
 
@@ -111,4 +95,4 @@ class VideoDataset:
                 pass
 
 
-__all__ = ["SHARD_DIR", "Video", "VideoDataset"]
+__all__ = ["SHARD_DIR", "Video", "VideoDataset", "VideoList"]

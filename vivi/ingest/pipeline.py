@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 from ..files import refuse_other_settings
 from . import shards
 from .decode import SamplingConfig, VideoError, decode_video
+from .index import INDEX_FILE, write_index
 
 VIDEO_EXTENSIONS = {".mp4", ".m4v", ".mkv", ".webm", ".avi", ".mov", ".mpg", ".mpeg",
                     ".ts", ".flv", ".wmv", ".3gp", ".ogv"}
@@ -189,6 +190,8 @@ def ingest(inputs: list[str | Path], out: str | Path, config: IngestConfig = Ing
     mine = [j for j in range(num_shards) if j % part_count == part_index]
     done = {j: shards.read_shard_index(out, j) for j in mine}
     todo = [j for j in mine if done[j] is None or (retry_failed and done[j]["failures"])]
+    if todo:     # shards change: an index would name their old offsets (written again once complete)
+        (out / INDEX_FILE).unlink(missing_ok=True)
     for j in todo:
         if done[j] is not None:        # a retried shard: its detections would miss the new videos
             for sidecar in out.glob(f"detections/*/{shards.shard_name(j)}.json"):
@@ -303,10 +306,8 @@ def collect(out: str | Path) -> dict:
 
 
 def _read_plan(out: Path) -> dict:
+    shards.require_dataset(out)
     plan_path = out / "plan.json"
-    if not plan_path.exists():
-        raise FileNotFoundError(f"{out} is not a vivi dataset (no plan.json): create one with "
-                                f"`vivi ingest VIDEOS --out {out}`")
     return json.loads(plan_path.read_text())
 
 
@@ -361,6 +362,14 @@ def _finalize(out: Path, plan: dict, complete: list[dict], renames: list, min_sh
         if [index["shard"] for index in fresh] == [index["shard"] for index in complete]:
             break
         complete, renames = fresh, []
+    if manifest["complete"]:
+        # The columnar index, from the shard indices in hand; written again if another part's
+        # shard appeared meanwhile, so that the index written last covers every shard.
+        while True:
+            write_index(out, complete)
+            if shards.complete_shard_names(out) == {shard_index["shard"] for shard_index in complete}:
+                break
+            complete = shards.completed_shard_indices(out)
     return IngestSummary(
         out=out, videos_planned=manifest["videos_planned"], shards_planned=manifest["shards_planned"],
         shards_done=manifest["shards_done"], shards_written=0, shards_skipped=0, videos=manifest["videos"],

@@ -29,15 +29,24 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import struct
 import tarfile
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 SHARD_DIR = "shards"
+
+
+def require_dataset(root: Path) -> None:
+    """Raise FileNotFoundError, saying how to make one, when ``root`` is not a vivi dataset."""
+    if not (Path(root) / "plan.json").exists():
+        raise FileNotFoundError(f"{root} is not a vivi dataset (no plan.json): create one with "
+                                f"`vivi ingest VIDEOS --out {root}`")
 
 
 def shard_name(index: int) -> str:
@@ -73,7 +82,7 @@ def stage_files(files: list[tuple[Path, bytes]]) -> list[tuple[Path, Path]]:
     renames = []
     with _unstaged_on_error(renames):
         for path, data in files:
-            renames.append((_shared_tmp_name(path), path))
+            renames.append((shared_tmp_name(path), path))
             with open(renames[-1][0], "wb") as f:
                 f.write(data)
     return renames
@@ -123,7 +132,7 @@ def _tmp_name(path: Path) -> Path:
     return path.with_name(path.name + ".tmp")
 
 
-def _shared_tmp_name(path: Path) -> Path:
+def shared_tmp_name(path: Path) -> Path:
     """The temporary name of a file that several parts (``--part``, side by side, maybe on several
     machines) all write, such as plan.json and manifest.json: one name per host and process."""
     return path.with_name(f"{path.name}.tmp-{_HOST}-{os.getpid()}")
@@ -142,7 +151,10 @@ def remove_stale_tmp_files(folder: Path) -> None:
         except ValueError:
             continue
         except ProcessLookupError:
-            tmp.unlink(missing_ok=True)
+            if tmp.is_dir():        # the scratch folder of an index being written
+                shutil.rmtree(tmp, ignore_errors=True)
+            else:
+                tmp.unlink(missing_ok=True)
         except PermissionError:     # a running process of another user
             continue
 
@@ -257,10 +269,12 @@ def complete_shard_names(root: Path) -> set[str]:
 
 def completed_shard_indices(root: Path) -> list[dict]:
     """Indices of every complete shard of the dataset at ``root``, in shard order."""
-    folder = Path(root) / SHARD_DIR
-    found = []
-    for path in sorted(folder.glob("shard-*.json")):
+    return list(iter_completed_shard_indices(root))
+
+
+def iter_completed_shard_indices(root: Path) -> Iterator[dict]:
+    """The indices of the complete shards, read one at a time, in shard order."""
+    for path in sorted((Path(root) / SHARD_DIR).glob("shard-*.json")):
         shard_index = read_shard_index(root, int(path.stem.split("-")[1]))
         if shard_index is not None:
-            found.append(shard_index)
-    return found
+            yield shard_index
