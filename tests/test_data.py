@@ -3,12 +3,13 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from vivi.data import ClipConfig, VideoClipDataset, VideoDataset, VideoSampler, make_loader
+from vivi.data import ClipConfig, VideoClipDataset, VideoDataset, VideoSampler, load_detections, make_loader
 from vivi.ingest.index import write_index
 
 
@@ -163,19 +164,23 @@ def test_boxes_are_read_and_follow_the_crop(dataset):
             VideoClipDataset(dataset, ClipConfig(shots=1, frames=2, size=32, detector="unit"))
         from vivi.data.inspect import dataset_stats, format_stats
         assert "incomplete: these detections cover 1 of the" in format_stats(dataset_stats(dataset))
-        others = {v.key: [[]] * v.num_frames for v in VideoDataset(dataset).videos[1:]}
-        (folder / "shard-000001.json").write_text(json.dumps({"videos": others}))
+        by_shard = {}                                # the other videos' (empty) boxes, each in its shard's file
+        for v in VideoDataset(dataset).videos:
+            by_shard.setdefault(Path(v.shard).stem, {})[v.key] = [[]] * v.num_frames
+        by_shard["shard-000000"][video.key] = [[box, corner]] * video.num_frames
+        for shard, videos in by_shard.items():
+            (folder / f"{shard}.json").write_text(json.dumps({"videos": videos}))
         clip = VideoClipDataset(dataset, ClipConfig(shots=1, frames=2, size=32, detector="unit"))[(0, 0)]
         assert clip["frames"].shape[-2:] == (32, 32)
         assert clip["box_labels"][0, 0].tolist() == [1, 3, -1, -1, -1]      # highest score first
         np.testing.assert_allclose(clip["boxes"][0, 0, 1].numpy(), box[:4], atol=1e-6)
         with pytest.raises(FileNotFoundError, match="available: unit"):
             VideoClipDataset(dataset, ClipConfig(shots=1, detector="other"))
+        # a centre crop of the middle half in x: boxes are mapped into it, a box centred outside is dropped
+        detections = load_detections(dataset, "unit")
+        assert isinstance(detections, Detections) and detections.covered.all()
+        out = detections.boxes(0, [[0]], (0.25, 0.0, 0.75, 1.0), max_boxes=3)
+        assert out["box_labels"][0, 0].tolist() == [3, -1, -1]
+        np.testing.assert_allclose(out["boxes"][0, 0, 0].numpy(), [0.0, 0.25, 0.5, 0.75], atol=1e-6)
     finally:
-        import shutil
         shutil.rmtree(dataset / "detections")
-    # a centre crop of the middle half in x: boxes are mapped into it, a box centred outside is dropped
-    detections = Detections({"class_names": []}, {"v": [[box, corner]]})
-    out = detections.boxes("v", [[0]], (0.25, 0.0, 0.75, 1.0), max_boxes=3)
-    assert out["box_labels"][0, 0].tolist() == [3, -1, -1]
-    np.testing.assert_allclose(out["boxes"][0, 0, 0].numpy(), [0.0, 0.25, 0.5, 0.75], atol=1e-6)

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from vivi.cli import main
-from vivi.data import ClipConfig, VideoClipDataset, VideoDataset, make_loader
+from vivi.data import ClipConfig, VideoClipDataset, VideoDataset, load_detections, make_loader
 from vivi.detect import build_detector, detect_dataset
 from vivi.ingest.index import INDEX_FILE, open_index, write_index
 
@@ -81,7 +81,10 @@ def test_the_index_file_and_the_shard_indices_give_identical_batches(tagged, tmp
     plain = tmp_path / "plain"
     shutil.copytree(tagged, plain)
     (plain / INDEX_FILE).unlink()
+    (plain / "detections" / "groundtruth" / INDEX_FILE).unlink()
     assert VideoDataset(plain).index.path is None
+    assert isinstance(load_detections(tagged, "groundtruth").all_boxes, np.memmap)
+    assert not isinstance(load_detections(plain, "groundtruth").all_boxes, np.memmap)
     for config in (CASES["shots2x3"], CASES["boxes"], CASES["frame_fixed"]):
         for workers in (0, 2):
             mapped, built = _draws(tagged, config, 1, 3, workers), _draws(plain, config, 1, 3, workers)
@@ -118,6 +121,26 @@ def test_an_index_older_than_its_shards_is_refused_and_rebuilt(tagged, tmp_path,
         VideoDataset(copy)
 
 
+def test_detections_columns_follow_their_files(tagged, tmp_path):
+    """`vivi detect` writes the boxes' columns; a per-shard file changed since is read instead of
+    the columns (catches boxes served from a stale detections index)."""
+    copy = tmp_path / "ds"
+    shutil.copytree(tagged, copy)
+    folder = copy / "detections" / "groundtruth"
+    assert (folder / INDEX_FILE).is_file()
+    key = VideoDataset(copy).videos[0].key
+    sidecar = folder / "shard-000000.json"
+    content = json.loads(sidecar.read_text())
+    content["videos"][key][0] = [[0.1, 0.1, 0.2, 0.2, 7, 0.99]]
+    sidecar.write_text(json.dumps(content))
+    boxes = load_detections(copy, "groundtruth").frame_boxes(key, 0)
+    np.testing.assert_allclose(boxes, [[0.1, 0.1, 0.2, 0.2, 7, 0.99]], rtol=1e-6)
+    assert main(["index", str(copy)]) == 0                            # rebuilt: the columns say the same
+    rebuilt = load_detections(copy, "groundtruth")
+    assert isinstance(rebuilt.all_boxes, np.memmap)
+    np.testing.assert_allclose(rebuilt.frame_boxes(key, 0), boxes)
+
+
 def test_a_damaged_index_is_named_with_the_fix(tagged, tmp_path, capsys):
     """A truncated index or a file that is no index: one line naming it and `vivi index`
     (catches a reader that maps past the end of the file or reads garbage as columns)."""
@@ -128,7 +151,7 @@ def test_a_damaged_index_is_named_with_the_fix(tagged, tmp_path, capsys):
     assert main(["inspect", str(copy)]) == 2
     assert f"{copy / INDEX_FILE} is truncated: rebuild it with `vivi index {copy}`" in capsys.readouterr().err
     (copy / INDEX_FILE).write_bytes(b"not an index at all")
-    with pytest.raises(ValueError, match="is not a vivi dataset index"):
+    with pytest.raises(ValueError, match="is not a vivi index"):
         VideoDataset(copy)
     assert main(["index", str(tmp_path / "nothing")]) == 2
     assert "is not a vivi dataset (no plan.json)" in capsys.readouterr().err

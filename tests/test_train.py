@@ -265,8 +265,11 @@ def test_empty_detections_error_before_compute(data, tmp_path):
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "detector.json").write_text(json.dumps({"detector": "empty", "class_names": []}))
     from vivi.data import VideoDataset
-    (folder / "shard-000000.json").write_text(json.dumps({"videos": {   # every frame seen, no box found
-        v.key: [[] for _ in range(v.num_frames)] for v in VideoDataset(data).videos}}))
+    by_shard: dict = {}                              # every frame seen, no box found; a file per shard
+    for v in VideoDataset(data).videos:
+        by_shard.setdefault(Path(v.shard).stem, {})[v.key] = [[] for _ in range(v.num_frames)]
+    for shard, videos in by_shard.items():
+        (folder / f"{shard}.json").write_text(json.dumps({"videos": videos}))
     with pytest.raises(ValueError, match="hold no box"):
         train("tiny-vivi-ex4-obj", data, tmp_path / "e", overrides=FAST + ["data.detector=empty"], progress=False)
     with pytest.raises(FileNotFoundError, match="no detections named 'nope'"):

@@ -71,11 +71,14 @@ def _inspect(args: argparse.Namespace) -> None:
 
 
 def _index(args: argparse.Namespace) -> None:
+    from .data.boxes import available_detectors, write_detections_index
     from .ingest.index import open_index, write_index
     path = write_index(args.data)
     index = open_index(args.data)
     print(f"index of {len(index)} videos, {len(index.shot_start_s)} shots, {len(index.frame_time_s)} frames "
           f"in {len(index.shards)} shards written to {path}")
+    for detector in available_detectors(args.data):
+        print(f"boxes of {detector} written to {write_detections_index(args.data, detector, index)}")
 
 
 def _inspect_cuts(args: argparse.Namespace) -> None:
@@ -270,7 +273,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="fetch and convert again even when cached")
     p.set_defaults(func=_detector)
 
-    p = sub.add_parser("index", help="(re)build a dataset's columnar index (DATA/index.bin) from its shard indices")
+    p = sub.add_parser("index", help="(re)build a dataset's columnar index (DATA/index.bin, and its detections') "
+                                     "from its shard indices")
     p.add_argument("data", type=Path, help="dataset folder written by `vivi ingest`")
     p.set_defaults(func=_index)
 

@@ -10,7 +10,10 @@ offline) writes, for a detector named NAME::
                                                                 ]}}
 
 Coordinates are normalised to [0, 1] in the stored frame, (x0, y0) the top-left corner. Several
-detectors coexist; training picks one by name. This module only reads them.
+detectors coexist; training picks one by name. ``DATA/detections/NAME/index.bin`` holds the same
+boxes as columns aligned with the dataset's index (:class:`Detections`), written when ``vivi
+detect`` has every shard, so that no process holds Python objects for every box; a detections
+index that no longer matches the per-shard files is left aside and the boxes read from them.
 """
 from __future__ import annotations
 
@@ -20,6 +23,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..ingest.columns import ColumnSink, read_columns
+from ..ingest.index import INDEX_FILE, DatasetIndex, open_index
+from ..ingest.shards import shared_tmp_name
+
 DETECTIONS_DIR = "detections"
 
 
@@ -28,25 +35,49 @@ def available_detectors(root: str | Path) -> list[str]:
     return sorted(p.parent.name for p in folder.glob("*/detector.json"))
 
 
-class Detections:
-    """The boxes of one detector for every video of a dataset."""
+_COLUMNS = {
+    "frame_box": ("<i8", ()),         # F + 1 offsets into ``boxes``, one entry per frame of the dataset index
+    "boxes": ("<f4", (6,)),           # x0, y0, x1, y1, class, score of each box; a frame's highest score first
+    "video_covered": ("u1", ()),      # 1 for the videos the detector has boxes (or none) for
+}
 
-    def __init__(self, meta: dict, videos: dict[str, list]):
+
+class Detections:
+    """The boxes of one detector for every video of a dataset, as columns aligned with the
+    dataset's index (``vivi.ingest.index``): the boxes of frame f of video row r are
+    ``boxes[frame_box[video_frames[r] + f] : frame_box[video_frames[r] + f + 1]]``.
+
+    ``DATA/detections/NAME/index.bin`` holds the columns when ``vivi detect`` finished (or ``vivi
+    index`` wrote them); otherwise they are built in memory from the per-shard files.
+    """
+
+    def __init__(self, meta: dict, columns: dict[str, np.ndarray], dataset: DatasetIndex):
         self.meta = meta
         self.class_names: list[str] = meta["class_names"]
-        self.videos = videos
+        self.dataset = dataset
+        self.frame_box, self.all_boxes = columns["frame_box"], columns["boxes"]
+        self.covered = np.asarray(columns["video_covered"], bool)
+        self._rows: dict[str, int] | None = None
+
+    def frame_boxes_of(self, row: int, frame: int) -> np.ndarray:
+        """(n, 6) array of x0, y0, x1, y1, class, score for frame ``frame`` of the dataset's video
+        ``row`` (highest score first)."""
+        f0, f1 = int(self.dataset.video_frames[row]), int(self.dataset.video_frames[row + 1])
+        if frame >= f1 - f0:
+            return np.zeros((0, 6), np.float32)
+        return np.array(self.all_boxes[self.frame_box[f0 + frame]:self.frame_box[f0 + frame + 1]])
 
     def frame_boxes(self, key: str, frame: int) -> np.ndarray:
-        """(n, 6) array of x0, y0, x1, y1, class, score for one sampled frame (highest score first)."""
-        rows = self.videos.get(key)
-        if rows is None or frame >= len(rows) or not rows[frame]:
-            return np.zeros((0, 6), np.float32)
-        boxes = np.asarray(rows[frame], np.float32).reshape(-1, 6)
-        return boxes[np.argsort(-boxes[:, 5], kind="stable")]
+        """:meth:`frame_boxes_of` the video with key ``key``."""
+        if self._rows is None:
+            self._rows = {self.dataset.key(i): i for i in range(len(self.dataset))}
+        row = self._rows.get(key)
+        return np.zeros((0, 6), np.float32) if row is None else self.frame_boxes_of(row, frame)
 
-    def boxes(self, key: str, frames: list[list[int]], crop: tuple[float, float, float, float],
+    def boxes(self, row: int, frames: list[list[int]], crop: tuple[float, float, float, float],
               max_boxes: int) -> dict[str, torch.Tensor]:
-        """Padded boxes of a clip's frames, mapped into the ``crop`` (normalised x0, y0, x1, y1).
+        """Padded boxes of a clip's frames of video ``row``, mapped into the ``crop`` (normalised
+        x0, y0, x1, y1).
 
         Boxes are clipped to the crop; a box whose centre falls outside the crop is dropped.
         Returns ``boxes`` (K, F, B, 4) float32, ``box_labels`` (K, F, B) int64 (-1 = padding) and
@@ -59,7 +90,7 @@ class Detections:
         cx0, cy0, cx1, cy1 = crop
         for k, shot in enumerate(frames):
             for f, frame in enumerate(shot):
-                b = self.frame_boxes(key, frame)
+                b = self.frame_boxes_of(row, frame)
                 if not len(b):
                     continue
                 xy = b[:, :4].copy()
@@ -74,15 +105,72 @@ class Detections:
                 "box_scores": torch.from_numpy(out_scores)}
 
 
-def load_detections(root: str | Path, detector: str) -> Detections:
+def _fill(sink: ColumnSink, folder: Path, dataset: DatasetIndex) -> list[list]:
+    """Append the boxes of every frame of ``dataset`` from the per-shard files in ``folder``;
+    returns [shard file name, its size or -1 when missing] of each shard (what the columns were
+    built from)."""
+    sidecars = []
+    sink.put("frame_box", [0])
+    end = start = 0
+    shard_of = np.asarray(dataset.video_shard)
+    for number, shard in enumerate(dataset.shards):
+        path = folder / Path(shard).with_suffix(".json").name
+        stop = start + int(np.searchsorted(shard_of[start:], number, side="right"))
+        found = json.loads(path.read_text())["videos"] if path.exists() else {}
+        sidecars.append([path.name, path.stat().st_size if path.exists() else -1])
+        counts, flat = [], []
+        for row in range(start, stop):
+            rows = found.get(dataset.key(row))
+            sink.put("video_covered", [rows is not None])
+            frames = int(dataset.video_frames[row + 1] - dataset.video_frames[row])
+            per_frame = [rows[f] if rows is not None and f < len(rows) else [] for f in range(frames)]
+            counts += [len(boxes) for boxes in per_frame]
+            flat += [box for boxes in per_frame for box in boxes]
+        boxes = np.asarray(flat, np.float32).reshape(-1, 6)
+        frame_of = np.repeat(np.arange(len(counts)), counts)
+        sink.put("boxes", boxes[np.lexsort((-boxes[:, 5], frame_of))])     # per frame, highest score first
+        sink.put("frame_box", end + np.cumsum(counts, dtype=np.int64))
+        end += len(boxes)
+        start = stop
+    return sidecars
+
+
+def _meta(root: Path, detector: str) -> tuple[Path, dict]:
     folder = Path(root) / DETECTIONS_DIR / detector
     meta_path = folder / "detector.json"
     if not meta_path.exists():
         found = available_detectors(root)
         raise FileNotFoundError(f"no detections named {detector!r} in {root} "
                                 f"(available: {', '.join(found) or 'none'}); run `vivi detect {root} --detector ...`")
-    meta = json.loads(meta_path.read_text())
-    videos: dict[str, list] = {}
-    for path in sorted(folder.glob("shard-*.json")):
-        videos.update(json.loads(path.read_text())["videos"])
-    return Detections(meta, videos)
+    return folder, json.loads(meta_path.read_text())
+
+
+def write_detections_index(root: str | Path, detector: str, dataset: DatasetIndex | None = None) -> Path:
+    """Write ``DATA/detections/NAME/index.bin``: the boxes of every frame as columns aligned with
+    the dataset's index (``dataset``, default: the dataset's own)."""
+    root = Path(root)
+    folder, meta = _meta(root, detector)
+    dataset = dataset if dataset is not None else open_index(root)
+    with ColumnSink(_COLUMNS, scratch=shared_tmp_name(folder / ".index-columns")) as sink:
+        sidecars = _fill(sink, folder, dataset)
+        return sink.write(folder / INDEX_FILE, {"version": 1, "detector": detector, "sidecars": sidecars,
+                                                "dataset_shards": dataset.shard_records})
+
+
+def load_detections(root: str | Path, detector: str, dataset: DatasetIndex | None = None) -> Detections:
+    """The detections named ``detector`` of the dataset at ``root`` (whose index is ``dataset``,
+    default: opened here): memory-mapped from their index when it matches the dataset and the
+    per-shard files, else built from those files in memory."""
+    root = Path(root)
+    folder, meta = _meta(root, detector)
+    dataset = dataset if dataset is not None else open_index(root)
+    path = folder / INDEX_FILE
+    if path.exists():
+        header, columns = read_columns(path, f"vivi index {root}")
+        current = [[p.name, p.stat().st_size if p.exists() else -1]
+                   for p in (folder / Path(shard).with_suffix(".json").name for shard in dataset.shards)]
+        if header.get("dataset_shards") == dataset.shard_records and header.get("sidecars") == current:
+            return Detections(meta, columns, dataset)
+    with ColumnSink(_COLUMNS) as sink:
+        _fill(sink, folder, dataset)
+        return Detections(meta, sink.arrays(), dataset)

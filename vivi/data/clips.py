@@ -105,15 +105,15 @@ class VideoClipDataset(Dataset):
                              "or ingest longer, multi-shot videos")
         if config.size is None and len(np.unique(np.asarray(table.video_frame_size)[self.rows], axis=0)) > 1:
             raise ValueError("videos of different frame sizes need ClipConfig.size to batch them")
-        self.detections = load_detections(root, config.detector) if config.detector else None
+        self.detections = load_detections(root, config.detector, table) if config.detector else None
         if self.detections is not None:
-            missing = [key for key in map(table.key, self.rows.tolist()) if key not in self.detections.videos]
-            if missing:
+            missing = self.rows[~self.detections.covered[self.rows]]
+            if len(missing):
                 raise ValueError(f"the detections {config.detector!r} of {root} cover "
                                  f"{len(self.videos) - len(missing)} of its {len(self.videos)} videos (first "
-                                 f"missing: {missing[0]}): a `vivi detect` that stopped early, or shards ingested "
-                                 f"after it; run `vivi detect {root} --detector ...` again with the same detector "
-                                 "to finish them")
+                                 f"missing: {table.key(int(missing[0]))}): a `vivi detect` that stopped early, or "
+                                 f"shards ingested after it; run `vivi detect {root} --detector ...` again with the "
+                                 "same detector to finish them")
 
     def __len__(self) -> int:
         return len(self.videos)
@@ -174,7 +174,7 @@ class VideoClipDataset(Dataset):
                 "video": torch.tensor(index), "shots": torch.tensor(shots),
                 "frame_index": torch.tensor(frames)}
         if self.detections is not None:
-            clip.update(self.detections.boxes(video.key, frames, crop, self.config.max_boxes))
+            clip.update(self.detections.boxes(int(self.rows[index]), frames, crop, self.config.max_boxes))
         return clip
 
     seed: int = 0   # set by the loader; part of every sample's random stream

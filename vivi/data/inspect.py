@@ -53,18 +53,23 @@ def detection_stats(root: str | Path, detector: str, bins: int = 10) -> dict:
     """Boxes of one detector: ``frames`` (annotated so far), ``frames_with_boxes``, ``boxes``,
     ``boxes_per_frame``, ``per_class`` ({class name: boxes}, most frequent first) and
     ``score_histogram`` (``bins`` equal bins over [0, 1]: ``edges``, ``counts``)."""
-    detections = load_detections(root, detector)
-    frames = [np.asarray(f, np.float32).reshape(-1, 6) for rows in detections.videos.values() for f in rows]
-    boxes = np.concatenate(frames) if frames else np.zeros((0, 6), np.float32)
+    dataset = VideoDataset(root)
+    detections = load_detections(root, detector, dataset.index)
+    boxes = np.asarray(detections.all_boxes)
+    covered = np.flatnonzero(detections.covered)
+    frame_rows = dataset.index.video_frames
+    # the frames of the covered videos, and how many boxes each holds
+    per_frame = np.concatenate([np.diff(detections.frame_box[frame_rows[r]:frame_rows[r + 1] + 1]) for r in covered]
+                               ) if len(covered) else np.zeros(0, np.int64)
     per_class = np.bincount(boxes[:, 4].astype(np.int64), minlength=len(detections.class_names))
     counts, edges = np.histogram(boxes[:, 5], bins=bins, range=(0.0, 1.0))
     return {
-        "frames": len(frames), "frames_with_boxes": sum(len(f) > 0 for f in frames), "boxes": len(boxes),
-        "boxes_per_frame": round(len(boxes) / max(len(frames), 1), 3),
+        "frames": len(per_frame), "frames_with_boxes": int((per_frame > 0).sum()), "boxes": len(boxes),
+        "boxes_per_frame": round(len(boxes) / max(len(per_frame), 1), 3),
         "per_class": {detections.class_names[i]: int(per_class[i]) for i in np.argsort(-per_class, kind="stable")
                       if per_class[i]},
         "score_histogram": {"edges": [round(float(e), 3) for e in edges], "counts": counts.tolist()},
-        "videos_covered": len(detections.videos), "videos": len(VideoDataset(root).videos),
+        "videos_covered": len(covered), "videos": len(dataset),
     }
 
 

@@ -23,9 +23,10 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from ..data.boxes import DETECTIONS_DIR
+from ..data.boxes import DETECTIONS_DIR, write_detections_index
 from ..data.reader import VideoDataset
 from ..files import as_json, refuse_other_settings
+from ..ingest.index import INDEX_FILE
 from ..ingest.shards import write_json_atomic
 from .base import Detector, keep_top
 
@@ -72,6 +73,8 @@ def detect_dataset(root: str | Path, detector: Detector, *, max_per_frame: int =
     for video in dataset.videos:
         by_shard.setdefault(video.shard, []).append(video)
     todo = {shard: videos for shard, videos in by_shard.items() if not (folder / _sidecar(shard)).exists()}
+    if todo:        # the boxes change: the columns are written again once every shard has its file
+        (folder / INDEX_FILE).unlink(missing_ok=True)
     frames = boxes = 0
     bar = tqdm(total=sum(v.num_frames for videos in todo.values() for v in videos), unit="frame",
                desc=f"detect {detector.name}", disable=not progress, dynamic_ncols=True)
@@ -89,6 +92,8 @@ def detect_dataset(root: str | Path, detector: Detector, *, max_per_frame: int =
             bar.update(video.num_frames)
         write_json_atomic(folder / _sidecar(shard), {"videos": out})
     bar.close()
+    if todo or not (folder / INDEX_FILE).exists():
+        write_detections_index(root, detector.name, dataset.index)
     return DetectSummary(detector.name, folder, len(todo), len(by_shard) - len(todo), frames, boxes,
                          time.perf_counter() - start)
 

@@ -14,8 +14,7 @@ dataset without an index still opens: the same arrays are built in memory from t
 indices. An index that no longer matches the shards (a shard added or rewritten since it was
 built) is refused with the command that rebuilds it.
 
-File layout: the 8 bytes ``VIVIIDX1``, the length of the JSON header as 8 little-endian bytes,
-the header, then each column at a 64-byte aligned offset. The header lists the shards the index
+The file is a column file (``vivi.ingest.columns``). Its header lists the shards the index
 was built from (name, tar size and the size of the shard's JSON index, by which a shard made again
 is recognised) and, per column, its dtype, shape and offset. The file depends only on the shards:
 the same shards give the same bytes.
@@ -36,11 +35,7 @@ Columns (V videos, S shots, F sampled frames; per-video ranges as offsets, entry
 """
 from __future__ import annotations
 
-import io
-import json
 import os
-import shutil
-import struct
 import sys
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -48,21 +43,12 @@ from pathlib import Path
 
 import numpy as np
 
-from .shards import (
-    SHARD_DIR,
-    iter_completed_shard_indices,
-    read_shard_index,
-    remove_stale_tmp_files,
-    replace_durably,
-    require_dataset,
-    shared_tmp_name,
-)
+from .columns import ColumnSink, read_columns
+from .shards import SHARD_DIR, iter_completed_shard_indices, read_shard_index, require_dataset, shared_tmp_name
 
 __all__ = ["INDEX_FILE", "DatasetIndex", "Video", "build_index", "open_index", "write_index"]
 
 INDEX_FILE = "index.bin"
-_MAGIC = b"VIVIIDX1"
-_ALIGN = 64
 _VERSION = 1
 _SUGGEST_INDEX = 20_000     # videos above which opening without the index is worth a note
 
@@ -168,21 +154,17 @@ class DatasetIndex:
 
 
 class _Builder:
-    """Appends shard indices to the columns, streaming each column to ``sinks`` (binary files)."""
+    """Appends shard indices to the columns of ``sink``."""
 
-    def __init__(self, sinks: dict[str, io.RawIOBase | io.BufferedIOBase]):
-        self.sinks = sinks
-        self.lengths = dict.fromkeys(_COLUMNS, 0)
+    def __init__(self, sink: ColumnSink):
+        self.sink = sink
         self.ends = dict.fromkeys(_OFFSETS, 0)       # running ends of the offset columns
         self.shards: list[list] = []
         for name in _OFFSETS:
             self._put(name, np.zeros(1, np.int64))
 
-    def _put(self, name: str, array: np.ndarray) -> None:
-        dtype, _ = _COLUMNS[name]
-        array = np.ascontiguousarray(array, dtype=dtype)
-        self.sinks[name].write(array.tobytes())
-        self.lengths[name] += len(array)
+    def _put(self, name: str, values) -> None:
+        self.sink.put(name, values)
 
     def add(self, shard_index: dict, index_size: int) -> None:
         """Append the videos of one complete shard (its index as ingest wrote it, of ``index_size`` bytes)."""
@@ -219,13 +201,9 @@ class _Builder:
         self.ends[name] = int(ends[-1])
 
     def header(self) -> dict:
-        columns, offset = {}, 0
-        for name, (dtype, trailing) in _COLUMNS.items():
-            shape = (self.lengths[name], *trailing)
-            columns[name] = [dtype, list(shape), offset]
-            offset += _aligned(int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize)
-        return {"version": _VERSION, "videos": self.lengths["video_shard"], "shots": self.lengths["shot_start_s"],
-                "frames": self.lengths["frame_time_s"], "shards": self.shards, "columns": columns}
+        lengths = self.sink.lengths
+        return {"version": _VERSION, "videos": lengths["video_shard"], "shots": lengths["shot_start_s"],
+                "frames": lengths["frame_time_s"], "shards": self.shards}
 
 
 def _longest_run(frame_shot: list[int], num_shots: int) -> int:
@@ -238,10 +216,6 @@ def _longest_run(frame_shot: list[int], num_shots: int) -> int:
         run = run + 1 if present else 0
         best = max(best, run)
     return best
-
-
-def _aligned(n: int) -> int:
-    return -(-n // _ALIGN) * _ALIGN
 
 
 def _shard_stat(root: Path, shard: str) -> int:
@@ -279,14 +253,9 @@ def build_index(root: str | Path, shard_indices: Iterable[dict] | None = None) -
     """The index of the dataset at ``root``, built in memory from its complete shards' indices
     (``shard_indices``, in shard order, when the caller holds them already)."""
     root = Path(root)
-    sinks = {name: io.BytesIO() for name in _COLUMNS}
-    builder = _Builder(sinks)
-    for shard_index in iter_completed_shard_indices(root) if shard_indices is None else shard_indices:
-        builder.add(shard_index, _shard_stat(root, shard_index["shard"]))
-    header = builder.header()
-    columns = {name: np.frombuffer(sinks[name].getbuffer(), dtype).reshape(shape)
-               for name, (dtype, shape, _) in header["columns"].items()}
-    return DatasetIndex(columns, header["shards"])
+    with ColumnSink(_COLUMNS) as sink:
+        builder = _fill(_Builder(sink), root, shard_indices)
+        return DatasetIndex(sink.arrays(), builder.shards)
 
 
 def write_index(root: str | Path, shard_indices: Iterable[dict] | None = None) -> Path:
@@ -295,62 +264,21 @@ def write_index(root: str | Path, shard_indices: Iterable[dict] | None = None) -
     path. The file appears complete or not at all."""
     root = Path(root)
     require_dataset(root)
-    path = root / INDEX_FILE
-    remove_stale_tmp_files(root)
-    scratch = shared_tmp_name(root / ".index-columns")
-    scratch.mkdir(exist_ok=True)
-    try:
-        sinks = {name: open(scratch / name, "w+b") for name in _COLUMNS}
-        try:
-            builder = _Builder(sinks)
-            for shard_index in iter_completed_shard_indices(root) if shard_indices is None else shard_indices:
-                builder.add(shard_index, _shard_stat(root, shard_index["shard"]))
-            header = builder.header()
-            encoded = json.dumps(header).encode()
-            start = _aligned(16 + len(encoded))
-            tmp = shared_tmp_name(path)
-            try:
-                with open(tmp, "wb") as out:
-                    out.write(_MAGIC + struct.pack("<Q", len(encoded)) + encoded)
-                    for name, sink in sinks.items():
-                        out.write(bytes(start + header["columns"][name][2] - out.tell()))
-                        sink.seek(0)
-                        while chunk := sink.read(1 << 24):
-                            out.write(chunk)
-                    out.write(bytes(_aligned(out.tell()) - out.tell()))
-                replace_durably([(tmp, path)])
-            except BaseException:
-                tmp.unlink(missing_ok=True)
-                raise
-        finally:
-            for sink in sinks.values():
-                sink.close()
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
-    return path
+    with ColumnSink(_COLUMNS, scratch=shared_tmp_name(root / ".index-columns")) as sink:
+        builder = _fill(_Builder(sink), root, shard_indices)
+        return sink.write(root / INDEX_FILE, builder.header())
+
+
+def _fill(builder: _Builder, root: Path, shard_indices: Iterable[dict] | None) -> _Builder:
+    for shard_index in iter_completed_shard_indices(root) if shard_indices is None else shard_indices:
+        builder.add(shard_index, _shard_stat(root, shard_index["shard"]))
+    return builder
 
 
 def _read(path: Path) -> DatasetIndex:
-    with open(path, "rb") as f:
-        head = f.read(16)
-        if len(head) < 16 or head[:8] != _MAGIC:
-            raise ValueError(f"{path} is not a vivi dataset index: delete it, or rebuild it with "
-                             f"`vivi index {path.parent}`")
-        (length,) = struct.unpack("<Q", head[8:])
-        header = json.loads(f.read(length))
+    header, columns = read_columns(path, f"vivi index {path.parent}")
     if header.get("version") != _VERSION:
         raise ValueError(f"{path} was written by another version of vivi: rebuild it with `vivi index {path.parent}`")
-    start = _aligned(16 + length)
-    size = path.stat().st_size
-    columns = {}
-    for name, (dtype, shape, offset) in header["columns"].items():
-        count = int(np.prod(shape, dtype=np.int64))
-        if count == 0:
-            columns[name] = np.zeros(shape, dtype)
-            continue
-        if start + offset + count * np.dtype(dtype).itemsize > size:
-            raise ValueError(f"{path} is truncated: rebuild it with `vivi index {path.parent}`")
-        columns[name] = np.memmap(path, dtype=dtype, mode="r", offset=start + offset, shape=tuple(shape))
     return DatasetIndex(columns, header["shards"], path)
 
 

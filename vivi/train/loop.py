@@ -217,7 +217,7 @@ def _batches(config: TrainConfig, data: str | Path, start_step: int, rank: int, 
               "every batch holds some videos twice, whose clips are then each other's negatives; lower "
               "data.videos or ingest more videos", file=sys.stderr)
     detections = loader.dataset.detections
-    if loss.object_weight > 0 and not any(any(frames) for frames in detections.videos.values()):
+    if loss.object_weight > 0 and not len(detections.all_boxes):
         raise ValueError(f"the detections {d.detector!r} in {data} hold no box for any video: the object loss "
                          "would be 0; re-run `vivi detect` (or set loss.object_weight=0)")
     if cotrain is None:
