@@ -6,8 +6,9 @@ column's dtype, shape and offset; the rest of the header is the writer's.
 
 Columns are appended piece by piece (:class:`ColumnSink`), in memory or, for large indices, to
 scratch files that are copied into place at the end, so that memory stays small whatever the
-number of rows. The file is written under a temporary name and renamed: it appears complete or
-not at all.
+number of rows. The file is written under a temporary name and renamed (or uploaded as one
+object): it appears complete or not at all. A local file is memory-mapped; a file in object
+storage (``vivi.storage``) is read column by column with ranged requests.
 """
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..storage import filesystem, is_url, read_bytes, retrying
 from .shards import remove_stale_tmp_files, replace_durably, shared_tmp_name
 
 __all__ = ["ColumnSink", "read_columns"]
@@ -65,8 +67,16 @@ class ColumnSink:
         return {name: np.frombuffer(self.files[name].getbuffer(), dtype).reshape(shape)
                 for name, (dtype, shape, _) in self._layout().items()}
 
-    def write(self, path: Path, header: dict) -> Path:
-        """Write the columns to ``path`` with ``header`` (plus their layout) in front."""
+    def write(self, path: Path | str, header: dict) -> Path | str:
+        """Write the columns to ``path`` (a file, or an object URL: assembled in a local temporary
+        file, then uploaded) with ``header`` (plus their layout) in front."""
+        if is_url(path):
+            import tempfile
+            with tempfile.TemporaryDirectory(prefix="vivi-columns-") as folder:
+                local = self.write(Path(folder) / "columns.bin", header)
+                fs, remote = filesystem(path)
+                retrying(lambda: fs.put_file(str(local), remote), str(path))
+            return path
         header = {**header, "columns": self._layout()}
         encoded = json.dumps(header).encode()
         start = _aligned(16 + len(encoded))
@@ -101,27 +111,41 @@ class ColumnSink:
         self.close()
 
 
-def read_columns(path: Path, rebuild: str) -> tuple[dict, dict[str, np.ndarray]]:
-    """(header, {name: read-only memory-mapped array}) of the column file ``path``; a file that is
-    not one, or is cut short, raises ValueError naming it and ``rebuild`` (the command that makes
-    it again)."""
-    with open(path, "rb") as f:
-        head = f.read(16)
-        if len(head) < 16 or head[:8] != _MAGIC:
-            raise ValueError(f"{path} is not a vivi index: delete it, or rebuild it with `{rebuild}`")
-        (length,) = struct.unpack("<Q", head[8:])
-        try:
-            header = json.loads(f.read(length))
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            raise ValueError(f"{path} is damaged: rebuild it with `{rebuild}`") from None
-    start, size = _aligned(16 + length), path.stat().st_size
+def read_columns(path: Path | str, rebuild: str, names: list[str] | None = None) -> tuple[dict, dict[str, np.ndarray]]:
+    """(header, {name: array}) of the column file ``path``: a local file's columns memory-mapped
+    (read-only), an object's read into memory by ranged requests (``names``: only these columns).
+    A file that is not one, or is cut short, raises ValueError naming it and ``rebuild`` (the
+    command that makes it again)."""
+    head = read_bytes(path, 0, 16)
+    if len(head) < 16 or head[:8] != _MAGIC:
+        raise ValueError(f"{path} is not a vivi index: delete it, or rebuild it with `{rebuild}`")
+    (length,) = struct.unpack("<Q", head[8:])
+    try:
+        header = json.loads(read_bytes(path, 16, 16 + length))
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise ValueError(f"{path} is damaged: rebuild it with `{rebuild}`") from None
+    start = _aligned(16 + length)
+    size = _size(path)
     columns = {}
     for name, (dtype, shape, offset) in header["columns"].items():
+        if names is not None and name not in names:
+            continue
         count = int(np.prod(shape, dtype=np.int64))
+        nbytes = count * np.dtype(dtype).itemsize
         if count == 0:
             columns[name] = np.zeros(shape, dtype)
-            continue
-        if start + offset + count * np.dtype(dtype).itemsize > size:
+        elif start + offset + nbytes > size:
             raise ValueError(f"{path} is truncated: rebuild it with `{rebuild}`")
-        columns[name] = np.memmap(path, dtype=dtype, mode="r", offset=start + offset, shape=tuple(shape))
+        elif is_url(path):
+            data = read_bytes(path, start + offset, start + offset + nbytes)
+            columns[name] = np.frombuffer(data, dtype).reshape(shape)
+        else:
+            columns[name] = np.memmap(path, dtype=dtype, mode="r", offset=start + offset, shape=tuple(shape))
     return header, columns
+
+
+def _size(path: Path | str) -> int:
+    if not is_url(path):
+        return Path(path).stat().st_size
+    fs, remote = filesystem(path)
+    return retrying(lambda: fs.size(remote), str(path))
