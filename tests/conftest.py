@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 from fractions import Fraction
 from pathlib import Path
 
@@ -24,6 +25,56 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """An S3-compatible server (moto's) on 127.0.0.1, started for the session and stopped after it;
+    vivi finds it as any user's through AWS_ENDPOINT_URL and the AWS credential variables. Yields
+    a function that makes a fresh bucket and returns its s3:// URL."""
+    import itertools
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = subprocess.Popen([str(Path(sys.executable).with_name("moto_server")), "-H", "127.0.0.1", "-p", str(port)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            break
+        except OSError:
+            if time.monotonic() > deadline or server.poll() is not None:
+                server.kill()
+                raise RuntimeError("moto_server did not start") from None
+            time.sleep(0.1)
+    settings = {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_ACCESS_KEY_ID": "test",
+                "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1"}
+    saved = {key: os.environ.get(key) for key in settings}
+    os.environ.update(settings)
+    counter = itertools.count()
+
+    def bucket() -> str:
+        import fsspec
+        name = f"vivi-test-{next(counter)}"
+        fsspec.filesystem("s3").mkdir(name)
+        return f"s3://{name}"
+
+    try:
+        yield bucket
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        server.terminate()
+        server.wait(timeout=10)
 
 
 @pytest.fixture(scope="session")

@@ -54,8 +54,12 @@ def filesystem(url: str | os.PathLike):
         from fsspec.core import url_to_fs
     except ImportError:        # pragma: no cover - fsspec is a dependency
         raise StorageError(f"{url}: reading URLs needs fsspec (pip install fsspec s3fs)") from None
+    text = os.fspath(url)
+    # One retry policy, vivi's (retrying): the back ends' own retries would multiply with it.
+    options = {"config_kwargs": {"retries": {"max_attempts": 1}, "connect_timeout": 10}} \
+        if text.startswith(("s3://", "s3a://")) else {}
     try:
-        return url_to_fs(os.fspath(url))
+        return url_to_fs(text, **options)
     except (ImportError, ValueError) as error:
         raise StorageError(f"{url}: {error} (an s3:// URL needs s3fs, gs:// needs gcsfs)") from None
 
