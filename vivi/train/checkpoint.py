@@ -5,30 +5,39 @@ A training checkpoint is one file ``RUN/checkpoints/step-XXXXXXX.safetensors``:
 * tensors ``model.<name>`` (parameters and buffers of :class:`vivi.train.model.VIVIModel`) and
   ``optim.<name>.momentum_buffer`` (SGD state by parameter name);
 * metadata (strings): ``kind = "vivi-checkpoint"``, ``config`` (the resolved config, JSON),
-  ``encoder`` (name + overrides that rebuild the encoder), ``step`` (steps done).
+  ``encoder`` (name + overrides that rebuild the encoder), ``step`` (steps done) and
+  ``tensors_sha256``, a checksum of every tensor's name, dtype, shape and bytes, verified on
+  load: a file damaged after it was written (a flipped byte, a copy cut short) is reported
+  instead of trained from. A run folder resumes from its newest checkpoint that verifies, and
+  says which newer ones it passed over and why.
 
 An exported encoder (``vivi export``) is ``encoder.safetensors`` (tensors = the encoder's state
 dict; metadata ``kind = "vivi-encoder"``, ``encoder``, ``config``) or ``encoder.pt`` (a dict of
 the same, readable with ``torch.load(weights_only=True)``).
 
-Files are written to a temporary name in the same folder and renamed (atomic on POSIX), so a
-crash leaves either the old or the new checkpoint, never half of one; an error while writing (a
-full disk) removes the temporary file (:func:`vivi.files.replacing`).
+Files are serialised in memory, written to a temporary name in the same folder and renamed
+(atomic on POSIX), so a crash leaves either the old or the new checkpoint, never half of one; an
+error while writing (a full disk) is an ``OSError`` naming the file, and the temporary file is
+removed (:func:`vivi.files.replacing`).
 """
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 import re
+import sys
 from pathlib import Path
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
+from safetensors.torch import save
 
 from ..files import replacing
 
 __all__ = ["CHECKPOINT_DIR", "CHECKPOINT_KIND", "ENCODER_KIND", "checkpoint_path", "export_encoder",
-           "latest_checkpoint", "load_momentum", "read_checkpoint", "read_encoder_file", "write_checkpoint"]
+           "latest_checkpoint", "load_momentum", "newest_intact_checkpoint", "read_checkpoint", "read_encoder_file",
+           "tensors_digest", "write_checkpoint"]
 
 CHECKPOINT_DIR = "checkpoints"
 CHECKPOINT_KIND = "vivi-checkpoint"
@@ -47,9 +56,22 @@ def latest_checkpoint(run: str | Path) -> Path | None:
     return max(found)[1] if found else None
 
 
+def tensors_digest(tensors: dict[str, torch.Tensor]) -> str:
+    """SHA-256 of the tensors' names, dtypes, shapes and bytes, in name order."""
+    digest = hashlib.sha256()
+    for name in sorted(tensors):
+        tensor = tensors[name].detach().cpu().contiguous()
+        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}\n".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+    return digest.hexdigest()
+
+
 def _atomic_save(tensors: dict[str, torch.Tensor], metadata: dict[str, str], path: Path) -> None:
+    tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+    # serialised in memory, written by Python: a full disk is an OSError naming the file
+    data = save(tensors, metadata={**metadata, "tensors_sha256": tensors_digest(tensors)})
     with replacing(path) as tmp:
-        save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp), metadata=metadata)
+        tmp.write_bytes(data)
 
 
 def write_checkpoint(run: str | Path, step: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
@@ -81,23 +103,45 @@ def load_momentum(optimizer: torch.optim.Optimizer, model: torch.nn.Module, mome
 
 
 def _read(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """The tensors and metadata of a vivi safetensors file, its checksum verified."""
     try:
         with safe_open(str(path), framework="pt") as f:
             metadata = f.metadata() or {}
             tensors = {k: f.get_tensor(k) for k in f.keys()}
-    except Exception as error:  # safetensors raises its own error types for foreign files
-        raise ValueError(f"{path} is not a safetensors file written by vivi ({error})") from None
+    except Exception as error:  # safetensors raises its own error types for foreign or cut-short files
+        raise ValueError(f"{path} is not a safetensors file written by vivi, or is damaged ({error})") from None
+    expected = metadata.get("tensors_sha256")
+    if expected is not None and tensors_digest(tensors) != expected:
+        raise ValueError(f"{path} is damaged: its tensors do not match the checksum written with them")
     return tensors, metadata
+
+
+def newest_intact_checkpoint(run: str | Path) -> tuple[dict | None, list[str]]:
+    """The newest checkpoint of a run folder that reads and verifies (None when there is none),
+    and one line for each newer one passed over, saying why."""
+    folder = Path(run) / CHECKPOINT_DIR
+    found = sorted(((int(m.group(1)), p) for p in folder.glob("step-*.safetensors") if (m := _STEP.search(p.name))),
+                   reverse=True)
+    passed = []
+    for _, path in found:
+        try:
+            return read_checkpoint(path), passed
+        except ValueError as error:
+            passed.append(str(error))
+    return None, passed
 
 
 def read_checkpoint(path: str | Path) -> dict:
     """A training checkpoint (file or run folder) -> dict(step, config, encoder, model, optim)."""
     path = Path(path)
     if path.is_dir():
-        found = latest_checkpoint(path)
-        if found is None:
-            raise FileNotFoundError(f"no checkpoint in {path / CHECKPOINT_DIR}")
-        path = found
+        checkpoint, passed = newest_intact_checkpoint(path)
+        for line in passed:
+            print(f"note: {line}; using an older checkpoint", file=sys.stderr)
+        if checkpoint is None:
+            raise FileNotFoundError(f"no intact checkpoint in {path / CHECKPOINT_DIR}" +
+                                    (f" ({'; '.join(passed)})" if passed else ""))
+        return checkpoint
     tensors, metadata = _read(path)
     if metadata.get("kind") != CHECKPOINT_KIND:
         raise ValueError(f"{path} is not a vivi training checkpoint (kind={metadata.get('kind')!r}); "
@@ -144,9 +188,11 @@ def export_encoder(source: str | Path, out: str | Path) -> Path:
     if out.suffix == ".safetensors":
         _atomic_save(blob["state_dict"], {"kind": ENCODER_KIND, "encoder": encoder, "config": config}, out)
     elif out.suffix in (".pt", ".pth"):
+        buffer = io.BytesIO()        # serialised in memory: a full disk is then an OSError naming the file
+        torch.save({"kind": ENCODER_KIND, "encoder": encoder, "config": config,
+                    "state_dict": {k: v.contiguous() for k, v in blob["state_dict"].items()}}, buffer)
         with replacing(out) as tmp:
-            torch.save({"kind": ENCODER_KIND, "encoder": encoder, "config": config,
-                        "state_dict": {k: v.contiguous() for k, v in blob["state_dict"].items()}}, tmp)
+            tmp.write_bytes(buffer.getvalue())
     else:
         raise ValueError(f"export to .safetensors or .pt, got {out}")
     return out
