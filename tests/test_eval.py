@@ -553,3 +553,25 @@ def test_robustness_command_on_the_world(tmp_path):
         videos = json.loads(sidecar.read_text())["videos"]
         sidecar.write_text(json.dumps({"videos": {key: [[] for _ in frames] for key, frames in videos.items()}}))
     assert main(args[:6] + [str(tmp_path / "d2")] + args[7:]) == 2
+
+
+def test_a_folder_of_vtab1k_task_folders_is_a_suite(tmp_path, capsys):
+    """The layout the fine-tuning repositories distribute (one folder per task, aliases such as
+    cifar100 included) is a suite without a suite file: groups and class counts are VTAB's, the
+    missing tasks are named, and the report has the three group means (catches a task put in the
+    wrong group, a class count read from the folder instead of VTAB's, a silent partial suite)."""
+    for name in ("cifar100", "patch_camelyon", "smallnorb_ele"):
+        write_colour_task(tmp_path / "vtab", name=name)
+    (tmp_path / "vtab" / "suite.json").unlink()
+    tasks = load_suite(tmp_path / "vtab")
+    assert [(t.name, t.group, t.num_classes) for t in tasks] == [
+        ("cifar", "natural", 100), ("patch_camelyon", "specialized", 2), ("smallnorb_ele", "structured", 9)]
+    note = capsys.readouterr().err
+    assert "holds 3 of the 19 VTAB-1k tasks; missing: caltech101, dtd," in note and "smallnorb_azi" in note
+    out = tmp_path / "out"
+    assert main(["eval", "--checkpoint", "random:resnet_tiny_v2", "--suite", str(tmp_path / "vtab"), "--out",
+                 str(out), "--protocol", "knn", "--resolution", "16", "--no-progress"]) == 0
+    result = json.loads((out / "results.json").read_text())
+    assert sorted(result["groups"]) == ["natural", "specialized", "structured"]
+    with pytest.raises(FileNotFoundError, match="no VTAB-1k task folder"):
+        load_suite(tmp_path / "out")

@@ -19,6 +19,11 @@ Sources (the ``source`` field of a suite entry):
   ``test``; VTAB's own per-dataset choices (e.g. val200 from a validation split) must be written
   into the suite entry. *Untested here* (no TensorFlow in vivi's environment).
 
+A folder of VTAB-1k task folders (``caltech101/``, ``cifar/``, ..., ``smallnorb_ele/``, each with
+the four list files: the layout the parameter-efficient fine-tuning repositories distribute) is a
+suite as it is: vivi knows each task's group and class count (:data:`VTAB1K`, aliases such as
+``cifar100`` or ``retinopathy`` included) and says which of the 19 are missing.
+
 Suite file (JSON, or YAML for ``.yaml``/``.yml``)::
 
     {"tasks": [
@@ -36,6 +41,7 @@ folder: the synthetic world's ``WORLD/tasks/suite.json`` is a valid suite file a
 from __future__ import annotations
 
 import json
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -45,7 +51,7 @@ import torch.nn.functional as F
 
 from vivi.data.images import read_image
 
-__all__ = ["GROUPS", "SOURCES", "SPLITS", "Split", "Task", "load_split", "load_suite"]
+__all__ = ["GROUPS", "SOURCES", "SPLITS", "VTAB1K", "Split", "Task", "load_split", "load_suite", "vtab1k_folders"]
 
 SPLITS = ("train800", "val200", "train800val200", "test")
 # The keys a suite entry may have besides name, group and source.
@@ -54,6 +60,31 @@ ENTRY_KEYS = {"folder": {"path", "num_classes"}, "digits": {"num_classes"},
 GROUPS = ("natural", "specialized", "structured")
 SOURCES = ("folder", "digits", "tfds")
 DIGITS_SEED = 0                  # shuffle of sklearn's digits before the 800/200/rest split
+
+# The 19 tasks of VTAB-1k (Zhai et al. 2019; VIVI §4; Object-centric §4.2; docs/reference.md,
+# "VTAB-1k"), named as the PyTorch parameter-efficient fine-tuning repositories name their task
+# folders: name -> (group, classes, other names the folder may have).
+VTAB1K: dict[str, tuple[str, int, tuple[str, ...]]] = {
+    "caltech101": ("natural", 102, ("caltech", "caltech_101")),
+    "cifar": ("natural", 100, ("cifar100", "cifar_100")),
+    "dtd": ("natural", 47, ()),
+    "oxford_flowers102": ("natural", 102, ("flowers102", "oxford_flowers_102", "flowers")),
+    "oxford_iiit_pet": ("natural", 37, ("pets", "oxford_iiit_pets", "oxford_pet")),
+    "svhn": ("natural", 10, ("svhn_cropped",)),
+    "sun397": ("natural", 397, ()),
+    "patch_camelyon": ("specialized", 2, ("pcam", "camelyon")),
+    "eurosat": ("specialized", 10, ()),
+    "resisc45": ("specialized", 45, ()),
+    "diabetic_retinopathy": ("specialized", 5, ("retinopathy",)),
+    "clevr_count": ("structured", 8, ("clevr_count_all",)),
+    "clevr_dist": ("structured", 6, ("clevr_closest_object_distance", "clevr_distance")),
+    "dmlab": ("structured", 6, ()),
+    "kitti": ("structured", 4, ("kitti_distance", "kitti_closest_vehicle_distance")),
+    "dsprites_loc": ("structured", 16, ("dsprites_location", "dsprites_label_x_position")),
+    "dsprites_ori": ("structured", 16, ("dsprites_orientation", "dsprites_label_orientation")),
+    "smallnorb_azi": ("structured", 18, ("smallnorb_azimuth", "smallnorb_label_azimuth")),
+    "smallnorb_ele": ("structured", 9, ("smallnorb_elevation", "smallnorb_label_elevation")),
+}
 
 
 @dataclass(frozen=True)
@@ -114,8 +145,30 @@ def _read_suite_file(path: Path) -> dict:
     return data
 
 
+def vtab1k_folders(folder: Path) -> dict[str, Path]:
+    """{VTAB-1k task name: its folder} for the task folders found in ``folder`` under their names
+    or aliases (:data:`VTAB1K`), each holding the four list files."""
+    found = {}
+    for name, (_, _, aliases) in VTAB1K.items():
+        for candidate in (name, *aliases):
+            task = folder / candidate
+            if all((task / f"{split}.txt").is_file() for split in SPLITS):
+                found[name] = task
+                break
+    return found
+
+
+def _vtab1k_suite(folder: Path, found: dict[str, Path]) -> list[Task]:
+    missing = [name for name in VTAB1K if name not in found]
+    if missing:
+        print(f"note: {folder} holds {len(found)} of the 19 VTAB-1k tasks; missing: {', '.join(missing)}. Means "
+              "are over the tasks found, so they are not the papers' VTAB-1k score", file=sys.stderr)
+    return [Task(name, VTAB1K[name][0], "folder", task, VTAB1K[name][1]) for name, task in found.items()]
+
+
 def load_suite(path: str | Path) -> list[Task]:
-    """The tasks of a suite file, a world's ``tasks`` folder, or a world folder (``WORLD/tasks/suite.json``)."""
+    """The tasks of a suite file, a world's ``tasks`` folder, a world folder
+    (``WORLD/tasks/suite.json``), or a folder of VTAB-1k task folders (:data:`VTAB1K`)."""
     path = Path(path)
     if path.is_dir():
         for candidate in (path / "suite.json", path / "tasks" / "suite.json", path / "suite.yaml"):
@@ -123,8 +176,13 @@ def load_suite(path: str | Path) -> list[Task]:
                 path = candidate
                 break
         else:
-            raise FileNotFoundError(f"{path} holds no suite.json (nor tasks/suite.json): pass a suite file "
-                                    "or the tasks folder of `vivi synth`")
+            found = vtab1k_folders(path)
+            if found:
+                return _vtab1k_suite(path, found)
+            raise FileNotFoundError(f"{path} holds no suite.json (nor tasks/suite.json) and no VTAB-1k task folder "
+                                    "(caltech101/, cifar/, ... with train800.txt, val200.txt, train800val200.txt, "
+                                    "test.txt): pass a suite file, a folder of VTAB-1k tasks, or the tasks folder "
+                                    "of `vivi synth`")
     if not path.exists():
         raise FileNotFoundError(f"suite file {path} does not exist")
     tasks = []
