@@ -575,3 +575,37 @@ def test_a_folder_of_vtab1k_task_folders_is_a_suite(tmp_path, capsys):
     assert sorted(result["groups"]) == ["natural", "specialized", "structured"]
     with pytest.raises(FileNotFoundError, match="no VTAB-1k task folder"):
         load_suite(tmp_path / "out")
+
+
+def test_suite_selection_takes_one_setting_for_every_task(tmp_path, monkeypatch):
+    """VIVI §4 picks the sweep setting by the val200 accuracy averaged over the tasks, the
+    object-centric paper per task: two tasks whose own best settings differ get their own under
+    select="task" and the suite's best under select="suite" (catches the rule ignored, or the mean
+    taken over settings instead of tasks); "auto" follows the checkpoint's preset."""
+    suite = tmp_path / "two.yaml"
+    suite.write_text("tasks:\n  - {name: a, group: natural, source: digits}\n"
+                     "  - {name: b, group: structured, source: digits}\n")
+    val = {"a": {"lr0.1-steps25": 0.9, "lr0.1-steps100": 0.1, "lr0.01-steps25": 0.6, "lr0.01-steps100": 0.1},
+           "b": {"lr0.1-steps25": 0.1, "lr0.1-steps100": 0.1, "lr0.01-steps25": 0.8, "lr0.01-steps100": 0.2}}
+    fake = FakeTrainer()
+    monkeypatch.setattr(vtab, "finetune", lambda encoder, train, n, setting, config, seed:
+                        (fake.calls.append(train.task), setting)[1])
+    monkeypatch.setattr(vtab, "accuracy", lambda model, split, config:
+                        val[split.task][model.key] if split.name == "val200" else 0.5)
+    chosen = {}
+    for select in ("task", "suite"):
+        config = EvalConfig(repetitions=1, steps_scale=0.01, resolution=8, select=select)
+        result = evaluate("random:resnet_tiny_v2", suite, tmp_path / select, config, progress=False)
+        chosen[select] = {name: t["selected"][0]["lr"] for name, t in result["tasks"].items()}
+        assert result["result_settings"]["select"] == select
+    assert chosen["task"] == {"a": 0.1, "b": 0.01}            # a: 0.9 at lr 0.1; b: 0.8 at lr 0.01
+    assert chosen["suite"] == {"a": 0.01, "b": 0.01}          # mean over tasks: 0.7 at lr0.01-steps25
+    from vivi.eval.transfer import resolve_selection
+    assert resolve_selection(EvalConfig(), "random:resnet_tiny_v2").select == "task"
+    for preset, rule in (("vivi-ex4", "suite"), ("tiny-ex-yt-s", "suite"), ("objcentric", "task")):
+        monkeypatch.setattr("vivi.train.checkpoint.read_encoder_file", lambda path, p=preset: {"config": {"name": p}})
+        assert resolve_selection(EvalConfig(), tmp_path / "run").select == rule, preset
+    assert (tmp_path / "suite" / "results.md").read_text().startswith("# vtab1k (setting chosen for the suite)")
+    from vivi.eval import compare
+    compare([tmp_path / "task", tmp_path / "suite"], tmp_path / "report")
+    assert "different protocols" in (tmp_path / "report" / "report.md").read_text()

@@ -36,10 +36,19 @@ def _ordered_tasks(tasks: dict[str, dict]) -> list[str]:
     return sorted(tasks, key=lambda n: (rank.get(tasks[n]["group"], len(GROUPS)), list(tasks).index(n)))
 
 
+def _protocol(results: dict) -> str:
+    """The protocol of an evaluation, with the VTAB-1k sweep's selection rule: ``vtab1k (setting
+    chosen per task)`` or ``... for the suite``."""
+    select = (results.get("result_settings") or {}).get("select")
+    if results.get("protocol") == "vtab1k" and select in ("task", "suite"):
+        return f"vtab1k (setting chosen {'per task' if select == 'task' else 'for the suite'})"
+    return str(results.get("protocol"))
+
+
 def write_results_markdown(results: dict, path: str | Path) -> Path:
     """``results.md`` of one evaluation (see the module docstring)."""
     tasks = results["tasks"]
-    lines = [f"# {results['protocol']} evaluation of `{results['checkpoint']}`", "",
+    lines = [f"# {_protocol(results)} evaluation of `{results['checkpoint']}`", "",
              "| task | group | median top-1 (%) | repetitions (%) | selected |", "|---|---|---|---|---|"]
     for name in _ordered_tasks(tasks):
         t = tasks[name]
@@ -113,7 +122,7 @@ def compare(folders: list[str | Path], out: str | Path) -> dict:
     extra = {label: sorted(set(run["tasks"]) - set(names)) for label, run in zip(labels, runs)}
     summaries = {label: summarize({n: {**run["tasks"][n], "group": base["tasks"][n]["group"]} for n in names})
                  for label, run in zip(labels, runs)}
-    protocols = {label: run.get("protocol") for label, run in zip(labels, runs)}
+    protocols = {label: _protocol(run) for label, run in zip(labels, runs)}
     table = []
     for name in names:
         row = {"task": name, "group": base["tasks"][name]["group"], "runs": []}

@@ -36,6 +36,7 @@ from .suite import SPLITS, Task, infer_num_classes, load_split, load_suite
 
 __all__ = ["EvalConfig", "PROTOCOLS", "evaluate", "load_eval_encoder"]
 
+SELECTIONS = ("auto", "suite", "task")
 PROTOCOLS = ("vtab1k", "linear", "knn")
 RANDOM_PREFIX = "random:"
 
@@ -58,6 +59,11 @@ class EvalConfig:
     knn_k: int = 20                                   # neighbours of the kNN proxy
     probe_cs: tuple[float, ...] = (0.01, 0.1, 1.0, 10.0)   # inverse L2 strengths swept by the linear probe
     device: str = "cpu"                               # torch device
+    select: str = "auto"                              # vtab1k: the sweep setting chosen per "task" (Object-centric
+                                                      # §4.2) or one for the whole "suite" by the val200 accuracy
+                                                      # averaged over its tasks (VIVI §4); "auto": by the paper of
+                                                      # the checkpoint's preset (objcentric-*: task, else suite;
+                                                      # a checkpoint without a preset: task)
 
     def __post_init__(self):
         if self.protocol not in PROTOCOLS:
@@ -69,13 +75,15 @@ class EvalConfig:
                              f"steps_scale={self.steps_scale}, knn_k={self.knn_k}, "
                              f"eval_batch_size={self.eval_batch_size} (repetitions, batch sizes and knn_k must be "
                              ">= 1, resolution >= 8, steps_scale > 0)")
+        if self.select not in SELECTIONS:
+            raise ValueError(f"unknown selection {self.select!r}; valid: {', '.join(SELECTIONS)}")
         check_device(self.device)
 
     def result_settings(self) -> dict:
         """The settings that the results of this protocol depend on: a resumed evaluation must
         have the same (batching for accuracy and the device only change the speed)."""
         used = {"vtab1k": ("repetitions", "batch_size", "learning_rates", "steps", "steps_scale", "decay_at",
-                           "momentum", "seed"),
+                           "momentum", "seed", "select"),
                 "linear": ("probe_cs",), "knn": ("knn_k",)}[self.protocol]
         return {name: getattr(self, name) for name in ("protocol", "resolution") + used}
 
@@ -186,32 +194,61 @@ class _LazySplits:
         return infer_num_classes(self.task, [self[s] for s in SPLITS])
 
 
-def _vtab1k_task(encoder, task: Task, config: EvalConfig, units: _Units) -> dict:
-    splits = _LazySplits(task)
+def _vtab1k(encoder, tasks: list[Task], config: EvalConfig, units: _Units) -> dict[str, dict]:
+    """The sweep of every task: each setting trained on train800 and scored on val200, the chosen
+    setting (per task, or one for the suite by the mean val200 accuracy over its tasks) trained on
+    train800val200 and scored on test; for every repetition, with seed ``seed + 1000 * rep``."""
+    splits = {task.name: _LazySplits(task) for task in tasks}
     ft = config.finetune_config()
     settings = config.settings()
-    tests, selected, vals = [], [], []
-    for rep in range(config.repetitions):
+
+    def val_unit(task: Task, setting, seed: int) -> dict:
+        s = splits[task.name]
+        model = vtab.finetune(encoder, s["train800"], s.num_classes(), setting, ft, seed)
+        return {"lr": setting.lr, "steps": setting.steps, "val_accuracy": vtab.accuracy(model, s["val200"], ft)}
+
+    def test_unit(task: Task, setting, seed: int) -> dict:
+        s = splits[task.name]
+        model = vtab.finetune(encoder, s["train800val200"], s.num_classes(), setting, ft, seed)
+        return {"lr": setting.lr, "steps": setting.steps, "test_accuracy": vtab.accuracy(model, s["test"], ft)}
+
+    results = {task.name: {"test_accuracy": [], "selected": [], "val": []} for task in tasks}
+
+    def test(task: Task, rep: int, best) -> None:
         seed = config.seed + 1000 * rep
+        result = units.run(task.name, f"rep{rep}-test-{best.key}", lambda: test_unit(task, best, seed))
+        results[task.name]["test_accuracy"].append(result["test_accuracy"])
+        results[task.name]["selected"].append({"lr": best.lr, "steps": best.steps})
 
-        def val_unit(setting):
-            model = vtab.finetune(encoder, splits["train800"], splits.num_classes(), setting, ft, seed)
-            return {"lr": setting.lr, "steps": setting.steps,
-                    "val_accuracy": vtab.accuracy(model, splits["val200"], ft)}
+    for task in tasks:
+        for rep in range(config.repetitions):
+            seed = config.seed + 1000 * rep
+            val = {s.key: units.run(task.name, f"rep{rep}-val-{s.key}",
+                                    lambda s=s: val_unit(task, s, seed))["val_accuracy"] for s in settings}
+            results[task.name]["val"].append(val)
+            if config.select == "task":
+                test(task, rep, max(settings, key=lambda s: val[s.key]))      # max keeps the first of ties
+    if config.select == "suite":
+        for rep in range(config.repetitions):
+            best = max(settings, key=lambda s: np.mean([results[t.name]["val"][rep][s.key] for t in tasks]))
+            for task in tasks:
+                test(task, rep, best)
+    return results
 
-        val = {s.key: units.run(task.name, f"rep{rep}-val-{s.key}", lambda s=s: val_unit(s))["val_accuracy"]
-               for s in settings}
-        best = max(settings, key=lambda s: val[s.key])               # max keeps the first of ties
 
-        def test_unit():
-            model = vtab.finetune(encoder, splits["train800val200"], splits.num_classes(), best, ft, seed)
-            return {"lr": best.lr, "steps": best.steps, "test_accuracy": vtab.accuracy(model, splits["test"], ft)}
-
-        result = units.run(task.name, f"rep{rep}-test-{best.key}", test_unit)
-        tests.append(result["test_accuracy"])
-        selected.append({"lr": best.lr, "steps": best.steps})
-        vals.append(val)
-    return {"test_accuracy": tests, "selected": selected, "val": vals}
+def resolve_selection(config: EvalConfig, checkpoint: str | Path) -> EvalConfig:
+    """``config`` with ``select="auto"`` replaced by the rule of the paper the checkpoint's preset
+    reproduces: the object-centric presets select per task (Object-centric §4.2), the others one
+    setting for the suite (VIVI §4); a checkpoint without a preset (random init, a foreign
+    export) per task."""
+    if config.select != "auto":
+        return config
+    name = None
+    if not str(checkpoint).startswith(RANDOM_PREFIX):
+        from vivi.train.checkpoint import read_encoder_file
+        name = (read_encoder_file(checkpoint).get("config") or {}).get("name")
+    select = "task" if not name or name in ("custom",) or name.startswith("objcentric") else "suite"
+    return dataclasses.replace(config, select=select)
 
 
 def _split_features(encoder, splits: dict, config: EvalConfig) -> dict[str, np.ndarray]:
@@ -258,6 +295,7 @@ def evaluate(checkpoint: str | Path, suite: str | Path, out: str | Path, config:
     from .report import write_results_markdown
     out = Path(out)
     tasks = load_suite(suite)
+    config = resolve_selection(config, checkpoint)
     encoder = load_eval_encoder(checkpoint, config.seed, config.device)
     header = json.loads(json.dumps({
         "checkpoint": str(checkpoint), "encoder_sha256": encoder_digest(encoder), "suite": str(Path(suite).resolve()),
@@ -269,13 +307,14 @@ def evaluate(checkpoint: str | Path, suite: str | Path, out: str | Path, config:
     _write_json(out / "eval_config.json", header)
 
     per_task = config.repetitions * (len(config.settings()) + 1) if config.protocol == "vtab1k" else 1
-    results: dict[str, dict] = {}
     with tqdm(total=len(tasks) * per_task, desc=f"eval {config.protocol}", unit="unit", disable=not progress) as bar:
         units = _Units(out, bar)
-        for task in tasks:
-            run_task = _vtab1k_task if config.protocol == "vtab1k" else _frozen_task
-            entry = run_task(encoder, task, config, units)
-            results[task.name] = {"group": task.group, "median": float(np.median(entry["test_accuracy"])), **entry}
+        if config.protocol == "vtab1k":
+            entries = _vtab1k(encoder, tasks, config, units)
+        else:
+            entries = {task.name: _frozen_task(encoder, task, config, units) for task in tasks}
+    results = {task.name: {"group": task.group, "median": float(np.median(entries[task.name]["test_accuracy"])),
+                           **entries[task.name]} for task in tasks}
     summary = {**header, "protocol": config.protocol, "tasks": results, **summarize(results)}
     _write_json(out / "results.json", summary)
     write_results_markdown(summary, out / "results.md")
