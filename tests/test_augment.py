@@ -58,7 +58,7 @@ def test_crop_area_and_aspect_statistics():
     assert (x0 >= 0).all() and (y0 >= 0).all() and (x0 + w <= W).all() and (y0 + h <= H).all()
     assert (x0 == x0.round()).all() and (w == w.round()).all()          # whole pixels
     area, log_ratio = w * h / (H * W), torch.log(w / h)
-    assert area.min() >= 0.05 - 2e-3 and area.max() <= 1.0
+    assert area.min() >= 0.08 - 2e-3 and area.max() <= 1.0         # GoogLeNet's 8-100 %
     assert log_ratio.min() >= math.log(3 / 4) - 5e-3 and log_ratio.max() <= math.log(4 / 3) + 5e-3
     # Crops under half the frame always fit at the first attempt: there area is uniform and the
     # aspect ratio log-uniform, as drawn (quartile counts within a few percent).
@@ -69,7 +69,7 @@ def test_crop_area_and_aspect_statistics():
     quart = torch.floor((log_ratio[small] - lo) / (hi - lo) * 4).clamp(0, 3)
     frac = torch.bincount(quart.long(), minlength=4).float() / small.sum()
     assert (frac - 0.25).abs().max() < 0.02, frac
-    area_bins = torch.floor((area[small] - 0.05) / 0.45 * 3).clamp(0, 2)
+    area_bins = torch.floor((area[small] - 0.08) / 0.42 * 3).clamp(0, 2)
     frac = torch.bincount(area_bins.long(), minlength=3).float() / small.sum()
     assert (frac - 1 / 3).abs().max() < 0.02, frac
     # the position is uniform over the places the crop fits: ~17 000 draws, mean 0.5 +- 0.002

@@ -82,10 +82,10 @@ class AugmentConfig:
                                           # the papers' 224, 32-64 for CPU presets
     crop: str = "inception"               # "inception" (random, training), "center" (largest centred square)
                                           # or "resize" (whole frame, aspect ignored: VTAB evaluation)
-    area: tuple[float, float] = (0.05, 1.0)       # inception crop: fraction of the frame area, uniform; TF
-                                                  # inception preprocessing's area_range (GoogLeNet states 8 %;
-                                                  # TF's min_object_covered=0.1 makes its effective minimum 0.1;
-                                                  # docs/reference.md, "Choices the papers leave open")
+    area: tuple[float, float] = (0.08, 1.0)       # inception crop: fraction of the frame area, uniform; 8-100 %
+                                                  # as GoogLeNet states, whose augmentation VIVI §4 cites (TF-slim
+                                                  # draws 5-100 % with >= 10 % covered; docs/reference.md,
+                                                  # "Augmentation")
     aspect: tuple[float, float] = (3 / 4, 4 / 3)  # inception crop: width/height, log-uniform (GoogLeNet's range)
     attempts: int = 10                    # inception crop: candidates per frame before the fallback
                                           # (torchvision's 10; TF's 100 changes the fallback rate only)
