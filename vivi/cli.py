@@ -210,6 +210,13 @@ def _add_cut_options(p: argparse.ArgumentParser) -> None:
                    help=f"minimum native frames between two cuts (default {defaults.min_shot_frames})")
 
 
+def _dataset(text: str) -> Path | str:
+    """A dataset argument: a folder, or a URL of object storage (kept as text: a Path would merge
+    the two slashes of ``s3://``)."""
+    from .files import location
+    return location(text)
+
+
 WORLD_HELP = ("other settings of the synthetic world (vivi.synth.WorldConfig), e.g. --world tracking=1 "
               "background_warp=1 (tracking shots), --world cast=false (shots draw their own objects; docs/synth.md)")
 
@@ -236,8 +243,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_synth)
 
     p = sub.add_parser("ingest", help="videos -> shots -> frames -> sharded dataset")
-    p.add_argument("inputs", nargs="+", help="video files, folders (searched recursively), or .txt lists of paths")
-    p.add_argument("--out", type=Path, required=True, help="dataset folder (created; re-running resumes)")
+    p.add_argument("inputs", nargs="+", help="video files, folders (searched recursively), or .txt lists of paths; "
+                   "each may be a URL (s3://bucket/videos/a.mp4, s3://bucket/videos/, https://host/a.mp4)")
+    p.add_argument("--out", type=_dataset, required=True,
+                   help="dataset folder, or a URL such as s3://bucket/dataset (created; re-running resumes)")
     p.add_argument("--fps", type=float, default=1.0, help="frames sampled per second inside each shot (default 1)")
     p.add_argument("--short-side", type=int, default=256,
                    help="stored frames' shorter side in pixels (default 256, never upscaled)")
@@ -253,7 +262,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     from .detect import DETECTORS
     p = sub.add_parser("detect", help="offline object boxes for every sampled frame, stored beside the shards")
-    p.add_argument("data", type=Path, help="dataset folder written by `vivi ingest`")
+    p.add_argument("data", type=_dataset, help="dataset folder (or URL) written by `vivi ingest`")
     p.add_argument("--detector", required=True,
                    help="detector spec: " + "; ".join(f"{k} ({v})" for k, v in DETECTORS.items()))
     p.add_argument("--max-per-frame", type=int, default=5, help="boxes kept per frame, highest score first (default 5)")
@@ -275,12 +284,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("index", help="(re)build a dataset's columnar index (DATA/index.bin, and its detections') "
                                      "from its shard indices")
-    p.add_argument("data", type=Path, help="dataset folder written by `vivi ingest`")
+    p.add_argument("data", type=_dataset, help="dataset folder (or URL) written by `vivi ingest`")
     p.set_defaults(func=_index)
 
     p = sub.add_parser("inspect", help="dataset statistics and a contact sheet; or, with --cuts, every frame's "
                        "cut distance in videos (for choosing --cut-threshold)")
-    p.add_argument("data", type=Path, nargs="?", help="dataset folder written by `vivi ingest`")
+    p.add_argument("data", type=_dataset, nargs="?", help="dataset folder (or URL) written by `vivi ingest`")
     p.add_argument("--json", action="store_true", help="print statistics as JSON")
     p.add_argument("--render", type=Path, metavar="OUT.png", help="draw a contact sheet (a row per shot)")
     p.add_argument("--render-videos", type=int, default=6, help="videos on the contact sheet (default 6)")
@@ -317,7 +326,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="train a VIVI model (a preset of the papers' tables or a YAML config)")
     p.add_argument("--config", help="preset name (see --list-presets) or a YAML file (may be left out with --resume)")
-    p.add_argument("--data", type=Path, help="dataset folder written by `vivi ingest`")
+    p.add_argument("--data", type=_dataset, help="dataset folder written by `vivi ingest`")
     p.add_argument("--out", type=Path,
                    help="run folder (config, metrics, TensorBoard, checkpoints); one holding a run needs --resume")
     p.add_argument("--resume", action="store_true",
@@ -364,7 +373,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("objects", help="object metric (paper 2, Table 2): same-class nearest neighbours of boxes")
     p.add_argument("--checkpoint", action="append", required=True,
                    help="run, checkpoint, export or random:NAME; give two to compare them with Fisher's exact test")
-    p.add_argument("--data", type=Path, required=True, help="ingested dataset with detections")
+    p.add_argument("--data", type=_dataset, required=True, help="ingested dataset with detections")
     p.add_argument("--detector", default="groundtruth", help="detections to use (default groundtruth)")
     p.add_argument("--batches", type=int, default=50, help="batches of 8 videos sampled (default 50, as the paper)")
     p.add_argument("--same-video", action="store_true",
@@ -377,7 +386,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", required=True, help="run, checkpoint, export or random:NAME")
     p.add_argument("--task", type=Path, required=True,
                    help="task folder whose classes are the detector's, e.g. WORLD/tasks/object_class")
-    p.add_argument("--data", type=Path, required=True, help="ingested dataset with detections (frame labels)")
+    p.add_argument("--data", type=_dataset, required=True, help="ingested dataset with detections (frame labels)")
     p.add_argument("--detector", default="groundtruth", help="detections that label the frames (largest box)")
     p.add_argument("--k", type=int, default=10, help="neighbourhood in sampled frames (default 10)")
     p.add_argument("--lr", type=float, default=0.01, help="fine-tuning learning rate (default 0.01)")

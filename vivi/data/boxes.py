@@ -14,6 +14,7 @@ detectors coexist; training picks one by name. ``DATA/detections/NAME/index.bin`
 boxes as columns aligned with the dataset's index (:class:`Detections`), written when ``vivi
 detect`` has every shard, so that no process holds Python objects for every box; a detections
 index that no longer matches the per-shard files is left aside and the boxes read from them.
+A dataset in object storage (``root`` a URL) holds the same objects.
 """
 from __future__ import annotations
 
@@ -23,14 +24,18 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..files import listing, location, read_each, read_optional, size_of
 from ..ingest.columns import ColumnSink, read_columns
-from ..ingest.index import INDEX_FILE, DatasetIndex, open_index
-from ..ingest.shards import shared_tmp_name
+from ..ingest.index import INDEX_FILE, DatasetIndex, column_scratch, open_index
+from ..storage import is_url, join
 
 DETECTIONS_DIR = "detections"
 
 
 def available_detectors(root: str | Path) -> list[str]:
+    if is_url(root):
+        return sorted(name.split("/")[0] for name in listing(join(root, DETECTIONS_DIR), depth=2)
+                      if name.count("/") == 1 and name.endswith("/detector.json"))
     folder = Path(root) / DETECTIONS_DIR
     return sorted(p.parent.name for p in folder.glob("*/detector.json"))
 
@@ -105,7 +110,12 @@ class Detections:
                 "box_scores": torch.from_numpy(out_scores)}
 
 
-def _fill(sink: ColumnSink, folder: Path, dataset: DatasetIndex) -> list[list]:
+def _sidecar_name(shard: str) -> str:
+    """The per-shard file of a shard (``shards/shard-000000.tar`` -> ``shard-000000.json``)."""
+    return Path(shard).with_suffix(".json").name
+
+
+def _fill(sink: ColumnSink, folder: Path | str, dataset: DatasetIndex) -> list[list]:
     """Append the boxes of every frame of ``dataset`` from the per-shard files in ``folder``;
     returns [shard file name, its size or -1 when missing] of each shard (what the columns were
     built from)."""
@@ -113,11 +123,11 @@ def _fill(sink: ColumnSink, folder: Path, dataset: DatasetIndex) -> list[list]:
     sink.put("frame_box", [0])
     end = start = 0
     shard_of = np.asarray(dataset.video_shard)
-    for number, shard in enumerate(dataset.shards):
-        path = folder / Path(shard).with_suffix(".json").name
+    names = [_sidecar_name(shard) for shard in dataset.shards]
+    for number, (name, data) in enumerate(zip(names, read_each(join(folder, name) for name in names))):
         stop = start + int(np.searchsorted(shard_of[start:], number, side="right"))
-        found = json.loads(path.read_text())["videos"] if path.exists() else {}
-        sidecars.append([path.name, path.stat().st_size if path.exists() else -1])
+        found = json.loads(data)["videos"] if data is not None else {}
+        sidecars.append([name, len(data) if data is not None else -1])
         counts, flat = [], []
         for row in range(start, stop):
             rows = found.get(dataset.key(row))
@@ -135,40 +145,40 @@ def _fill(sink: ColumnSink, folder: Path, dataset: DatasetIndex) -> list[list]:
     return sidecars
 
 
-def _meta(root: Path, detector: str) -> tuple[Path, dict]:
-    folder = Path(root) / DETECTIONS_DIR / detector
-    meta_path = folder / "detector.json"
-    if not meta_path.exists():
+def _meta(root: Path | str, detector: str) -> tuple[Path | str, dict]:
+    folder = join(root, DETECTIONS_DIR, detector)
+    data = read_optional(join(folder, "detector.json"))
+    if data is None:
         found = available_detectors(root)
         raise FileNotFoundError(f"no detections named {detector!r} in {root} "
                                 f"(available: {', '.join(found) or 'none'}); run `vivi detect {root} --detector ...`")
-    return folder, json.loads(meta_path.read_text())
+    return folder, json.loads(data)
 
 
-def write_detections_index(root: str | Path, detector: str, dataset: DatasetIndex | None = None) -> Path:
+def write_detections_index(root: str | Path, detector: str, dataset: DatasetIndex | None = None) -> Path | str:
     """Write ``DATA/detections/NAME/index.bin``: the boxes of every frame as columns aligned with
     the dataset's index (``dataset``, default: the dataset's own)."""
-    root = Path(root)
+    root = location(root)
     folder, meta = _meta(root, detector)
     dataset = dataset if dataset is not None else open_index(root)
-    with ColumnSink(_COLUMNS, scratch=shared_tmp_name(folder / ".index-columns")) as sink:
+    with column_scratch(folder) as scratch, ColumnSink(_COLUMNS, scratch=scratch) as sink:
         sidecars = _fill(sink, folder, dataset)
-        return sink.write(folder / INDEX_FILE, {"version": 1, "detector": detector, "sidecars": sidecars,
-                                                "dataset_shards": dataset.shard_records})
+        return sink.write(join(folder, INDEX_FILE), {"version": 1, "detector": detector, "sidecars": sidecars,
+                                                     "dataset_shards": dataset.shard_records})
 
 
 def load_detections(root: str | Path, detector: str, dataset: DatasetIndex | None = None) -> Detections:
     """The detections named ``detector`` of the dataset at ``root`` (whose index is ``dataset``,
     default: opened here): memory-mapped from their index when it matches the dataset and the
     per-shard files, else built from those files in memory."""
-    root = Path(root)
+    root = location(root)
     folder, meta = _meta(root, detector)
     dataset = dataset if dataset is not None else open_index(root)
-    path = folder / INDEX_FILE
-    if path.exists():
+    path = join(folder, INDEX_FILE)
+    if (size_of(path) is not None) if is_url(path) else path.exists():
         header, columns = read_columns(path, f"vivi index {root}")
-        current = [[p.name, p.stat().st_size if p.exists() else -1]
-                   for p in (folder / Path(shard).with_suffix(".json").name for shard in dataset.shards)]
+        sizes = listing(folder)
+        current = [[name, sizes.get(name, -1)] for name in map(_sidecar_name, dataset.shards)]
         if header.get("dataset_shards") == dataset.shard_records and header.get("sidecars") == current:
             return Detections(meta, columns, dataset)
     with ColumnSink(_COLUMNS) as sink:

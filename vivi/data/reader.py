@@ -4,19 +4,27 @@ The dataset's index (``vivi.ingest.index``, built from the shard indices ingest 
 the byte offset of every member, so a frame is one ``pread`` of its JPEG bytes: no scanning of
 tar files, and any video can be read by any DataLoader worker. File handles are opened lazily
 per process (they must not cross a fork).
+
+A dataset in object storage (``root`` a URL, ``vivi.storage``) is read the same way: a frame is
+one ranged request for its bytes. A pass over every frame of a shard (``vivi detect``) fetches the
+shard's tar once instead (:meth:`VideoDataset.shard_at_hand`).
 """
 from __future__ import annotations
 
 import json
 import os
-from collections.abc import Sequence
+import tempfile
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 
+from ..files import download, location
 from ..ingest.decode import decode_jpeg
 from ..ingest.index import DatasetIndex, Video, open_index
 from ..ingest.shards import SHARD_DIR, require_dataset
+from ..storage import is_url, join, read_bytes
 
 
 class VideoList(Sequence):
@@ -45,14 +53,16 @@ class VideoDataset:
     The facts about every video come from the dataset's columnar index (``vivi.ingest.index``:
     memory-mapped, shared by every process), so opening costs milliseconds and a few bytes a video
     whatever the dataset's size; ``videos[i]`` makes the :class:`Video` object of one video.
+    ``root`` may be a URL of object storage (module docstring).
     """
 
     def __init__(self, root: str | Path):
-        self.root = Path(root)
+        self.root = location(root)
         require_dataset(self.root)
         self.index = open_index(self.root)
         self.videos = VideoList(self.index)
         self._files: dict[str, int] = {}
+        self._copies: dict[str, Path] = {}       # local copies of a remote dataset's shards (shard_at_hand)
         self._pid = os.getpid()
 
     def __len__(self) -> int:
@@ -63,7 +73,7 @@ class VideoDataset:
 
     def read_jpeg(self, video: Video, frame: int) -> bytes:
         offset, size = video.frame_members[frame]
-        return os.pread(self._fd(video.shard), size, offset)
+        return self._read(video.shard, offset, size)
 
     def read_frame(self, video: Video, frame: int) -> np.ndarray:
         """RGB (H, W, 3) uint8 of sampled frame ``frame`` of ``video``."""
@@ -72,19 +82,59 @@ class VideoDataset:
     def read_record(self, video: Video) -> dict:
         """The JSON record stored in the shard itself (the same as the index entry, minus offsets)."""
         offset, size = video.record_member
-        return json.loads(os.pread(self._fd(video.shard), size, offset))
+        return json.loads(self._read(video.shard, offset, size))
+
+    def _read(self, shard: str, offset: int, size: int) -> bytes:
+        self._own()
+        if is_url(self.root):
+            copy = self._copies.get(shard)
+            if copy is None:
+                return read_bytes(join(self.root, shard), offset, offset + size)
+            if not copy.exists():
+                self._fetch(shard, copy)
+        return os.pread(self._fd(shard), size, offset)
+
+    def _own(self) -> None:
+        if self._pid != os.getpid():   # forked into a DataLoader worker: do not share descriptors
+            self._files, self._copies, self._pid = {}, {}, os.getpid()
 
     def _fd(self, shard: str) -> int:
-        if self._pid != os.getpid():   # forked into a DataLoader worker: do not share descriptors
-            self._files, self._pid = {}, os.getpid()
+        self._own()
         fd = self._files.get(shard)
         if fd is None:
-            fd = self._files[shard] = os.open(self.root / shard, os.O_RDONLY)
+            fd = self._files[shard] = os.open(self._copies.get(shard) or self.root / shard, os.O_RDONLY)
         return fd
+
+    @contextmanager
+    def shard_at_hand(self, shard: str) -> Iterator[None]:
+        """Within the block, frames of ``shard`` (a tar name as in :attr:`Video.shard`) of a dataset
+        in object storage are read from a local copy of its tar, fetched whole at the first read,
+        instead of by one request each: for a pass over every frame of a shard. The copy is
+        removed when the block ends. A local dataset reads its files as always."""
+        if not is_url(self.root):
+            yield
+            return
+        with tempfile.TemporaryDirectory(prefix="vivi-shard-") as folder:
+            self._copies[shard] = Path(folder) / Path(shard).name
+            try:
+                yield
+            finally:
+                self._copies.pop(shard, None)
+                fd = self._files.pop(shard, None)
+                if fd is not None:
+                    os.close(fd)
+
+    def _fetch(self, shard: str, copy: Path) -> None:
+        download(join(self.root, shard), copy)
+        expected = next(record[1] for record in self.index.shard_records if record[0] == shard)
+        if copy.stat().st_size != expected:
+            copy.unlink()
+            raise ValueError(f"{join(self.root, shard)} does not have the {expected} bytes the dataset's index "
+                             f"records: it was made again since; run `vivi index {self.root}`")
 
     def __getstate__(self):
         state = self.__dict__.copy()
-        state["_files"] = {}
+        state["_files"], state["_copies"] = {}, {}
         return state
 
     def __del__(self):

@@ -12,6 +12,10 @@ One file per shard, written atomically once the whole shard is done: a re-run sk
 shards (resumable) and an interrupted one leaves no partial file. ``detector.json`` is written
 first; a re-run with other settings under the same name stops with an error instead of mixing
 two detectors' boxes.
+
+A dataset in object storage (``root`` a URL) gets the same objects. A detector that looks at the
+frames gets them from a local copy of their shard's tar, fetched whole once
+(``VideoDataset.shard_at_hand``), rather than by a request per frame.
 """
 from __future__ import annotations
 
@@ -25,16 +29,17 @@ from tqdm.auto import tqdm
 
 from ..data.boxes import DETECTIONS_DIR, write_detections_index
 from ..data.reader import VideoDataset
-from ..files import as_json, refuse_other_settings
+from ..files import as_json, listing, location, refuse_other_settings, remove
 from ..ingest.index import INDEX_FILE
 from ..ingest.shards import write_json_atomic
+from ..storage import is_url, join
 from .base import Detector, keep_top
 
 
 @dataclass
 class DetectSummary:
     name: str
-    folder: Path
+    folder: Path | str
     shards_written: int
     shards_skipped: int
     frames: int
@@ -58,41 +63,46 @@ def detect_dataset(root: str | Path, detector: Detector, *, max_per_frame: int =
         raise ValueError(f"detector name {detector.name!r} is not a folder name (letters, digits, _ . -): "
                          f"DATA/{DETECTIONS_DIR}/NAME holds the detections")
     start = time.perf_counter()
+    root = location(root)
     dataset = VideoDataset(root)
-    folder = Path(root) / DETECTIONS_DIR / detector.name
+    folder = join(root, DETECTIONS_DIR, detector.name)
     meta = {"detector": detector.name, "coords": "xyxy_normalized", "class_names": list(detector.class_names),
             "max_per_frame": max_per_frame, "min_score": min_score, "settings": detector.settings()}
     meta = as_json(meta)
-    meta_path = folder / "detector.json"
+    meta_path = join(folder, "detector.json")
     if refuse_other_settings(meta_path, meta, holds="detections",
                              fix="use another detector name, or delete that folder to redo them") is None:
-        folder.mkdir(parents=True, exist_ok=True)
+        if not is_url(folder):
+            folder.mkdir(parents=True, exist_ok=True)
         write_json_atomic(meta_path, meta)
 
     by_shard: dict[str, list] = {}
     for video in dataset.videos:
         by_shard.setdefault(video.shard, []).append(video)
-    todo = {shard: videos for shard, videos in by_shard.items() if not (folder / _sidecar(shard)).exists()}
+    written = listing(folder)
+    todo = {shard: videos for shard, videos in by_shard.items() if _sidecar(shard) not in written}
     if todo:        # the boxes change: the columns are written again once every shard has its file
-        (folder / INDEX_FILE).unlink(missing_ok=True)
+        remove(join(folder, INDEX_FILE))
     frames = boxes = 0
     bar = tqdm(total=sum(v.num_frames for videos in todo.values() for v in videos), unit="frame",
                desc=f"detect {detector.name}", disable=not progress, dynamic_ncols=True)
     for shard, videos in todo.items():
         out = {}
-        for video in videos:
-            detections = detector.detect(video, dataset)
-            if len(detections) != video.num_frames:
-                raise RuntimeError(f"detector {detector.name} returned {len(detections)} frames of detections "
-                                   f"for {video.key}, which has {video.num_frames} sampled frames")
-            kept = [keep_top(np.asarray(d, np.float32).reshape(-1, 6), max_per_frame, min_score) for d in detections]
-            out[video.key] = [np.round(k, 5).tolist() for k in kept]
-            frames += video.num_frames
-            boxes += sum(len(k) for k in kept)
-            bar.update(video.num_frames)
-        write_json_atomic(folder / _sidecar(shard), {"videos": out})
+        with dataset.shard_at_hand(shard):
+            for video in videos:
+                detections = detector.detect(video, dataset)
+                if len(detections) != video.num_frames:
+                    raise RuntimeError(f"detector {detector.name} returned {len(detections)} frames of detections "
+                                       f"for {video.key}, which has {video.num_frames} sampled frames")
+                kept = [keep_top(np.asarray(d, np.float32).reshape(-1, 6), max_per_frame, min_score)
+                        for d in detections]
+                out[video.key] = [np.round(k, 5).tolist() for k in kept]
+                frames += video.num_frames
+                boxes += sum(len(k) for k in kept)
+                bar.update(video.num_frames)
+        write_json_atomic(join(folder, _sidecar(shard)), {"videos": out})
     bar.close()
-    if todo or not (folder / INDEX_FILE).exists():
+    if todo or INDEX_FILE not in written:
         write_detections_index(root, detector.name, dataset.index)
     return DetectSummary(detector.name, folder, len(todo), len(by_shard) - len(todo), frames, boxes,
                          time.perf_counter() - start)

@@ -14,6 +14,9 @@ dataset without an index still opens: the same arrays are built in memory from t
 indices. An index that no longer matches the shards (a shard added or rewritten since it was
 built) is refused with the command that rebuilds it.
 
+A dataset in object storage has the same file, read column by column with ranged requests into
+memory (a process reads it once; there is no page cache to share) and written by uploading it whole.
+
 The file is a column file (``vivi.ingest.columns``). Its header lists the shards the index
 was built from (name, tar size and the size of the shard's JSON index, by which a shard made again
 is recognised) and, per column, its dtype, shape and offset. The file depends only on the shards:
@@ -35,14 +38,17 @@ Columns (V videos, S shots, F sampled frames; per-video ranges as offsets, entry
 """
 from __future__ import annotations
 
-import os
 import sys
-from collections.abc import Iterable
+import tempfile
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from ..files import listing, location, parent_of, size_of
+from ..storage import is_url, join
 from .columns import ColumnSink, read_columns
 from .shards import SHARD_DIR, iter_completed_shard_indices, read_shard_index, require_dataset, shared_tmp_name
 
@@ -103,7 +109,7 @@ class DatasetIndex:
     its index; :meth:`video` makes the Python object of one video.
     """
 
-    def __init__(self, columns: dict[str, np.ndarray], shard_records: list[list], path: Path | None = None):
+    def __init__(self, columns: dict[str, np.ndarray], shard_records: list[list], path: Path | str | None = None):
         self.columns, self.path = columns, path
         self.shard_records = shard_records               # [tar name, tar bytes, shard index bytes] each
         self.shards = [record[0] for record in shard_records]
@@ -140,8 +146,9 @@ class DatasetIndex:
 
     def __getstate__(self):
         # A memory-mapped index is reopened by the process that unpickles it (a DataLoader worker
-        # started by spawn), instead of copying its arrays through the pipe.
-        if self.path is not None:
+        # started by spawn), instead of copying its arrays through the pipe (one read from object
+        # storage is in memory already: its arrays travel).
+        if self.path is not None and not is_url(self.path):
             return {"path": self.path}
         return self.__dict__
 
@@ -218,76 +225,92 @@ def _longest_run(frame_shot: list[int], num_shots: int) -> int:
     return best
 
 
-def _shard_stat(root: Path, shard: str) -> int:
-    """The size of a shard's JSON index: with the shard's name, what tells the shards an index was
-    built from (a shard made again holds other videos or frames, so its index has another size;
-    ingest also removes the index before it writes a shard)."""
-    return os.stat(root / (shard[: -len(".tar")] + ".json")).st_size
+def _index_sizes(root: Path | str) -> dict[str, int]:
+    """{shard tar name: size of the shard's JSON index} of the shard indices in place: with the
+    shard's name, what tells the shards an index was built from (a shard made again holds other
+    videos or frames, so its index has another size; ingest also removes the index before it
+    writes a shard)."""
+    return {f"{SHARD_DIR}/{name[:-len('.json')]}.tar": size for name, size in listing(join(root, SHARD_DIR)).items()
+            if name.startswith("shard-") and name.endswith(".json")}
 
 
-def _complete_shards(root: Path, indexed: dict[str, tuple[int, int]]) -> dict[str, int]:
+def _complete_shards(root: Path | str, indexed: dict[str, tuple[int, int]]) -> dict[str, int]:
     """{shard tar name: size of its JSON index} of the complete shards, found by listing the shard
     folder: a shard is complete when its index is there and its tar has the size the index records
     (the index file's record for the shards it names, the shard's own index for any other)."""
-    folder = root / SHARD_DIR
-    sizes: dict[str, int] = {}
-    if folder.is_dir():
-        with os.scandir(folder) as entries:
-            sizes = {entry.name: entry.stat().st_size for entry in entries if entry.name.startswith("shard-")}
+    sizes = {f"{SHARD_DIR}/{name}": size for name, size in listing(join(root, SHARD_DIR)).items()
+             if name.startswith("shard-")}
     complete = {}
-    for name, size in sizes.items():
-        if not name.endswith(".json"):
+    for key, size in sizes.items():
+        if not key.endswith(".json"):
             continue
-        tar = name[: -len(".json")] + ".tar"
-        key = f"{SHARD_DIR}/{tar}"
-        if key in indexed:
-            ok = sizes.get(tar) == indexed[key][0]
+        tar = key[: -len(".json")] + ".tar"
+        if tar in indexed:
+            ok = sizes.get(tar) == indexed[tar][0]
         else:
-            ok = read_shard_index(root, int(name[len("shard-"):-len(".json")])) is not None
+            ok = read_shard_index(root, int(key[len(SHARD_DIR) + len("/shard-"):-len(".json")])) is not None
         if ok:
-            complete[key] = size
+            complete[tar] = size
     return complete
+
+
+@contextmanager
+def column_scratch(folder: Path | str) -> Iterator[Path]:
+    """A local folder for the scratch files of a column file to be written into ``folder``:
+    beside it (a shared temporary name, so that a killed run's is cleaned up), or a temporary
+    folder when ``folder`` is in object storage."""
+    if not is_url(folder):
+        yield shared_tmp_name(Path(folder) / ".index-columns")
+        return
+    with tempfile.TemporaryDirectory(prefix="vivi-columns-") as scratch:
+        yield Path(scratch) / "columns"
 
 
 def build_index(root: str | Path, shard_indices: Iterable[dict] | None = None) -> DatasetIndex:
     """The index of the dataset at ``root``, built in memory from its complete shards' indices
     (``shard_indices``, in shard order, when the caller holds them already)."""
-    root = Path(root)
+    root = location(root)
     with ColumnSink(_COLUMNS) as sink:
         builder = _fill(_Builder(sink), root, shard_indices)
         return DatasetIndex(sink.arrays(), builder.shards)
 
 
-def write_index(root: str | Path, shard_indices: Iterable[dict] | None = None) -> Path:
+def write_index(root: str | Path, shard_indices: Iterable[dict] | None = None) -> Path | str:
     """Write ``DATA/index.bin`` from the complete shards' indices (read one by one, each column
     streamed to a scratch file, so memory stays small however large the dataset); returns its
     path. The file appears complete or not at all."""
-    root = Path(root)
+    root = location(root)
     require_dataset(root)
-    with ColumnSink(_COLUMNS, scratch=shared_tmp_name(root / ".index-columns")) as sink:
+    with column_scratch(root) as scratch, ColumnSink(_COLUMNS, scratch=scratch) as sink:
         builder = _fill(_Builder(sink), root, shard_indices)
-        return sink.write(root / INDEX_FILE, builder.header())
+        return sink.write(join(root, INDEX_FILE), builder.header())
 
 
-def _fill(builder: _Builder, root: Path, shard_indices: Iterable[dict] | None) -> _Builder:
+def _fill(builder: _Builder, root: Path | str, shard_indices: Iterable[dict] | None) -> _Builder:
+    sizes = _index_sizes(root)
     for shard_index in iter_completed_shard_indices(root) if shard_indices is None else shard_indices:
-        builder.add(shard_index, _shard_stat(root, shard_index["shard"]))
+        name = shard_index["shard"]
+        if name not in sizes:
+            raise FileNotFoundError(f"{join(root, name[:-len('.tar')] + '.json')} was removed while the index "
+                                    f"was built: run `vivi index {root}` again")
+        builder.add(shard_index, sizes[name])
     return builder
 
 
-def _read(path: Path) -> DatasetIndex:
-    header, columns = read_columns(path, f"vivi index {path.parent}")
+def _read(path: Path | str) -> DatasetIndex:
+    header, columns = read_columns(path, f"vivi index {parent_of(path)}")
     if header.get("version") != _VERSION:
-        raise ValueError(f"{path} was written by another version of vivi: rebuild it with `vivi index {path.parent}`")
+        raise ValueError(f"{path} was written by another version of vivi: rebuild it with "
+                         f"`vivi index {parent_of(path)}`")
     return DatasetIndex(columns, header["shards"], path)
 
 
 def open_index(root: str | Path) -> DatasetIndex:
     """The index of the dataset at ``root``: ``index.bin`` memory-mapped when there is one (refused,
     with the command that rebuilds it, when it no longer matches the shards), else built in memory."""
-    root = Path(root)
-    path = root / INDEX_FILE
-    if not path.exists():
+    root = location(root)
+    path = join(root, INDEX_FILE)
+    if (size_of(path) is None) if is_url(path) else not path.exists():
         index = build_index(root)
         if len(index) >= _SUGGEST_INDEX:
             print(f"note: {root} has no {INDEX_FILE}: its {len(index):,} videos were read from the shard indices "

@@ -6,22 +6,31 @@ plan depends only on the inputs, any number of processes or machines can work on
 (``part=(i, n)`` takes the shards j with j % n == i), an interrupted run is resumed by running it
 again (complete shards are skipped, see ``shards.py``), and the result does not depend on how the
 work was split.
+
+Inputs and the dataset may be in object storage (``vivi.storage``): an input URL is downloaded by
+the worker that decodes it, to a local temporary file removed afterwards, and a dataset URL
+receives the same objects as a local folder, each shard staged locally and uploaded tar first.
 """
 from __future__ import annotations
 
 import json
 import multiprocessing
 import os
+import posixpath
+import tempfile
 import time
 from collections import Counter, deque
+from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from ..files import refuse_other_settings
+from ..files import download, listing, location, missing_bucket, name_of, refuse_other_settings, remove
+from ..storage import filesystem, is_url, join, read_bytes, retrying, write_bytes
 from . import shards
 from .decode import SamplingConfig, VideoError, decode_video
 from .index import INDEX_FILE, write_index
@@ -46,7 +55,7 @@ class IngestConfig:
 
 @dataclass
 class IngestSummary:
-    out: Path
+    out: Path | str               # the dataset's folder, or its URL
     videos_planned: int
     shards_planned: int
     shards_done: int              # complete shards in the dataset
@@ -71,7 +80,7 @@ class IngestSummary:
         if self.failed:
             reasons = "; ".join(f"{n}x {r}" for r, n in sorted(self.failure_reasons.items(), key=lambda x: -x[1]))
             lines.append(f"skipped {self.failed} videos that could not be ingested "
-                         f"(see {self.out / 'failures.jsonl'}): {reasons}; once repaired, `--retry-failed` "
+                         f"(see {join(self.out, 'failures.jsonl')}): {reasons}; once repaired, `--retry-failed` "
                          "ingests them")
         if self.few_shots:
             lines.append(f"{self.few_shots} videos have fewer than {self.min_shots} shots "
@@ -85,30 +94,74 @@ class IngestSummary:
         return "\n".join(lines)
 
 
-def expand_inputs(inputs: list[str | Path]) -> list[Path]:
+def expand_inputs(inputs: list[str | Path]) -> list[Path | str]:
     """Video files from files, folders (recursive, by extension) and text files listing paths.
 
     A list file holds one path per line (blank lines and lines starting with # are ignored);
-    relative paths are taken relative to the list file. Returns sorted, de-duplicated absolute paths.
+    relative paths are taken relative to the list file. Returns sorted, de-duplicated absolute paths,
+    then the URLs of videos in object storage (:func:`_add_url`), sorted.
     """
     found: set[Path] = set()
+    urls: set[str] = set()
     for item in inputs:
+        if is_url(item):
+            _add_url(os.fspath(item), found, urls)
+            continue
         path = Path(item).expanduser()
         if path.is_dir():
             found.update(_videos_under(path))
         elif path.suffix.lower() in LIST_EXTENSIONS and path.is_file():
-            for line in path.read_text(encoding="utf-8-sig").splitlines():
-                line = line.strip()
-                if line and not line.startswith("#"):
-                    listed = Path(line).expanduser()
-                    listed = listed if listed.is_absolute() else path.parent / listed
-                    found.update(_videos_under(listed) if listed.is_dir() else [listed.resolve()])
+            _add_listed(path.read_text(encoding="utf-8-sig"), path.parent, found, urls)
         elif path.exists():
             found.add(path.resolve())
         else:
             raise FileNotFoundError(f"input {item!s} does not exist: pass video files, folders of videos, "
                                     "or a .txt file listing video paths")
-    return sorted(found)
+    return [*sorted(found), *sorted(urls)]
+
+
+def _add_listed(text: str, base: Path | str, found: set[Path], urls: set[str]) -> None:
+    """The entries of a list file in the folder (or at the URL prefix) ``base``."""
+    for line in text.splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        if is_url(line) or (is_url(base) and not line.startswith(("/", "~"))):
+            _add_url(line if is_url(line) else _relative_url(base, line), found, urls, listed=True)
+            continue
+        listed = Path(line).expanduser()
+        listed = listed if listed.is_absolute() else base / listed
+        found.update(_videos_under(listed) if listed.is_dir() else [listed.resolve()])
+
+
+def _relative_url(base: str, line: str) -> str:
+    """The URL of ``line`` relative to the prefix ``base`` (``..`` resolved: object keys are literal)."""
+    scheme, _, rest = join(base, line).partition("://")
+    return f"{scheme}://{posixpath.normpath(rest)}"
+
+
+def _add_url(url: str, found: set[Path], urls: set[str], listed: bool = False) -> None:
+    """A URL input: a video (by its extension; not checked here: one that cannot be downloaded is
+    that video's failure, as a missing file named in a list), a list file (not inside a list), or
+    else a prefix (a "folder"), listed recursively for video files."""
+    suffix = posixpath.splitext(url.split("?", 1)[0])[1].lower()
+    if suffix in VIDEO_EXTENSIONS:
+        urls.add(url)
+    elif suffix in LIST_EXTENSIONS and not listed:
+        _add_listed(read_bytes(url).decode("utf-8-sig"), url.rsplit("/", 1)[0], found, urls)
+    else:
+        urls.update(_videos_at(url))
+
+
+def _videos_at(prefix: str) -> list[str]:
+    """The URLs of the video files under the object-storage prefix ``prefix``."""
+    fs, remote = filesystem(prefix)
+    remote = remote.rstrip("/")
+    fs.invalidate_cache(remote)
+    keys = retrying(lambda: fs.find(remote), prefix)
+    base = prefix.rstrip("/")
+    return [f"{base}/{key[len(remote) + 1:]}" for key in keys
+            if key.startswith(remote + "/") and posixpath.splitext(key)[1].lower() in VIDEO_EXTENSIONS]
 
 
 def _videos_under(folder: Path) -> set[Path]:
@@ -126,27 +179,57 @@ def _videos_under(folder: Path) -> set[Path]:
     return found
 
 
-def _check_plan(out: Path, plan: dict) -> list[tuple[Path, bytes]]:
+def _check_plan(out: Path | str, plan: dict) -> list[tuple[Path, bytes]]:
     """Check ``plan`` against the dataset's plan.json; return the file to write if there is none.
 
     A new plan is written in the durable round of the first shard (renamed before it: no shard
-    is ever without its plan), saving a round of fsyncs (a few ms of a short ingest).
+    is ever without its plan), saving a round of fsyncs (a few ms of a short ingest). In object
+    storage it is uploaded at once, which also finds a wrong bucket or credentials before any
+    video is decoded.
     """
-    path = out / "plan.json"
+    path = join(out, "plan.json")
+    if is_url(out):
+        if _refuse_other_plan(path, plan) is None:
+            write_bytes(path, shards.json_bytes(plan))
+        return []
     if out.is_dir():
         shards.remove_stale_tmp_files(out)
-    if refuse_other_settings(path, plan, holds="a dataset", describe=lambda k, then, now: {
-            "inputs": "the input videos", "config": "the ingest settings"}.get(k, k),
-            fix="pass a new --out folder (or delete this one) to ingest a different collection") is not None:
+    if _refuse_other_plan(path, plan) is not None:
         return []
     out.mkdir(parents=True, exist_ok=True)
     return [(path, shards.json_bytes(plan))]
 
 
+def _refuse_other_plan(path: Path | str, plan: dict) -> dict | None:
+    return refuse_other_settings(path, plan, holds="a dataset", describe=lambda k, then, now: {
+        "inputs": "the input videos", "config": "the ingest settings"}.get(k, k),
+        fix="pass a new --out folder (or delete this one) to ingest a different collection")
+
+
+@contextmanager
+def _local_copy(source: str) -> Iterator[Path]:
+    """The video at the URL ``source`` in a local temporary file, removed when the block ends;
+    a download that fails is the video's :class:`VideoError`."""
+    with tempfile.TemporaryDirectory(prefix="vivi-video-") as folder:
+        # the URL's extension kept: FFmpeg takes a hint from it for formats without a header
+        local = Path(folder) / ("video" + posixpath.splitext(source.split("?", 1)[0])[1])
+        try:
+            download(source, local)
+        except OSError as error:
+            if isinstance(error, FileNotFoundError) and not missing_bucket(error):
+                raise VideoError("file not found") from None
+            raise VideoError(f"download failed ({error})") from None
+        yield local
+
+
 def _ingest_one(job: tuple[int, str, SamplingConfig, int]) -> tuple[int, dict | None, list[bytes], str | None]:
     index, source, sampling, threads = job
     try:
-        video = decode_video(source, sampling, threads)
+        if is_url(source):
+            with _local_copy(source) as local:
+                video = decode_video(local, sampling, threads)
+        else:
+            video = decode_video(source, sampling, threads)
     except VideoError as error:
         return index, None, [], str(error)
     except Exception as error:  # a decoder bug must not take down a whole collection's ingest
@@ -172,9 +255,11 @@ def ingest(inputs: list[str | Path], out: str | Path, config: IngestConfig = Ing
     parallel; ``part=(i, n)`` processes only the i-th of n disjoint parts of the plan.
     ``retry_failed``: complete shards that hold failed videos are made again (after the files were
     repaired or replaced); their detections, if any, are dropped for ``vivi detect`` to redo.
+    ``inputs`` and ``out`` may be URLs of object storage (module docstring).
     """
     start = time.perf_counter()
-    out = Path(out)
+    out = location(out)
+    remote = is_url(out)
     part_index, part_count = part
     if not (part_count >= 1 and 0 <= part_index < part_count):
         raise ValueError(f"part {part_index}/{part_count} is not valid: use i/n with 0 <= i < n")
@@ -188,24 +273,21 @@ def ingest(inputs: list[str | Path], out: str | Path, config: IngestConfig = Ing
     per_shard = config.videos_per_shard
     num_shards = (len(sources) + per_shard - 1) // per_shard
     mine = [j for j in range(num_shards) if j % part_count == part_index]
-    done = {j: shards.read_shard_index(out, j) for j in mine}
+    done = shards.read_shard_indices(out, mine)
     todo = [j for j in mine if done[j] is None or (retry_failed and done[j]["failures"])]
     if todo:     # shards change: an index would name their old offsets (written again once complete)
-        (out / INDEX_FILE).unlink(missing_ok=True)
-    for j in todo:
-        if done[j] is not None:        # a retried shard: its detections would miss the new videos
-            for sidecar in out.glob(f"detections/*/{shards.shard_name(j)}.json"):
-                sidecar.unlink()
+        remove(join(out, INDEX_FILE))
+    _drop_detections(out, [j for j in todo if done[j] is not None])
     # With a process per core, FFmpeg's own threads only add overhead.
     threads = 1 if workers >= (os.cpu_count() or 1) else 0
     jobs = [(i, sources[i], config.sampling, threads)
             for j in todo for i in range(j * per_shard, min((j + 1) * per_shard, len(sources)))]
 
-    bar = tqdm(total=len(jobs), unit="video", desc=f"ingest {out.name}", disable=not progress, dynamic_ncols=True)
+    bar = tqdm(total=len(jobs), unit="video", desc=f"ingest {name_of(out)}", disable=not progress, dynamic_ncols=True)
     native_frames = 0
     pending: dict[int, list] = {j: [] for j in todo}
     results = _run_jobs(jobs, workers) if workers > 1 else map(_ingest_one, jobs)
-    last = None       # the run's last shard: staged, put in place in the manifest's round
+    last = None       # the run's last shard: staged, put in place in the manifest's round (a local folder)
     try:
         for index, record, jpegs, reason in results:
             j = index // per_shard
@@ -216,6 +298,9 @@ def ingest(inputs: list[str | Path], out: str | Path, config: IngestConfig = Ing
             bar.set_postfix_str(f"{native_frames / max(bar.format_dict['elapsed'], 1e-9):.0f} frames/s decoded",
                                 refresh=False)
             if len(pending[j]) == min((j + 1) * per_shard, len(sources)) - j * per_shard:
+                if remote:
+                    shards.upload_shard(out, *_shard_contents(j, sorted(pending.pop(j), key=lambda r: r[0]), sources))
+                    continue
                 shard_index, renames = _stage_shard(out, j, sorted(pending.pop(j), key=lambda r: r[0]), sources)
                 renames = shards.stage_files(unwritten) + renames
                 unwritten = []
@@ -240,6 +325,22 @@ def ingest(inputs: list[str | Path], out: str | Path, config: IngestConfig = Ing
     return summary
 
 
+def _drop_detections(out: Path | str, retried: list[int]) -> None:
+    """Remove the detections of the shards ``retried`` (made again: their boxes would miss the new
+    videos)."""
+    if not retried:
+        return
+    names = {f"{shards.shard_name(j)}.json" for j in retried}
+    if is_url(out):
+        for name in listing(join(out, "detections"), depth=2):
+            if name.count("/") == 1 and name.split("/")[1] in names:
+                remove(join(out, "detections", name))
+        return
+    for name in sorted(names):
+        for sidecar in out.glob(f"detections/*/{name}"):
+            sidecar.unlink()
+
+
 def _run_jobs(jobs: list, workers: int, work=_ingest_one):
     """Results of ``work`` (``_ingest_one``) over ``jobs`` in order, from ``workers`` processes.
 
@@ -252,7 +353,8 @@ def _run_jobs(jobs: list, workers: int, work=_ingest_one):
     context.set_forkserver_preload(["vivi.ingest.pipeline"])   # imported once, workers start fast
     position = 0
     while position < len(jobs):
-        pool = ProcessPoolExecutor(workers, mp_context=context, initializer=_worker_init)
+        pool = ProcessPoolExecutor(workers, mp_context=context, initializer=_worker_init,
+                                   initargs=(dict(os.environ),))
         window: deque = deque()
         try:
             while position < len(jobs) or window:
@@ -280,35 +382,45 @@ def _run_jobs(jobs: list, workers: int, work=_ingest_one):
 
 
 def _run_isolated(work, job, context):
-    with ProcessPoolExecutor(1, mp_context=context, initializer=_worker_init) as pool:
+    with ProcessPoolExecutor(1, mp_context=context, initializer=_worker_init,
+                             initargs=(dict(os.environ),)) as pool:
         try:
             return pool.submit(work, job).result()
         except BrokenProcessPool:
             return job[0], None, [], "the decoding process crashed on this file (corrupt or unsupported video)"
 
 
-def _worker_init() -> None:
+def _worker_init(environment: dict[str, str] | None = None) -> None:
     import cv2
     cv2.setNumThreads(1)   # one process per core already; OpenCV's own threads would oversubscribe
+    if environment is not None:
+        # The caller's environment now (the object store's endpoint and credentials): workers are
+        # forked from a server process that may have started before the caller set them.
+        os.environ.clear()
+        os.environ.update(environment)
 
 
-def _stage_shard(out: Path, j: int, results: list, sources: list[str]) -> tuple[dict, list]:
+def _shard_contents(j: int, results: list, sources: list[str]) -> tuple[int, list, list]:
+    """(j, samples, failures) of shard j, for :func:`shards.stage_shard` and :func:`shards.upload_shard`."""
     samples = [(record, jpegs) for _, record, jpegs, _ in results if record is not None]
     failures = [{"key": shards.video_key(index), "source": sources[index], "reason": reason}
                 for index, record, _, reason in results if record is None]
-    return shards.stage_shard(out, j, samples, failures)
+    return j, samples, failures
+
+
+def _stage_shard(out: Path, j: int, results: list, sources: list[str]) -> tuple[dict, list]:
+    return shards.stage_shard(out, *_shard_contents(j, results, sources))
 
 
 def collect(out: str | Path) -> dict:
     """The manifest of the dataset at ``out``, read from its complete shards (writes nothing)."""
-    out = Path(out)
+    out = location(out)
     return _manifest(_read_plan(out), shards.completed_shard_indices(out))
 
 
-def _read_plan(out: Path) -> dict:
+def _read_plan(out: Path | str) -> dict:
     shards.require_dataset(out)
-    plan_path = out / "plan.json"
-    return json.loads(plan_path.read_text())
+    return json.loads(read_bytes(join(out, "plan.json")))
 
 
 def _manifest(plan: dict, done: list[dict]) -> dict:
@@ -335,11 +447,11 @@ def _manifest(plan: dict, done: list[dict]) -> dict:
 
 def finalize(out: str | Path, min_shots: int = IngestConfig.min_shots) -> IngestSummary:
     """Rebuild ``manifest.json`` and ``failures.jsonl`` from the complete shards of ``out``."""
-    out = Path(out)
+    out = location(out)
     return _finalize(out, _read_plan(out), shards.completed_shard_indices(out), [], min_shots)
 
 
-def _finalize(out: Path, plan: dict, complete: list[dict], renames: list, min_shots: int) -> IngestSummary:
+def _finalize(out: Path | str, plan: dict, complete: list[dict], renames: list, min_shots: int) -> IngestSummary:
     """Write the manifest of the shards ``complete``, in one durable round after ``renames``:
     files already written under temporary names (ingest's last shard, a new plan), which the
     manifest counts as in place."""
@@ -351,9 +463,13 @@ def _finalize(out: Path, plan: dict, complete: list[dict], renames: list, min_sh
     while True:
         manifest = _manifest(plan, complete)
         failures = manifest.pop("failures")
-        shards.replace_durably(renames + shards.stage_files([
-            (out / "manifest.json", shards.json_bytes(manifest)),
-            (out / "failures.jsonl", "".join(json.dumps(f) + "\n" for f in failures).encode())]))
+        files = [(join(out, "manifest.json"), shards.json_bytes(manifest)),
+                 (join(out, "failures.jsonl"), "".join(json.dumps(f) + "\n" for f in failures).encode())]
+        if is_url(out):
+            for path, data in files:
+                write_bytes(path, data)
+        else:
+            shards.replace_durably(renames + shards.stage_files(files))
         names = shards.complete_shard_names(out)
         if names == checked:
             break

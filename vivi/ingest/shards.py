@@ -19,6 +19,11 @@ ms however many files it holds, so ingest puts the plan in the round of its firs
 manifest in the round of its last.
 Member headers carry no time stamps or owners, so a shard's bytes depend only on its content.
 
+A dataset in object storage (``--out s3://bucket/prefix``, ``vivi.storage``) has the same objects
+and guarantees. An object appears only when its upload is complete, so no rename is needed: a
+shard is staged in a local temporary folder as above, then its tar is uploaded, then its index
+(:func:`upload_shard`); the temporary files are removed however that ends.
+
 The tar is written directly (:func:`member_header`) rather than through ``tarfile``: the bytes are
 the same as ``tarfile``'s USTAR output, but a header costs a fraction of ``tarfile``'s time, which
 matters at one member per stored frame. The shard index is compact JSON (the C encoder; an
@@ -33,18 +38,23 @@ import shutil
 import socket
 import struct
 import tarfile
+import tempfile
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from ..files import listing, read_each, read_optional, remove, size_of, upload
+from ..storage import is_url, join, write_bytes
+
 SHARD_DIR = "shards"
 
 
-def require_dataset(root: Path) -> None:
+def require_dataset(root: Path | str) -> None:
     """Raise FileNotFoundError, saying how to make one, when ``root`` is not a vivi dataset."""
-    if not (Path(root) / "plan.json").exists():
+    there = size_of(join(root, "plan.json")) is not None if is_url(root) else (Path(root) / "plan.json").exists()
+    if not there:
         raise FileNotFoundError(f"{root} is not a vivi dataset (no plan.json): create one with "
                                 f"`vivi ingest VIDEOS --out {root}`")
 
@@ -61,9 +71,13 @@ def frame_member(key: str, frame: int) -> str:
     return f"{key}.f{frame:04d}.jpg"
 
 
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file, fsync and rename."""
-    write_all_atomic([(path, data)])
+def write_atomic(path: Path | str, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file, fsync and rename (an object: uploaded
+    whole)."""
+    if is_url(path):
+        write_bytes(path, data)
+    else:
+        write_all_atomic([(path, data)])
 
 
 def write_all_atomic(files: list[tuple[Path, bytes]]) -> None:
@@ -159,7 +173,7 @@ def remove_stale_tmp_files(folder: Path) -> None:
             continue
 
 
-def write_json_atomic(path: Path, obj: Any) -> None:
+def write_json_atomic(path: Path | str, obj: Any) -> None:
     write_atomic(path, json_bytes(obj))
 
 
@@ -248,8 +262,29 @@ def stage_shard(root: Path, index: int, samples: list[tuple[dict, list[bytes]]],
     return shard_index, renames
 
 
-def read_shard_index(root: Path, index: int) -> dict | None:
+def upload_shard(root: str, index: int, samples: list[tuple[dict, list[bytes]]], failures: list[dict]) -> dict:
+    """Write shard ``index`` of the dataset at the URL ``root`` (arguments as :func:`stage_shard`);
+    return its index.
+
+    The shard is staged in a local temporary folder, removed however this ends. An earlier
+    version's index is deleted first (no reader pairs it with the new tar), then the tar is
+    uploaded, then the index: an index in the store always names a complete tar of its version."""
+    with tempfile.TemporaryDirectory(prefix="vivi-shard-") as scratch:
+        shard_index, renames = stage_shard(Path(scratch), index, samples, failures)
+        remove(join(root, SHARD_DIR, renames[1][1].name))
+        for tmp, path in renames:
+            upload(tmp, join(root, SHARD_DIR, path.name))
+    return shard_index
+
+
+def read_shard_index(root: Path | str, index: int) -> dict | None:
     """The index of shard ``index`` if that shard is complete, else None."""
+    if is_url(root):
+        data = read_optional(join(root, SHARD_DIR, f"{shard_name(index)}.json"))
+        shard_index = json.loads(data) if data is not None else None
+        if shard_index is None or size_of(join(root, SHARD_DIR, f"{shard_name(index)}.tar")) != shard_index["bytes"]:
+            return None
+        return shard_index
     folder = Path(root) / SHARD_DIR
     index_path = folder / f"{shard_name(index)}.json"
     tar_path = folder / f"{shard_name(index)}.tar"
@@ -261,19 +296,52 @@ def read_shard_index(root: Path, index: int) -> dict | None:
     return shard_index
 
 
-def complete_shard_names(root: Path) -> set[str]:
+def read_shard_indices(root: Path | str, numbers: list[int],
+                       sizes: dict[str, int] | None = None) -> dict[int, dict | None]:
+    """{j: :func:`read_shard_index` of shard j} for the shards ``numbers`` (in object storage: the
+    shard folder listed once, or its listing ``sizes`` given, and the indices there fetched several
+    at a time)."""
+    if not is_url(root):
+        return {j: read_shard_index(root, j) for j in numbers}
+    sizes = listing(join(root, SHARD_DIR)) if sizes is None else sizes
+    found = {j: None for j in numbers}
+    present = [j for j in numbers if f"{shard_name(j)}.json" in sizes]
+    for j, data in zip(present, read_each(join(root, SHARD_DIR, f"{shard_name(j)}.json") for j in present)):
+        shard_index = json.loads(data) if data is not None else None
+        if shard_index is not None and sizes.get(f"{shard_name(j)}.tar") == shard_index["bytes"]:
+            found[j] = shard_index
+    return found
+
+
+def _index_names(root: Path | str) -> list[str]:
+    """``shard-XXXXXX.json`` of every shard index in place, in shard order."""
+    if is_url(root):
+        return sorted(name for name in listing(join(root, SHARD_DIR)) if name.startswith("shard-")
+                      and name.endswith(".json"))
+    return sorted(path.name for path in (Path(root) / SHARD_DIR).glob("shard-*.json"))
+
+
+def complete_shard_names(root: Path | str) -> set[str]:
     """``shards/shard-XXXXXX.tar`` of every shard whose index is in place (cheap: no index is read;
-    an index is renamed after its tar, so its presence means the shard is complete)."""
-    return {f"{SHARD_DIR}/{path.stem}.tar" for path in (Path(root) / SHARD_DIR).glob("shard-*.json")}
+    an index is put in place after its tar, so its presence means the shard is complete)."""
+    return {f"{SHARD_DIR}/{name[:-len('.json')]}.tar" for name in _index_names(root)}
 
 
-def completed_shard_indices(root: Path) -> list[dict]:
+def completed_shard_indices(root: Path | str) -> list[dict]:
     """Indices of every complete shard of the dataset at ``root``, in shard order."""
     return list(iter_completed_shard_indices(root))
 
 
-def iter_completed_shard_indices(root: Path) -> Iterator[dict]:
+def iter_completed_shard_indices(root: Path | str) -> Iterator[dict]:
     """The indices of the complete shards, read one at a time, in shard order."""
+    if is_url(root):
+        sizes = listing(join(root, SHARD_DIR))
+        numbers = sorted(int(name[len("shard-"):-len(".json")]) for name in sizes
+                         if name.startswith("shard-") and name.endswith(".json"))
+        for start in range(0, len(numbers), 256):       # a window: memory stays small
+            found = read_shard_indices(root, numbers[start:start + 256], sizes)
+            yield from (shard_index for shard_index in found.values() if shard_index is not None)
+        return
     for path in sorted((Path(root) / SHARD_DIR).glob("shard-*.json")):
         shard_index = read_shard_index(root, int(path.stem.split("-")[1]))
         if shard_index is not None:
