@@ -89,8 +89,9 @@ def describe(error: BaseException, target: str) -> str:
         return f"{target}: cannot reach {where}: check the address and that the server runs ({text})"
     if "bucket does not exist" in text or "NoSuchBucket" in text:
         return f"{target}: the bucket does not exist: create it, or fix the URL"
-    if isinstance(error, PermissionError) or any(word in text for word in (
-            "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "credentials", "Forbidden")):
+    if isinstance(error, PermissionError) or any(word in text.lower() for word in (
+            "accessdenied", "access denied", "invalidaccesskeyid", "signaturedoesnotmatch", "credentials",
+            "forbidden", "403")):
         return (f"{target}: access denied ({text}): set the credentials (AWS_ACCESS_KEY_ID and "
                 "AWS_SECRET_ACCESS_KEY, or ~/.aws/credentials) of a user allowed to read and write there")
     if isinstance(error, FileNotFoundError):
