@@ -20,9 +20,8 @@ from vivi.cli import main
 from vivi.data import VideoDataset, load_detections
 from vivi.data.inspect import dataset_stats, render_contact_sheet
 from vivi.detect import ImageDetector, detect_dataset
-from vivi.files import download
 from vivi.ingest import expand_inputs, ingest
-from vivi.storage import StorageError, read_bytes
+from vivi.storage import StorageError, download, read_bytes
 
 DATASET_FILES = ("plan.json", "manifest.json", "failures.jsonl", "index.bin")
 CLI_TINY = ["--short-side", "64", "--videos-per-shard", "2"]      # TINY_INGEST on the command line

@@ -213,7 +213,7 @@ def _add_cut_options(p: argparse.ArgumentParser) -> None:
 def _dataset(text: str) -> Path | str:
     """A dataset argument: a folder, or a URL of object storage (kept as text: a Path would merge
     the two slashes of ``s3://``)."""
-    from .files import location
+    from .storage import location
     return location(text)
 
 

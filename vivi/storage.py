@@ -12,18 +12,24 @@ order: a shard's tar is uploaded before its index, so an index names a complete 
 
 Transient failures (a dropped connection, a timeout, a busy server) are retried with exponential
 backoff; what still fails raises :class:`StorageError` with one line naming the object and what
-to do.
+to do. Every helper here takes a local path or a URL, so that the dataset's modules say once what
+they do with a file.
 """
 from __future__ import annotations
 
 import os
+import posixpath
 import random
 import time
-from collections.abc import Callable
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TypeVar
 
-__all__ = ["StorageError", "filesystem", "is_url", "join", "read_bytes", "retrying", "write_bytes"]
+__all__ = ["StorageError", "download", "filesystem", "is_url", "join", "listing", "location", "missing_bucket",
+           "name_of", "parent_of", "read_bytes", "read_each", "read_optional", "remove", "retrying", "size_of",
+           "upload", "write_bytes"]
 
 T = TypeVar("T")
 ATTEMPTS = 5            # tries of an operation before its failure is reported
@@ -140,3 +146,134 @@ def write_bytes(url: str | os.PathLike, data: bytes) -> None:
         return
     fs, path = filesystem(url)
     retrying(lambda: fs.pipe_file(path, data), os.fspath(url))
+
+
+def location(path: str | os.PathLike) -> str | Path:
+    """Where a dataset (or a file of one) is: a URL as a string without a trailing slash, else a
+    local Path (``Path("s3://b/x")`` would merge the two slashes)."""
+    return os.fspath(path).rstrip("/") if is_url(path) else Path(path)
+
+
+def parent_of(path: str | os.PathLike) -> str | Path:
+    """The folder holding ``path`` (a URL's prefix, or a Path's parent)."""
+    return os.fspath(path).rstrip("/").rsplit("/", 1)[0] if is_url(path) else Path(path).parent
+
+
+def name_of(path: str | os.PathLike) -> str:
+    """The last part of a path or URL."""
+    return posixpath.basename(os.fspath(path).rstrip("/")) if is_url(path) else Path(path).name
+
+
+def missing_bucket(error: OSError) -> bool:
+    """Whether a "not found" from object storage is about the bucket (a wrong URL, to report)
+    rather than the object (absent, which callers expect)."""
+    return "bucket does not exist" in str(error)
+
+
+def read_optional(path: str | os.PathLike) -> bytes | None:
+    """The bytes of a file or object; None when there is none (a missing bucket raises)."""
+    try:
+        return read_bytes(path)
+    except FileNotFoundError as error:
+        if missing_bucket(error):
+            raise
+        return None
+
+
+def size_of(path: str | os.PathLike) -> int | None:
+    """The size of a file or object in bytes; None when there is none (a missing bucket raises)."""
+    if not is_url(path):
+        try:
+            return os.stat(path).st_size
+        except FileNotFoundError:
+            return None
+    fs, remote = filesystem(path)
+
+    def info() -> int:
+        fs.invalidate_cache(remote)         # what another process wrote since this one listed the folder
+        return int(fs.info(remote)["size"])
+    try:
+        return retrying(info, os.fspath(path))
+    except FileNotFoundError as error:
+        if missing_bucket(error):
+            raise
+        return None
+
+
+def listing(folder: str | os.PathLike, depth: int = 1) -> dict[str, int]:
+    """{path relative to ``folder``, with ``/``: size} of the files in ``folder`` and its sub-folders
+    down to ``depth`` levels (1: the folder itself); {} when the folder does not exist. One request
+    per folder listed in object storage (a bucket that does not exist raises)."""
+    if not is_url(folder):
+        found: dict[str, int] = {}
+        base = Path(folder)
+        for parent, subfolders, files in os.walk(base):
+            relative = Path(parent).relative_to(base)
+            if len(relative.parts) + 1 >= depth:
+                subfolders.clear()
+            for name in files:
+                try:
+                    found[(relative / name).as_posix()] = os.stat(os.path.join(parent, name)).st_size
+                except FileNotFoundError:   # removed meanwhile
+                    continue
+        return found
+    fs, remote = filesystem(folder)
+    remote = remote.rstrip("/")
+
+    def find() -> dict:
+        fs.invalidate_cache(remote)
+        return fs.find(remote, maxdepth=depth, detail=True, on_error="raise")
+    try:
+        entries = retrying(find, os.fspath(folder))
+    except FileNotFoundError as error:
+        if missing_bucket(error):
+            raise
+        return {}
+    return {name[len(remote) + 1:]: int(entry["size"]) for name, entry in entries.items()
+            if entry.get("type") != "directory" and name.startswith(remote + "/")}
+
+
+def read_each(paths: Iterable[str | os.PathLike], window: int = 16) -> Iterator[bytes | None]:
+    """:func:`read_optional` of each path, in order; objects are fetched ``window`` at a time
+    (one request each costs a round trip: in a row, ten thousand shard indices would take minutes)."""
+    paths = iter(paths)
+    first = next(paths, None)
+    if first is None:
+        return
+    if not is_url(first):
+        yield read_optional(first)
+        yield from map(read_optional, paths)
+        return
+    with ThreadPoolExecutor(window, thread_name_prefix="vivi-read") as pool:
+        pending = deque([pool.submit(read_optional, first)])
+        for path in paths:
+            pending.append(pool.submit(read_optional, path))
+            if len(pending) >= window:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+
+
+def upload(local: Path, url: str) -> None:
+    """Copy the local file ``local`` to the object ``url`` (which appears when complete)."""
+    fs, remote = filesystem(url)
+    retrying(lambda: fs.put_file(os.fspath(local), remote), url)
+
+
+def download(url: str, local: Path) -> None:
+    """Copy the object ``url`` to the local file ``local``."""
+    fs, remote = filesystem(url)
+    retrying(lambda: fs.get_file(remote, os.fspath(local)), url)
+
+
+def remove(path: str | os.PathLike) -> None:
+    """Remove a file or object if it is there."""
+    if not is_url(path):
+        Path(path).unlink(missing_ok=True)
+        return
+    fs, remote = filesystem(path)
+    try:
+        retrying(lambda: fs.rm_file(remote), os.fspath(path))
+    except FileNotFoundError as error:
+        if missing_bucket(error):
+            raise

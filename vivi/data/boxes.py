@@ -24,10 +24,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..files import listing, location, read_each, read_optional, size_of
 from ..ingest.columns import ColumnSink, read_columns
 from ..ingest.index import INDEX_FILE, DatasetIndex, column_scratch, open_index
-from ..storage import is_url, join
+from ..storage import is_url, join, listing, location, read_each, read_optional, size_of
 
 DETECTIONS_DIR = "detections"
 

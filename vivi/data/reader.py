@@ -20,11 +20,10 @@ from pathlib import Path
 
 import numpy as np
 
-from ..files import download, location
 from ..ingest.decode import decode_jpeg
 from ..ingest.index import DatasetIndex, Video, open_index
 from ..ingest.shards import SHARD_DIR, require_dataset
-from ..storage import is_url, join, read_bytes
+from ..storage import download, is_url, join, location, read_bytes
 
 
 class VideoList(Sequence):

@@ -14,8 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from ..data.reader import Video, VideoDataset
-from ..files import read_optional
-from ..storage import is_url
+from ..storage import is_url, read_optional
 from ..synth import CLASS_NAMES
 from .base import Detector
 

@@ -29,10 +29,10 @@ from tqdm.auto import tqdm
 
 from ..data.boxes import DETECTIONS_DIR, write_detections_index
 from ..data.reader import VideoDataset
-from ..files import as_json, listing, location, refuse_other_settings, remove
+from ..files import as_json, refuse_other_settings
 from ..ingest.index import INDEX_FILE
 from ..ingest.shards import write_json_atomic
-from ..storage import is_url, join
+from ..storage import is_url, join, listing, location, remove
 from .base import Detector, keep_top
 
 

@@ -47,8 +47,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..files import listing, location, parent_of, size_of
-from ..storage import is_url, join
+from ..storage import is_url, join, listing, location, parent_of, size_of
 from .columns import ColumnSink, read_columns
 from .shards import SHARD_DIR, iter_completed_shard_indices, read_shard_index, require_dataset, shared_tmp_name
 

@@ -29,8 +29,21 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from ..files import download, listing, location, missing_bucket, name_of, refuse_other_settings, remove
-from ..storage import filesystem, is_url, join, read_bytes, retrying, write_bytes
+from ..files import refuse_other_settings
+from ..storage import (
+    download,
+    filesystem,
+    is_url,
+    join,
+    listing,
+    location,
+    missing_bucket,
+    name_of,
+    read_bytes,
+    remove,
+    retrying,
+    write_bytes,
+)
 from . import shards
 from .decode import SamplingConfig, VideoError, decode_video
 from .index import INDEX_FILE, write_index

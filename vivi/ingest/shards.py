@@ -45,8 +45,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from ..files import listing, read_each, read_optional, remove, size_of, upload
-from ..storage import is_url, join, write_bytes
+from ..storage import is_url, join, listing, read_each, read_optional, remove, size_of, upload, write_bytes
 
 SHARD_DIR = "shards"
 
