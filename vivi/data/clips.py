@@ -22,12 +22,17 @@ Determinism: the :class:`VideoSampler` yields ``(video, draw)`` pairs, where ``d
 position in the global sample stream; every random choice for that sample (shots, frames) comes
 from a generator seeded with ``(seed, draw)``. The batches are therefore the same for any number
 of DataLoader workers, and a resumed run continues the stream where it stopped.
+
+This loader reads any frame of any video by its offset: random access, which a local folder
+answers fastest (a dataset in object storage, one ranged request per frame). Training reads a
+dataset in object storage with ``vivi.data.stream`` instead: whole shards, in order.
 """
 from __future__ import annotations
 
+import functools
 import math
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,6 +41,7 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from ..ingest.decode import decode_jpeg
 from .boxes import load_detections
 from .images import fit_square
 from .reader import Video, VideoDataset, VideoList
@@ -107,49 +113,19 @@ class VideoClipDataset(Dataset):
             raise ValueError("videos of different frame sizes need ClipConfig.size to batch them")
         self.detections = load_detections(root, config.detector, table) if config.detector else None
         if self.detections is not None:
-            missing = self.rows[~self.detections.covered[self.rows]]
-            if len(missing):
-                raise ValueError(f"the detections {config.detector!r} of {root} cover "
-                                 f"{len(self.videos) - len(missing)} of its {len(self.videos)} videos (first "
-                                 f"missing: {table.key(int(missing[0]))}): a `vivi detect` that stopped early, or "
-                                 f"shards ingested after it; run `vivi detect {root} --detector ...` again with the "
-                                 "same detector to finish them")
+            require_covered(self.detections.covered, self.rows, config.detector, root, table.key)
 
     def __len__(self) -> int:
         return len(self.videos)
 
     def choose(self, video: Video, rng: np.random.Generator, windows: list[int] | None = None
                ) -> tuple[list[int], list[list[int]]]:
-        """The shots and, for each, the frame indices of one clip of ``video`` (``windows``: the
-        possible first shots; default: the first shot of every run of K shots with frames)."""
-        K, F = self.config.shots, self.config.frames
-        if self.config.mode == "frame":
-            if self.config.frame_choice == "fixed":
-                frame = self.fixed_frame(video)
-            else:
-                frame = int(rng.integers(video.num_frames))
-            return [video.frame_shot[frame]] * K, [[frame] * F for _ in range(K)]
-        per_shot = video.shot_frames()
-        if windows is None:
-            windows = _windows(per_shot, K)
-        first = windows[int(rng.integers(len(windows)))]
-        shots = list(range(first, first + K))
-        frames = []
-        for shot in shots:
-            available = per_shot[shot]
-            n = len(available)
-            if n >= F:
-                start = int(rng.integers(n - F + 1))
-                frames.append(available[start:start + F])
-            else:
-                frames.append([available[j * n // F] for j in range(F)])
-        return shots, frames
+        """The shots and, for each, the frame indices of one clip of ``video`` (:func:`choose_clip`)."""
+        return choose_clip(video, self.config, rng, self.seed, windows)
 
     def fixed_frame(self, video: Video) -> int:
-        """The one frame of ``video`` in the papers' frame data set: drawn from the loader's seed and
-        the video's key (not its position), so every rank and worker, and a resumed run, agree."""
-        rng = np.random.default_rng([self.seed, zlib.crc32(video.key.encode()), _FIXED_FRAME_STREAM])
-        return int(rng.integers(video.num_frames))
+        """The one frame of ``video`` in the papers' frame data set (:func:`fixed_frame`)."""
+        return fixed_frame(video, self.seed)
 
     def windows(self, index: int) -> list[int]:
         """The shots a clip of video ``index`` may start at (``mode="shots"``)."""
@@ -163,27 +139,86 @@ class VideoClipDataset(Dataset):
     def __getitem__(self, item: tuple[int, int]) -> dict[str, torch.Tensor]:
         index, draw = item
         video, shots, frames = self.clip(index, draw)
-        decoded: dict[int, np.ndarray] = {}
-        crop = None
-        for frame in {f for shot in frames for f in shot}:
-            image = self.dataset.read_frame(video, frame)
-            image, crop = self._fit(image)
-            decoded[frame] = image
-        stack = np.stack([[decoded[f] for f in shot] for shot in frames])          # K, F, H, W, 3
-        clip = {"frames": torch.from_numpy(stack).permute(0, 1, 4, 2, 3).contiguous(),
-                "video": torch.tensor(index), "shots": torch.tensor(shots),
-                "frame_index": torch.tensor(frames)}
+        clip, crop = clip_tensors(functools.partial(self.dataset.read_jpeg, video), shots, frames, index,
+                                  self.config.size)
         if self.detections is not None:
             clip.update(self.detections.boxes(int(self.rows[index]), frames, crop, self.config.max_boxes))
         return clip
 
+    @property
+    def num_videos(self) -> int:
+        """The eligible videos (those with a run of K shots with frames)."""
+        return len(self.videos)
+
+    @property
+    def num_boxes(self) -> int | None:
+        """Boxes of the detector over the whole dataset (None without a detector)."""
+        return None if self.detections is None else len(self.detections.all_boxes)
+
     seed: int = 0   # set by the loader; part of every sample's random stream
 
-    def _fit(self, image: np.ndarray) -> tuple[np.ndarray, tuple[float, float, float, float]]:
-        """The frame at ``size`` x ``size`` (see :func:`fit_square`), or as stored when size is None."""
-        if self.config.size is None:
-            return image, (0.0, 0.0, 1.0, 1.0)
-        return fit_square(image, self.config.size)
+
+def choose_clip(video: Video, config: ClipConfig, rng: np.random.Generator, seed: int,
+                windows: list[int] | None = None) -> tuple[list[int], list[list[int]]]:
+    """The shots and, for each, the frame indices of one clip of ``video``, drawn from ``rng``
+    (``seed``: the loader's, for the fixed frame of ``mode="frame"``; ``windows``: the possible
+    first shots, default the first shot of every run of K shots with frames)."""
+    K, F = config.shots, config.frames
+    if config.mode == "frame":
+        frame = fixed_frame(video, seed) if config.frame_choice == "fixed" else int(rng.integers(video.num_frames))
+        return [video.frame_shot[frame]] * K, [[frame] * F for _ in range(K)]
+    per_shot = video.shot_frames()
+    if windows is None:
+        windows = _windows(per_shot, K)
+    first = windows[int(rng.integers(len(windows)))]
+    shots = list(range(first, first + K))
+    frames = []
+    for shot in shots:
+        available = per_shot[shot]
+        n = len(available)
+        if n >= F:
+            start = int(rng.integers(n - F + 1))
+            frames.append(available[start:start + F])
+        else:
+            frames.append([available[j * n // F] for j in range(F)])
+    return shots, frames
+
+
+def fixed_frame(video: Video, seed: int) -> int:
+    """The one frame of ``video`` in the papers' frame data set: drawn from the loader's seed and the
+    video's key (not its position), so every rank, worker and stream, and a resumed run, agree."""
+    rng = np.random.default_rng([seed, zlib.crc32(video.key.encode()), _FIXED_FRAME_STREAM])
+    return int(rng.integers(video.num_frames))
+
+
+def clip_tensors(read_jpeg: Callable[[int], bytes], shots: list[int], frames: list[list[int]], index: int,
+                 size: int | None) -> tuple[dict[str, torch.Tensor], tuple[float, float, float, float]]:
+    """A clip's tensors (``frames``, ``video`` = ``index``, ``shots``, ``frame_index``; see
+    :class:`VideoClipDataset`) from the JPEG bytes of its frames (``read_jpeg(frame)``), each
+    decoded once, and the crop of the frames (normalised x0, y0, x1, y1) that their boxes follow:
+    resized and centre-cropped to ``size`` x ``size`` (:func:`fit_square`), or as stored for None."""
+    decoded: dict[int, np.ndarray] = {}
+    crop = (0.0, 0.0, 1.0, 1.0)
+    for frame in {f for shot in frames for f in shot}:
+        image = decode_jpeg(read_jpeg(frame))
+        if size is not None:
+            image, crop = fit_square(image, size)
+        decoded[frame] = image
+    stack = np.stack([[decoded[f] for f in shot] for shot in frames])          # K, F, H, W, 3
+    return {"frames": torch.from_numpy(stack).permute(0, 1, 4, 2, 3).contiguous(), "video": torch.tensor(index),
+            "shots": torch.tensor(shots), "frame_index": torch.tensor(frames)}, crop
+
+
+def require_covered(covered: np.ndarray, rows: np.ndarray, detector: str, root: str | Path,
+                    key: Callable[[int], str]) -> None:
+    """Raise when the detections ``detector`` miss some of the videos ``rows`` (``covered``: per
+    video of the dataset; ``key(row)``: a video's key, to name the first one missing)."""
+    missing = rows[~covered[rows]]
+    if len(missing):
+        raise ValueError(f"the detections {detector!r} of {root} cover {len(rows) - len(missing)} of its "
+                         f"{len(rows)} videos (first missing: {key(int(missing[0]))}): a `vivi detect` that stopped "
+                         f"early, or shards ingested after it; run `vivi detect {root} --detector ...` again with "
+                         "the same detector to finish them")
 
 
 def _windows(per_shot: list[list[int]], k: int) -> list[int]:

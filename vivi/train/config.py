@@ -45,7 +45,16 @@ class DataConfig(ClipConfig):
                                      # side, so frames ingested with the defaults are not resampled again
     videos: int = 512                # N: videos per step over all ranks, split over them (N·K = 2048, VIVI §4)
     workers: int = 4                 # DataLoader worker processes per rank, decoding JPEGs while the step
-                                     # runs (the batches do not depend on it)
+                                     # runs (the batches do not depend on it, except when streaming: one
+                                     # stream per worker)
+    stream: bool = False             # read a local folder as a URL is read: whole shards in order, through
+                                     # shuffle buffers (vivi.data.stream); a URL always streams. Off: frames
+                                     # read at random by offset, which a local disk does fastest
+    buffer: int = 256                # streaming: videos in each stream's shuffle buffer, so that a batch mixes
+                                     # several shards (32 videos each by default); each holds its clip's JPEGs
+                                     # (~20 KB a 456 x 256 frame: ~160 MB a worker at K x F = 32)
+    cache: str | None = None         # streaming: a folder that keeps the shards read, so later epochs and
+                                     # runs read them there; None reads them from the store every time
 
 
 @dataclass
@@ -176,7 +185,8 @@ class TrainConfig:
         if self.optim.steps < 1 or self.run.log_every < 1 or self.run.ckpt_every < 1:
             raise ValueError("optim.steps, run.log_every and run.ckpt_every must be positive")
         at_least = {
-            "data.max_boxes": (self.data.max_boxes, 1), "augment.size": (self.augment.size, 8),
+            "data.max_boxes": (self.data.max_boxes, 1), "data.buffer": (self.data.buffer, 1),
+            "augment.size": (self.augment.size, 8),
             "model.exemplar_dim": (self.model.exemplar_dim, 1), "model.shot_dim": (self.model.shot_dim, 1),
             "model.predictor_hidden": (self.model.predictor_hidden, 1),
             "model.order_hidden": (self.model.order_hidden, 1),

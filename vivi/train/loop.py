@@ -6,8 +6,12 @@ optimizer, schedule, resume, loop. The same function runs as one CPU process, on
 CPU, NCCL on GPU; each rank reads its own shard of the video stream; the InfoNCE negatives are
 gathered from all ranks inside the loss).
 
+The data is a folder, read by random access to its frames (``vivi.data.clips``), or a URL (or a
+folder with ``data.stream``), streamed from whole shards (``vivi.data.stream``).
+
 Exact resume: parameters, buffers and SGD momentum come from the checkpoint; the learning rate
-is ``lr_schedule[step]``; the data stream restarts at ``start_batch = step``; the augmentation,
+is ``lr_schedule[step]``; the data stream restarts at ``start_batch = step`` (a streamed dataset:
+exactly for the same ranks and workers); the augmentation,
 shot reversal, random boxes and co-training images are drawn from seeds derived from
 (seed, step, rank). So k steps + resume + (n - k) steps == n steps.
 
@@ -30,8 +34,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from vivi.data import make_loader
+from vivi.data import make_loader, make_stream_loader
 from vivi.distributed import all_reduce_mean, cleanup_distributed, init_distributed_from_env
+from vivi.storage import is_url
 from vivi.train.augment import build_augmentation
 from vivi.train.checkpoint import latest_checkpoint, load_momentum, write_checkpoint
 from vivi.train.config import TrainConfig, config_json
@@ -197,9 +202,26 @@ class _CotrainBatches:
             yield batch
 
 
+def _video_loader(config: TrainConfig, data: str | Path, start_step: int, rank: int, world_size: int):
+    """This rank's DataLoader of clip batches from ``start_step`` on: clips read at random from a
+    local folder (``vivi.data.clips``), or streamed from whole shards for a URL or ``data.stream``
+    (``vivi.data.stream``)."""
+    d = config.data
+    common = dict(batch_size=d.videos // world_size, seed=config.run.seed, workers=d.workers, start_batch=start_step,
+                  rank=rank, world_size=world_size)
+    if _streaming(config, data):
+        return make_stream_loader(data, d, buffer=d.buffer, cache=d.cache, **common)
+    return make_loader(data, d, **common)
+
+
+def _streaming(config: TrainConfig, data: str | Path) -> bool:
+    """Whether training reads ``data`` with the streaming loader: a URL always, a folder with ``data.stream``."""
+    return is_url(data) or config.data.stream
+
+
 def _batches(config: TrainConfig, data: str | Path, start_step: int, rank: int, world_size: int):
-    """This rank's batches from ``start_step`` on: its shard of the video stream, with labelled
-    images added to each when co-training. Data that cannot give them raises before any compute."""
+    """This rank's batches from ``start_step`` on: its share of the videos, with labelled images
+    added to each when co-training. Data that cannot give them raises before any compute."""
     d, loss = config.data, config.loss
     cotrain = None
     if loss.cotrain_weight > 0:
@@ -210,14 +232,19 @@ def _batches(config: TrainConfig, data: str | Path, start_step: int, rank: int, 
                              f"model.image_classes={config.model.image_classes}")
         if loss.cotrain_images % world_size:
             raise ValueError(f"loss.cotrain_images={loss.cotrain_images} must divide over {world_size} ranks")
-    loader = make_loader(data, d, batch_size=d.videos // world_size, seed=config.run.seed, workers=d.workers,
-                         start_batch=start_step, rank=rank, world_size=world_size)
-    if d.videos > len(loader.dataset) and rank == 0:
-        print(f"note: data.videos={d.videos} but only {len(loader.dataset)} videos of {data} have {d.shots} shots: "
+    loader = _video_loader(config, data, start_step, rank, world_size)
+    videos = loader.dataset.num_videos
+    if rank == 0 and _streaming(config, data) and d.videos * max(1, d.workers) > videos:
+        lanes = world_size * max(1, d.workers)
+        print(f"note: a batch of {d.videos // world_size} videos comes from one stream ({lanes} in all), which "
+              f"reads about {videos // lanes} of the {videos} videos of {data} with {d.shots} shots an epoch: "
+              "batches hold some videos twice, whose clips are then each other's negatives; lower data.videos "
+              "or data.workers, or ingest more videos", file=sys.stderr)
+    elif rank == 0 and d.videos > videos:
+        print(f"note: data.videos={d.videos} but only {videos} videos of {data} have {d.shots} shots: "
               "every batch holds some videos twice, whose clips are then each other's negatives; lower "
               "data.videos or ingest more videos", file=sys.stderr)
-    detections = loader.dataset.detections
-    if loss.object_weight > 0 and not len(detections.all_boxes):
+    if loss.object_weight > 0 and loader.dataset.num_boxes == 0:
         raise ValueError(f"the detections {d.detector!r} in {data} hold no box for any video: the object loss "
                          "would be 0; re-run `vivi detect` (or set loss.object_weight=0)")
     if cotrain is None:
@@ -266,7 +293,9 @@ def train(config: TrainConfig | str | Path | None, data: str | Path, out: str | 
 
     Args:
         config: a TrainConfig, a preset name or a YAML file (with ``resume``: None, or the run's own).
-        data: an ingested dataset (``vivi ingest``), with detections for the object loss.
+        data: an ingested dataset (``vivi ingest``), with detections for the object loss: a folder,
+            or a URL (``s3://``, ``gs://``, ``https://``, any fsspec URL), streamed from whole shards
+            (``vivi.data.stream``; a folder too with ``data.stream``).
         out: the run folder (created; one that holds checkpoints needs ``resume``).
         resume: continue from the newest checkpoint in ``out`` (the saved config is used;
             ``overrides`` may change only :data:`RESUME_OVERRIDES`, such as ``optim.steps``).
@@ -280,6 +309,11 @@ def train(config: TrainConfig | str | Path | None, data: str | Path, out: str | 
     dist_info = init_distributed_from_env()
     rank, world_size = dist_info.rank, dist_info.world_size
     main_process = rank == 0
+    workers_before = checkpoint["config"]["data"]["workers"] if checkpoint else config.data.workers
+    if main_process and _streaming(config, data) and max(1, workers_before) != max(1, config.data.workers):
+        print(f"note: data.workers changed from {workers_before} to {config.data.workers}: the run continues with "
+              "the streams of the new worker count, as if it had had them from its start (its batches from here "
+              "on are not those it would have read)", file=sys.stderr)
     device = training_device(config, dist_info.device)
     if config.data.videos % world_size:
         raise ValueError(f"data.videos={config.data.videos} must divide over {world_size} ranks")

@@ -16,7 +16,7 @@ __all__ = ["RESUME_OVERRIDES", "open_run", "resumed_config"]
 # What ``--resume`` may change: how the run is carried out, and how long it goes on. Anything else
 # (the model, the data, the losses, the schedule) would no longer be the checkpoint's run.
 RESUME_OVERRIDES = ("optim.steps", "run.log_every", "run.ckpt_every", "run.keep_checkpoints", "run.device",
-                    "run.precision", "run.channels_last", "run.compile", "data.workers")
+                    "run.precision", "run.channels_last", "run.compile", "data.workers", "data.cache")
 
 
 def open_run(config: TrainConfig | str | Path | None, out: Path, resume: bool,
