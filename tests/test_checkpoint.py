@@ -74,3 +74,17 @@ def test_a_full_disk_while_exporting_is_one_line(run, tmp_path, capsys, monkeypa
         err = capsys.readouterr().err
         assert err.startswith("vivi export: error: no space left on the device") and "Traceback" not in err
     assert list(tmp_path.iterdir()) == []
+
+
+def test_resume_passes_over_a_damaged_newest_checkpoint(run, dataset, tmp_path, capsys):
+    """--resume continues from the newest checkpoint that verifies, naming the damaged one (catches a
+    resume that fails on a damaged file although an intact one is there, or trains from damage)."""
+    import shutil
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    _flip_a_tensor_byte(checkpoint_path(copy, 3))
+    capsys.readouterr()
+    result = train(None, dataset, copy, resume=True, overrides=FAST + ["optim.steps=4"], progress=False)
+    assert result["step"] == 4
+    err = capsys.readouterr().err
+    assert "step-0000003.safetensors is damaged" in err and "resuming from step-0000002.safetensors" in err

@@ -121,7 +121,8 @@ def _train(args: argparse.Namespace) -> None:
         raise ValueError("vivi train needs --config PRESET_OR_FILE --data DATA --out RUN (--config may be left out "
                          "with --resume; or --list-presets)")
     from .train.loop import train
-    result = train(args.config, args.data, args.out, resume=args.resume, overrides=args.overrides)
+    overrides = [*args.overrides, *([f"data.cache={args.cache}"] if args.cache else [])]
+    result = train(args.config, args.data, args.out, resume=args.resume, overrides=overrides)
     if os.environ.get("RANK", "0") == "0":   # under torchrun, one line for the whole job
         print(f"trained {result['step']} steps; run folder {result['run']}")
 
@@ -159,7 +160,7 @@ def _eval(args: argparse.Namespace) -> None:
     defaults = EvalConfig()
     config = EvalConfig(protocol=args.protocol, repetitions=args.reps, resolution=args.resolution,
                         batch_size=args.batch_size, steps_scale=args.steps_scale, seed=args.seed,
-                        knn_k=args.knn_k, device=args.device,
+                        knn_k=args.knn_k, device=args.device, select=args.select,
                         eval_batch_size=min(defaults.eval_batch_size, max(args.batch_size, 1)))
     result = evaluate(args.checkpoint, args.suite, args.out, config, progress=not args.no_progress)
     groups = ", ".join(f"{g} {100 * v:.1f}" for g, v in result["groups"].items())
@@ -326,9 +327,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="train a VIVI model (a preset of the papers' tables or a YAML config)")
     p.add_argument("--config", help="preset name (see --list-presets) or a YAML file (may be left out with --resume)")
-    p.add_argument("--data", type=_dataset, help="dataset folder written by `vivi ingest`")
+    p.add_argument("--data", type=_dataset,
+                   help="dataset written by `vivi ingest`: a folder, or a URL (s3://bucket/data, ...) read by "
+                        "streaming whole shards")
     p.add_argument("--out", type=Path,
                    help="run folder (config, metrics, TensorBoard, checkpoints); one holding a run needs --resume")
+    p.add_argument("--cache", type=Path, default=None, metavar="DIR",
+                   help="keep the shards streamed from a URL in this folder and read them from there next time "
+                        "(the same as data.cache=DIR)")
     p.add_argument("--resume", action="store_true",
                    help="continue exactly from the newest checkpoint in --out (overrides may change only "
                         "optim.steps and run-time settings)")
@@ -355,7 +361,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", required=True,
                    help="run folder, checkpoint, exported encoder, or random:ENCODER (e.g. random:resnet_tiny_v2)")
     p.add_argument("--suite", type=Path, required=True,
-                   help="suite file (.json/.yaml), or a synthetic world / its tasks folder")
+                   help="suite file (.json/.yaml), a folder of VTAB-1k task folders, or a synthetic world / its "
+                        "tasks folder")
     p.add_argument("--out", type=Path, required=True, help="output folder (re-running the same command resumes)")
     p.add_argument("--protocol", default="vtab1k", choices=("vtab1k", "linear", "knn"),
                    help="vtab1k: fine-tuning sweep (default); linear: frozen linear probe; knn: frozen cosine kNN")
@@ -364,13 +371,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps-scale", type=float, default=1.0,
                    help="multiply the sweep's 2500/10000 steps (default 1; e.g. 0.01 for a CPU smoke run)")
     p.add_argument("--batch-size", type=int, default=512, help="fine-tuning batch size (default 512)")
+    p.add_argument("--select", default="auto", choices=("auto", "suite", "task"),
+                   help="vtab1k: the sweep setting chosen for the whole suite by the mean val200 accuracy (VIVI §4) "
+                        "or per task (Object-centric §4.2); auto (default): by the paper of the checkpoint's preset")
     p.add_argument("--knn-k", type=int, default=20, help="neighbours of the kNN protocol (default 20)")
     p.add_argument("--seed", type=int, default=0, help="base seed of the fine-tuning runs (default 0)")
     p.add_argument("--device", default="cpu", help="torch device (default cpu)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_eval)
 
-    p = sub.add_parser("objects", help="object metric (paper 2, Table 2): same-class nearest neighbours of boxes")
+    p = sub.add_parser("objects", help="object metric (Object-centric Table 2): same-class nearest neighbours of boxes")
     p.add_argument("--checkpoint", action="append", required=True,
                    help="run, checkpoint, export or random:NAME; give two to compare them with Fisher's exact test")
     p.add_argument("--data", type=_dataset, required=True, help="ingested dataset with detections")

@@ -1,14 +1,16 @@
 """Which run a ``train`` call starts or continues, and with which config.
 
 A run folder holds one run: without ``resume`` a folder with checkpoints is refused (two runs
-never mix in one folder); with ``resume`` the run continues from its newest checkpoint with the
-config saved in it, and the command line may change only :data:`RESUME_OVERRIDES`.
+never mix in one folder); with ``resume`` the run continues from its newest intact checkpoint (a
+damaged newer one is named and passed over) with the config saved in it, and the command line
+may change only :data:`RESUME_OVERRIDES`.
 """
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
-from vivi.train.checkpoint import latest_checkpoint, read_checkpoint
+from vivi.train.checkpoint import latest_checkpoint, newest_intact_checkpoint
 from vivi.train.config import TrainConfig, config_from_dict, config_to_dict, load_config
 
 __all__ = ["RESUME_OVERRIDES", "open_run", "resumed_config"]
@@ -33,7 +35,12 @@ def open_run(config: TrainConfig | str | Path | None, out: Path, resume: bool,
     if found is None:
         raise FileNotFoundError(f"--resume: no checkpoint in {out}/checkpoints (a run interrupted before its "
                                 "first checkpoint starts over: run the command without --resume)")
-    checkpoint = read_checkpoint(found)
+    checkpoint, passed = newest_intact_checkpoint(out)
+    if checkpoint is None:
+        raise ValueError(f"--resume: no checkpoint in {out}/checkpoints can be read ({'; '.join(passed)}): "
+                         "start the run again with a new --out")
+    for line in passed:
+        print(f"note: {line}; resuming from {checkpoint['path'].name}", file=sys.stderr)
     return resumed_config(checkpoint, config, overrides, out), checkpoint
 
 
