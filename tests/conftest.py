@@ -27,12 +27,10 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-@pytest.fixture(scope="session")
-def s3_server():
-    """An S3-compatible server (moto's) on 127.0.0.1, started for the session and stopped after it;
-    vivi finds it as any user's through AWS_ENDPOINT_URL and the AWS credential variables. Yields
-    a function that makes a fresh bucket and returns its s3:// URL."""
-    import itertools
+def start_s3_server(**environment: str):
+    """Start moto's S3-compatible server on a free port of 127.0.0.1 (``environment``: settings of
+    the server, e.g. ``INITIAL_NO_AUTH_ACTION_COUNT="0"`` to check credentials); returns
+    (process, endpoint URL)."""
     import socket
     import subprocess
     import sys
@@ -42,18 +40,28 @@ def s3_server():
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     server = subprocess.Popen([str(Path(sys.executable).with_name("moto_server")), "-H", "127.0.0.1", "-p", str(port)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, **environment})
     deadline = time.monotonic() + 30
     while True:
         try:
             socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            break
+            return server, f"http://127.0.0.1:{port}"
         except OSError:
             if time.monotonic() > deadline or server.poll() is not None:
                 server.kill()
                 raise RuntimeError("moto_server did not start") from None
             time.sleep(0.1)
-    settings = {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_ACCESS_KEY_ID": "test",
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """An S3-compatible server (moto's) on 127.0.0.1, started for the session and stopped after it;
+    vivi finds it as any user's through AWS_ENDPOINT_URL and the AWS credential variables. Yields
+    a function that makes a fresh bucket and returns its s3:// URL."""
+    import itertools
+
+    server, endpoint = start_s3_server()
+    settings = {"AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "test",
                 "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1"}
     saved = {key: os.environ.get(key) for key in settings}
     os.environ.update(settings)

@@ -40,3 +40,26 @@ def test_refusals_name_the_object_and_the_fix(s3_server, monkeypatch):
     with pytest.raises(StorageError, match=r"cannot reach the object store at http://127.0.0.1:9 .*after 5 tries"):
         read_bytes(f"{bucket}/x")
     fsspec.filesystem("s3").clear_instance_cache()
+
+
+def test_wrong_credentials_are_named_with_the_fix(s3_server, world, tmp_path, capsys, monkeypatch):
+    """A store that checks credentials (moto with authentication on) refuses unknown keys: `vivi
+    ingest --out s3://...` stops at once with one line saying to set the credentials, before any
+    video is decoded (catches a botocore traceback, or a run that decodes everything first)."""
+    import fsspec
+    from conftest import start_s3_server
+
+    from vivi.cli import main
+    server, endpoint = start_s3_server(INITIAL_NO_AUTH_ACTION_COUNT="0")
+    try:
+        monkeypatch.setenv("AWS_ENDPOINT_URL", endpoint)
+        monkeypatch.setenv("AWS_ACCESS_KEY_ID", "not-a-user")
+        fsspec.filesystem("s3").clear_instance_cache()
+        assert main(["ingest", str(world / "videos"), "--out", "s3://some-bucket/data", "--workers", "1"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("vivi ingest: error: s3://some-bucket/data/plan.json: access denied")
+        assert "set the credentials (AWS_ACCESS_KEY_ID" in err and len(err.splitlines()) == 1
+    finally:
+        fsspec.filesystem("s3").clear_instance_cache()
+        server.terminate()
+        server.wait(timeout=10)
