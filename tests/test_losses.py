@@ -25,6 +25,7 @@ from vivi.losses import (
     ablate_objects,
     box_grid_cells,
     extract_box_features,
+    group_info_nce_logits,
     info_nce_logits,
     reverse_shots_randomly,
     rotate_batch,
@@ -97,22 +98,25 @@ def triplet_by_class(emb: torch.Tensor, labels: torch.Tensor, margin: float) -> 
     return total / max(count, 1)
 
 
-def infonce_loop(queries, keys, target_shot) -> tuple[torch.Tensor, float]:
+def infonce_loop(queries, keys, target_shot, group_videos=None, reduction="mean") -> tuple[torch.Tensor, float]:
     """VIVI eq. (4) with footnote 2, explicit softmax: the true shot against every shot of every
-    other video. Returns the mean loss and the fraction of predictions whose true shot scores
-    highest."""
+    other video (of the same group of ``group_videos`` consecutive videos, if given). Reduction
+    "mean": over all predictions; "sum": Object-centric eq. (1), sum over videos and pairs / N.
+    Returns the loss and the fraction of predictions whose true shot scores highest."""
     n, p, _ = queries.shape
     k = keys.shape[1]
+    group = (lambda i: i // group_videos) if group_videos else (lambda i: 0)
     losses, correct = [], 0
     for i in range(n):
         for pair in range(p):
             q = queries[i, pair]
             true_score = q @ keys[i, int(target_shot[pair])]
-            others = [q @ keys[j, s] for j in range(n) if j != i for s in range(k)]
+            others = [q @ keys[j, s] for j in range(n) if j != i and group(j) == group(i) for s in range(k)]
             denom = torch.exp(true_score) + sum(torch.exp(o) for o in others)
             losses.append(-torch.log(torch.exp(true_score) / denom))
             correct += all(true_score.item() > o.item() for o in others)
-    return torch.stack(losses).mean(), correct / (n * p)
+    total = torch.stack(losses).sum()
+    return (total / (n * p) if reduction == "mean" else total / n), correct / (n * p)
 
 
 # --------------------------------------------------------------------------------------
@@ -253,6 +257,64 @@ def test_triplet_at_batch_1024_is_quadratic_in_memory_and_exact():
 # --------------------------------------------------------------------------------------
 # Exemplar
 # --------------------------------------------------------------------------------------
+
+
+def test_triplet_groups_are_mined_separately_and_averaged_over_groups():
+    """With ``group_size`` each group of consecutive rows is its own triplet loss (negatives from
+    other groups would change the mined negative) and the loss is the mean of the group losses,
+    a group without a positive pair counting 0; the mean over all pairs would differ here, as
+    the groups hold different numbers of pairs."""
+    g = torch.Generator().manual_seed(3)
+    emb = torch.randn(24, 5, generator=g, dtype=torch.float64)
+    labels = torch.randint(3, (24,), generator=g)
+    labels[16:] = torch.arange(8)  # the last group has no positive pair
+    e1, e2 = emb.clone().requires_grad_(True), emb.clone().requires_grad_(True)
+    loss, diag = semi_hard_triplet_loss(e1, labels, 0.5, group_size=8)
+    stats = [{} for _ in range(3)]
+    groups = [triplet_loop(e2[8 * i : 8 * i + 8], labels[8 * i : 8 * i + 8], 0.5, stats[i]) for i in range(3)]
+    ref = torch.stack(groups).mean()
+    torch.testing.assert_close(loss, ref)
+    loss.backward()
+    ref.backward()
+    torch.testing.assert_close(e1.grad, e2.grad)
+    pairs = [st["pairs"] for st in stats]
+    assert pairs[2] == 0 and pairs[0] != pairs[1]
+    assert diag["num_positive_pairs"].item() == sum(pairs)
+    per_pair_mean = sum(grp.item() * n for grp, n in zip(groups, pairs)) / sum(pairs)
+    assert abs(loss.item() - per_pair_mean) > 1e-3
+    torch.testing.assert_close(semi_hard_triplet_loss(emb, labels, 0.5, group_size=24)[0],
+                               semi_hard_triplet_loss(emb, labels, 0.5)[0])
+    with pytest.raises(ValueError, match="group_size=7 does not divide the batch of 24 rows"):
+        semi_hard_triplet_loss(emb, labels, 0.5, group_size=7)
+
+
+@pytest.mark.parametrize("group_shots", [2, 4])
+def test_exemplar_group_shots_mines_within_consecutive_shots(group_shots):
+    """``group_shots=G`` on (N, K, F, D) mines within G consecutive shots in (video, shot) order,
+    also when a group spans videos (G = 4 > K = 2); a group of frames instead of shots, or a
+    shot order other than the flattening order, changes the value against the loop."""
+    g = torch.Generator().manual_seed(group_shots)
+    emb = torch.randn(4, 2, 3, 6, generator=g, dtype=torch.float64)
+    loss, _ = ExemplarLoss(group_shots=group_shots)(emb)
+    flat = emb.reshape(-1, 6)
+    flat = flat / flat.norm(dim=1, keepdim=True)
+    labels = shot_labels(4, 2, 3)
+    rows = group_shots * 3
+    ref = torch.stack([triplet_loop(flat[r : r + rows], labels[r : r + rows], 0.5) for r in range(0, 24, rows)]).mean()
+    torch.testing.assert_close(loss, ref)
+    assert abs(loss.item() - ExemplarLoss()(emb)[0].item()) > 1e-3
+
+
+def test_exemplar_group_shots_refuses_a_partial_group():
+    """A rank whose shots are not a whole number of groups is refused with the numbers, so
+    groups never straddle ranks; flat (B, D) input cannot be grouped by shot."""
+    emb = torch.randn(4, 2, 3, 6)
+    with pytest.raises(ValueError, match=r"group_shots=3 does not divide this rank's 8 shots \(4 videos x 2 shots\)"):
+        ExemplarLoss(group_shots=3)(emb)
+    with pytest.raises(ValueError, match=r"needs embeddings laid out as \(N, K, F, D\)"):
+        ExemplarLoss(group_shots=2)(emb.reshape(24, 6), shot_labels(4, 2, 3))
+    with pytest.raises(ValueError, match="positive number of shots"):
+        ExemplarLoss(group_shots=0)
 
 
 def test_shot_labels_layout():
@@ -417,19 +479,70 @@ def test_info_nce_logits_of_a_rank_are_rows_of_the_global_ones():
         assert torch.equal(labels, full_labels[rows])
 
 
-def test_infonce_pair_reduction_and_gather_flag():
-    """``pair_reduction="sum"`` is P times the mean (Object-centric eq. (1)); in one process
-    gathering changes nothing."""
-    torch.manual_seed(1)
-    q, keys = torch.randn(4, 6, 5), torch.randn(4, 4, 5)
-    _, tgt = prediction_pairs(4)
-    mean, _ = VideoInfoNCELoss()(q, keys, tgt)
-    total, _ = VideoInfoNCELoss(pair_reduction="sum")(q, keys, tgt)
-    local, _ = VideoInfoNCELoss(gather=False)(q, keys, tgt)
-    torch.testing.assert_close(total, 6 * mean)
-    torch.testing.assert_close(local, mean)
-    with pytest.raises(ValueError, match="pair_reduction"):
-        VideoInfoNCELoss(pair_reduction="max")
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+@pytest.mark.parametrize(
+    "make_predictor, k, group_videos",
+    [
+        (lambda: MLPCritic(12, hidden=8, out_dim=6), 2, None),
+        (lambda: MLPCritic(12, hidden=8, out_dim=6), 2, 3),
+        (lambda: LSTMPredictor(12, hidden=8, max_offset=3), 4, None),
+        (lambda: LSTMPredictor(12, hidden=8, max_offset=3), 4, 2),
+    ],
+)
+def test_infonce_scope_and_reduction_match_loop(make_predictor, k, group_videos, reduction):
+    """``scope="group"`` takes negatives only from the prediction's group of consecutive videos
+    (a group cut at the wrong videos, or negatives from other groups, change value or gradient);
+    ``pair_reduction="sum"`` is Object-centric eq. (1), the sum over a video's pairs averaged
+    over videos (for K = 4 six times the mean), ``"mean"`` the mean over all predictions."""
+    torch.manual_seed(2)
+    predictor = make_predictor().double()
+    shots = torch.randn(6, k, 12, dtype=torch.float64)
+    s1, s2 = shots.clone().requires_grad_(True), shots.clone().requires_grad_(True)
+    p1, p2 = predictor(s1), predictor(s2)
+    scope = "global" if group_videos is None else "group"
+    loss, diag = VideoInfoNCELoss(scope=scope, group_videos=group_videos, pair_reduction=reduction)(
+        p1.queries, p1.keys, p1.target_shot)
+    ref, accuracy = infonce_loop(p2.queries, p2.keys, p2.target_shot, group_videos, reduction)
+    torch.testing.assert_close(loss, ref)
+    assert diag["num_candidates"].item() == 1 + ((group_videos or 6) - 1) * k
+    assert diag["accuracy"].item() == pytest.approx(accuracy)
+    loss.backward()
+    ref.backward()
+    torch.testing.assert_close(s1.grad, s2.grad)
+    if reduction == "sum":
+        mean, _ = VideoInfoNCELoss(scope=scope, group_videos=group_videos)(p1.queries, p1.keys, p1.target_shot)
+        torch.testing.assert_close(loss, k * (k - 1) // 2 * mean)
+
+
+def test_group_info_nce_logits_are_blocks_of_the_global_ones():
+    """Each group's logits are the global logits restricted to the group's columns: a wrong
+    label offset or mask inside a group shows up here."""
+    torch.manual_seed(0)
+    queries, keys = torch.randn(6, 3, 5, dtype=torch.float64), torch.randn(6, 3, 5, dtype=torch.float64)
+    _, tgt = prediction_pairs(3)
+    full_logits, full_labels = info_nce_logits(queries, keys, tgt)
+    logits, labels = group_info_nce_logits(queries, keys, tgt, group_videos=2)
+    for group in range(3):
+        rows, cols = slice(group * 2 * 3, (group + 1) * 2 * 3), slice(group * 2 * 3, (group + 1) * 2 * 3)
+        torch.testing.assert_close(logits[rows], full_logits[rows, cols])
+        assert torch.equal(labels[rows] + group * 2 * 3, full_labels[rows])
+
+
+def test_infonce_arguments_are_checked():
+    """Unknown scope or reduction, a group size without ``scope="group"`` (or the reverse), a
+    group without negatives and a rank that is not a whole number of groups are refused."""
+    q, keys = torch.randn(6, 1, 5), torch.randn(6, 2, 5)
+    for kwargs, message in [
+        (dict(scope="rank"), "scope must be one of"),
+        (dict(pair_reduction="max"), "pair_reduction must be one of"),
+        (dict(group_videos=4), "goes with scope='group' only"),
+        (dict(scope="group"), "goes with scope='group' only"),
+        (dict(scope="group", group_videos=1), "at least 2"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            VideoInfoNCELoss(**kwargs)
+    with pytest.raises(ValueError, match="group_videos=4 does not divide this rank's 6 videos"):
+        VideoInfoNCELoss(scope="group", group_videos=4)(q, keys, torch.tensor([1]))
 
 
 def test_critic_scores_are_the_papers_forms():

@@ -18,7 +18,7 @@ docs/reference.md collects what the papers say about each.
 """
 
 from vivi.losses.exemplar import ExemplarLoss, shot_labels
-from vivi.losses.infonce import VideoInfoNCELoss, info_nce_logits
+from vivi.losses.infonce import VideoInfoNCELoss, group_info_nce_logits, info_nce_logits
 from vivi.losses.object import (
     OBJECT_ABLATIONS,
     ObjectClassificationLoss,
@@ -46,6 +46,7 @@ __all__ = [
     "ablate_objects",
     "box_grid_cells",
     "extract_box_features",
+    "group_info_nce_logits",
     "info_nce_logits",
     "pairwise_squared_distances",
     "reverse_shots_randomly",

@@ -44,13 +44,20 @@ class ExemplarLoss(nn.Module):
     every other shot are negatives. The Ex-YT-F baseline (VIVI §4) is the same loss with the F
     augmented copies of one frame per video as the exemplar set.
 
-    Scope: the loss is computed over the frames given to it, i.e. per device; no negatives are
-    gathered from other ranks. VIVI app. B: "For exemplar SSL the triplet loss is computed per
-    core" (docs/reference.md, "Loss scope").
+    Scope: VIVI app. B, "For exemplar SSL the triplet loss is computed per core": with 2048
+    shots per step on 128 TPU cores, 16 shots (128 frames for F = 8) per triplet group.
+    ``group_shots=G`` mines within consecutive groups of G shots of the global batch, in
+    (video, shot) order, and averages the group losses (:func:`semi_hard_triplet_loss`). Rank r
+    holds the global videos ``[r * N, (r + 1) * N)`` (the order of
+    :func:`vivi.distributed.all_gather_with_grad`), so when each rank's N * K shots are a whole
+    number of groups every group lies on one rank, nothing is gathered, and the loss and its
+    gradients do not depend on the number of ranks; other batches are refused. ``group_shots=None``
+    mines over all frames given to the loss, i.e. per device (docs/reference.md, "Loss scope").
 
     Args:
         margin: triplet margin (0.5 in VIVI app. B).
         eps: floor of the norm in the L2 normalisation.
+        group_shots: shots per triplet group (16 in VIVI app. B); needs the (N, K, F, D) layout.
 
     Shapes:
         embeddings: (B, D) exemplar-head outputs, or (N, K, F, D) laid out as (video, shot,
@@ -61,23 +68,36 @@ class ExemplarLoss(nn.Module):
             :func:`vivi.losses.triplet.semi_hard_triplet_loss`).
     """
 
-    def __init__(self, margin: float = 0.5, eps: float = 1e-12) -> None:
+    def __init__(self, margin: float = 0.5, eps: float = 1e-12, group_shots: int | None = None) -> None:
         super().__init__()
+        if group_shots is not None and group_shots < 1:
+            raise ValueError(f"group_shots must be a positive number of shots or None, got {group_shots}")
         self.margin = margin
         self.eps = eps
+        self.group_shots = group_shots
 
     def forward(
         self, embeddings: torch.Tensor, labels: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        group_size = None
         if embeddings.ndim == 4:
             n, k, f, d = embeddings.shape
             if labels is None:
                 labels = shot_labels(n, k, f, device=embeddings.device)
             embeddings = embeddings.reshape(n * k * f, d)
+            if self.group_shots is not None:
+                if (n * k) % self.group_shots:
+                    raise ValueError(
+                        f"exemplar group_shots={self.group_shots} does not divide this rank's {n * k} shots "
+                        f"({n} videos x {k} shots): make videos per rank x shots a multiple of it"
+                    )
+                group_size = self.group_shots * f
         elif labels is None:
             raise ValueError("labels are required for (B, D) embeddings")
+        elif self.group_shots is not None:
+            raise ValueError(f"group_shots needs embeddings laid out as (N, K, F, D), got {tuple(embeddings.shape)}")
         embeddings = F.normalize(embeddings, dim=-1, eps=self.eps)
-        return semi_hard_triplet_loss(embeddings, labels, self.margin)
+        return semi_hard_triplet_loss(embeddings, labels, self.margin, group_size=group_size)
 
     def extra_repr(self) -> str:
-        return f"margin={self.margin}"
+        return f"margin={self.margin}, group_shots={self.group_shots}"

@@ -21,24 +21,24 @@ __all__ = ["SemiHardTripletLoss", "pairwise_squared_distances", "semi_hard_tripl
 
 
 def pairwise_squared_distances(embeddings: torch.Tensor) -> torch.Tensor:
-    """Squared Euclidean distances ``||e_a - e_b||^2`` for all pairs.
+    """Squared Euclidean distances ``||e_a - e_b||^2`` for all pairs (of each group).
 
     Args:
-        embeddings: (B, D).
+        embeddings: (B, D), or (G, B, D) for G independent groups.
 
     Returns:
-        (B, B), clamped at 0 (the expansion ``|a|^2 + |b|^2 - 2ab`` can go slightly negative)
-        with an exact zero diagonal, as in TF Addons' ``pairwise_distance(squared=True)``.
+        (B, B) (or (G, B, B)), clamped at 0 (the expansion ``|a|^2 + |b|^2 - 2ab`` can go slightly
+        negative) with an exact zero diagonal, as in TF Addons' ``pairwise_distance(squared=True)``.
     """
-    sq_norms = embeddings.pow(2).sum(dim=1)
-    dist = sq_norms[:, None] + sq_norms[None, :] - 2.0 * (embeddings @ embeddings.T)
-    dist = dist.clamp_min(0.0)
-    eye = torch.eye(dist.shape[0], dtype=torch.bool, device=dist.device)
+    sq_norms = embeddings.pow(2).sum(dim=-1)
+    gram = embeddings @ embeddings.transpose(-1, -2)
+    dist = (sq_norms[..., :, None] + sq_norms[..., None, :] - 2.0 * gram).clamp_min(0.0)
+    eye = torch.eye(dist.shape[-1], dtype=torch.bool, device=dist.device)
     return dist.masked_fill(eye, 0.0)
 
 
 def semi_hard_triplet_loss(
-    embeddings: torch.Tensor, labels: torch.Tensor, margin: float = 0.5
+    embeddings: torch.Tensor, labels: torch.Tensor, margin: float = 0.5, group_size: int | None = None
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Semi-hard triplet loss; see :class:`SemiHardTripletLoss` for the definition.
 
@@ -46,49 +46,59 @@ def semi_hard_triplet_loss(
         embeddings: (B, D) float. The caller normalises them if wanted (exemplar does).
         labels: (B,) integer labels; equal labels are positives, different are negatives.
         margin: alpha in ``max(0, margin + d(a, p) - d(a, n))``.
+        group_size: mine within consecutive groups of this many rows (``B`` must be a multiple);
+            the loss is then the mean over groups of each group's loss. None: one group of B rows.
 
     Returns:
         ``(loss, diagnostics)``: scalar loss (0 with a graph to ``embeddings`` when there is no
-        usable positive pair) and a dict of detached scalars:
-        ``num_positive_pairs`` (pairs in the divisor), ``frac_semi_hard`` (pairs for which a
+        usable positive pair) and a dict of detached scalars over all groups:
+        ``num_positive_pairs`` (pairs in the divisors), ``frac_semi_hard`` (pairs for which a
         negative farther than the positive existed), ``frac_active`` (pairs with non-zero loss),
         ``mean_pos_dist``, ``mean_neg_dist`` (the chosen negatives).
     """
     if embeddings.ndim != 2:
         raise ValueError(f"embeddings must be (B, D), got {tuple(embeddings.shape)}")
     labels = labels.reshape(-1)
-    if labels.shape[0] != embeddings.shape[0]:
-        raise ValueError(f"{labels.shape[0]} labels for {embeddings.shape[0]} embeddings")
     b = embeddings.shape[0]
-    dist = pairwise_squared_distances(embeddings)
+    if labels.shape[0] != b:
+        raise ValueError(f"{labels.shape[0]} labels for {b} embeddings")
+    size = b if group_size is None else group_size
+    if size < 1 or b % size:
+        raise ValueError(f"triplet group_size={group_size} does not divide the batch of {b} rows")
+    groups = b // size
+    embeddings, labels = embeddings.reshape(groups, size, -1), labels.reshape(groups, size)
+    dist = pairwise_squared_distances(embeddings)                               # (G, S, S)
 
-    same = labels[:, None] == labels[None, :]
-    eye = torch.eye(b, dtype=torch.bool, device=embeddings.device)
+    same = labels[:, :, None] == labels[:, None, :]
+    eye = torch.eye(size, dtype=torch.bool, device=embeddings.device)
     negative = ~same
-    has_negative = negative.any(dim=1)
+    has_negative = negative.any(dim=2)
     # Anchors without any negative form no triplet: their pairs are left out (numerator and
     # divisor). TF Addons would use the row minimum (0, the diagonal) as d(a, n) instead.
-    positive = same & ~eye & has_negative[:, None]
+    positive = same & ~eye & has_negative[:, :, None]
 
     # Per anchor, the distances to its negatives in increasing order, +inf behind them.
     # For each positive pair (a, p), searchsorted(right=True) finds the first negative with
-    # d(a, n) > d(a, p) (strict). O(B^2) memory, no B x B x B tensor.
-    neg_sorted, _ = dist.masked_fill(~negative, float("inf")).sort(dim=1)
-    num_negatives = negative.sum(dim=1)
+    # d(a, n) > d(a, p) (strict). O(G S^2) memory, no S x S x S tensor.
+    neg_sorted, _ = dist.masked_fill(~negative, float("inf")).sort(dim=2)
+    num_negatives = negative.sum(dim=2)
     idx = torch.searchsorted(neg_sorted.detach().contiguous(), dist.detach().contiguous(), right=True)
-    found = idx < num_negatives[:, None]
+    found = idx < num_negatives[:, :, None]
     # Fallback: the largest negative distance of the anchor (last finite sorted entry).
-    largest = (num_negatives - 1).clamp_min(0)[:, None].expand(b, b)
-    chosen = torch.where(found, idx, largest).clamp_max(b - 1)
-    neg_dist = neg_sorted.gather(1, chosen)
+    largest = (num_negatives - 1).clamp_min(0)[:, :, None].expand_as(idx)
+    chosen = torch.where(found, idx, largest).clamp_max(size - 1)
+    neg_dist = neg_sorted.gather(2, chosen)
     # Rows without negatives hold +inf; keep them finite so 0 * inf never makes a NaN.
     neg_dist = torch.where(positive, neg_dist, torch.zeros_like(neg_dist))
 
     per_pair = (margin + dist - neg_dist).clamp_min(0.0) * positive
-    num_pos = positive.sum()
-    loss = per_pair.sum() / num_pos.clamp_min(1)
+    pairs_per_group = positive.sum(dim=(1, 2))
+    # Each group is one core's loss in VIVI app. B; the step's loss is the mean over groups (a
+    # group without a usable pair counts as 0), as averaging over cores does.
+    loss = (per_pair.sum(dim=(1, 2)) / pairs_per_group.clamp_min(1)).mean()
 
     with torch.no_grad():
+        num_pos = pairs_per_group.sum()
         denom = num_pos.clamp_min(1).to(embeddings.dtype)
         diagnostics = {
             "num_positive_pairs": num_pos.to(embeddings.dtype),
@@ -121,11 +131,20 @@ class SemiHardTripletLoss(nn.Module):
     row minimum, 0, as d(a, n)); with no usable pair the loss is an exact 0 that still has a graph
     to the embeddings, so a step with one shot per device does not fail.
 
-    Memory is O(B^2): one distance matrix, one sort per anchor row and a ``searchsorted``, no
-    B x B x B tensor.
+    Groups (``group_size``): the rows split into consecutive groups of ``group_size``; each group
+    is mined on its own (negatives only from the anchor's group) and the loss is the **mean over
+    groups** of the group losses above. This is VIVI app. B's "the triplet loss is computed per
+    core" with the per-core losses averaged over cores, independent of how the groups are spread
+    over devices (docs/reference.md, "Loss scope"). The mean over groups equals the mean over
+    all pairs whenever every group holds the same number of positive pairs, as with the exemplar
+    loss's equal-sized shots.
+
+    Memory is O(B S): one S x S distance matrix per group of S rows, one sort per anchor row and
+    a ``searchsorted``, no S x S x S tensor.
 
     Args:
         margin: alpha; 0.5 in both papers.
+        group_size: rows per mining group; None mines over all B rows.
 
     Shapes:
         embeddings: (B, D) float.
@@ -133,14 +152,15 @@ class SemiHardTripletLoss(nn.Module):
         returns: scalar loss, dict of detached diagnostics (see :func:`semi_hard_triplet_loss`).
     """
 
-    def __init__(self, margin: float = 0.5) -> None:
+    def __init__(self, margin: float = 0.5, group_size: int | None = None) -> None:
         super().__init__()
         self.margin = margin
+        self.group_size = group_size
 
     def forward(
         self, embeddings: torch.Tensor, labels: torch.Tensor
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        return semi_hard_triplet_loss(embeddings, labels, self.margin)
+        return semi_hard_triplet_loss(embeddings, labels, self.margin, group_size=self.group_size)
 
     def extra_repr(self) -> str:
-        return f"margin={self.margin}"
+        return f"margin={self.margin}, group_size={self.group_size}"
