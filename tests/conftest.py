@@ -170,3 +170,15 @@ def write_bad_inputs(folder: Path, good_video: Path) -> dict[str, str]:
     return {"notes.mp4": "not a readable video", "empty.mp4": "empty file", "truncated.mp4": "truncated",
             "truncated.mkv": "truncated", "zero.mkv": "zero-length", "audio.mp4": "no video stream",
             "music.mp4": "only a cover picture"}
+
+
+def damage_frame(root: Path, video: int, frame: int) -> str:
+    """Overwrite one stored JPEG of a dataset in its shard with zeros (bytes of the same length that
+    do not decode), as a flipped sector would; returns the shard's tar name."""
+    from vivi.data import VideoDataset
+    record = VideoDataset(root)[video]
+    offset, size = record.frame_members[frame]
+    with open(root / record.shard, "r+b") as f:
+        f.seek(offset)
+        f.write(b"\x00" * size)
+    return Path(record.shard).name

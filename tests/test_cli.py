@@ -115,3 +115,37 @@ def test_inspect_cuts_errors_are_one_line_naming_the_file(world, dataset, tmp_pa
         err = capsys.readouterr().err
         assert words in err and err.count("\n") == 1, err
     assert not stats.exists()
+
+
+def test_embed_takes_any_file_name_and_lists_it_so_that_it_reads_back(tmp_path):
+    """A name that is not UTF-8 crashed OpenCV's imread (exit 139), and a newline in a name split
+    its line of the listing: every name must be embedded and read back from OUT.files.jsonl as the
+    same bytes, row i the embedding of the file on line i."""
+    import os
+
+    import cv2
+    import numpy as np
+    import torch
+
+    from vivi.api import embed, load_encoder
+    from vivi.models.resnet_v2 import create_encoder
+    from vivi.train.checkpoint import ENCODER_KIND
+    encoder = tmp_path / "encoder.pt"
+    torch.save({"kind": ENCODER_KIND, "encoder": json.dumps({"name": "resnet_tiny_v2", "overrides": {}}),
+                "config": json.dumps({"augment": {"size": 32}}),
+                "state_dict": create_encoder("resnet_tiny_v2").state_dict()}, encoder)
+    folder = os.fsencode(tmp_path / "images")
+    os.mkdir(folder)
+    rng = np.random.default_rng(0)
+    names = [os.path.join(folder, name) for name in (b"plain.png", b"caf\xe9.png", b"two\nlines.png")]
+    for name in names:
+        with open(name, "wb") as f:
+            f.write(cv2.imencode(".png", rng.integers(0, 255, (40, 40, 3), np.uint8))[1].tobytes())
+    result = vivi("embed", "--checkpoint", encoder, tmp_path / "images", "--out", tmp_path / "emb")
+    assert "3 embeddings" in result.stdout and result.stderr == "", result.stderr
+    lines = (tmp_path / "emb.files.jsonl").read_text().splitlines()
+    rows = [os.fsencode(json.loads(line)) for line in lines]
+    assert sorted(rows) == sorted(names)
+    model = load_encoder(encoder)
+    expected = embed(model, [os.fsdecode(row) for row in rows])
+    np.testing.assert_allclose(np.load(tmp_path / "emb.npy"), expected, rtol=1e-5, atol=1e-5)

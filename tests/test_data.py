@@ -3,11 +3,13 @@ from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from conftest import damage_frame
 
 from vivi.data import ClipConfig, VideoClipDataset, VideoDataset, VideoSampler, load_detections, make_loader
 from vivi.ingest.index import write_index
@@ -184,3 +186,109 @@ def test_boxes_are_read_and_follow_the_crop(dataset):
         np.testing.assert_allclose(out["boxes"][0, 0, 0].numpy(), [0.0, 0.25, 0.5, 0.75], atol=1e-6)
     finally:
         shutil.rmtree(dataset / "detections")
+
+
+# ---------------------------------------------------------------- damaged data
+
+
+def _copy(dataset: Path, tmp_path: Path) -> Path:
+    copy = tmp_path / "ds"
+    shutil.copytree(dataset, copy)
+    return copy
+
+
+def test_a_truncated_shard_is_named_and_training_refuses_unless_allowed(dataset, tmp_path):
+    """A shard tar cut short (a copy that stopped, a full disk) is not complete: the training
+    loader refuses the dataset naming that shard instead of training on fewer videos in silence;
+    ``allow_incomplete`` trains on the complete ones (catches the silent drop)."""
+    copy = _copy(dataset, tmp_path)
+    tar = copy / "shards" / "shard-000001.tar"
+    tar.write_bytes(tar.read_bytes()[:1000])
+    (copy / "index.bin").unlink()
+    config = ClipConfig(shots=1, frames=2)
+    with pytest.raises(ValueError, match=r"1 of the 3 shards .* \(shard-000001.tar\).*data.allow_incomplete=true"):
+        make_loader(copy, config, batch_size=2, workers=0)
+    loader = make_loader(copy, replace(config, allow_incomplete=True), batch_size=2, workers=0)
+    assert len(loader.dataset.dataset) == len(VideoClipDataset(dataset, config).dataset) - 2
+
+
+def test_an_undecodable_frame_is_replaced_by_a_neighbour_and_counted(dataset, tmp_path, capfd):
+    """A stored frame that no longer decodes does not stop training: the clip takes the nearest
+    frame of the same shot instead, the sample counts one damaged frame, and stderr names the
+    shard, video and frame once (catches the bare "not a decodable JPEG image" that stopped runs)."""
+    copy = _copy(dataset, tmp_path)
+    data = VideoClipDataset(copy, ClipConfig(shots=1, frames=2))
+    video = data.videos[0]
+    shot = max(range(len(video.shot_frames())), key=lambda s: len(video.shot_frames()[s]))
+    frames = video.shot_frames()[shot]
+    assert len(frames) >= 2
+    damaged = frames[0]
+    damage_frame(copy, int(data.rows[0]), damaged)
+    data = VideoClipDataset(copy, ClipConfig(shots=1, frames=2))
+    clip = next(c for c in (data[(0, draw)] for draw in range(200))
+                if damaged in c["frame_index"].tolist()[0] and c["shots"].tolist() == [shot])
+    assert int(clip["damaged"]) == 1
+    order = clip["frame_index"].tolist()[0]
+    at = order.index(damaged)
+    neighbour = min((j for j, f in enumerate(order) if f != damaged), key=lambda j: (abs(order[j] - damaged), order[j]))
+    assert torch.equal(clip["frames"][0, at], clip["frames"][0, neighbour])
+    err = capfd.readouterr().err
+    assert f"frame {damaged}" in err and video.key in err and video.shard in err
+    assert err.count("not a decodable JPEG image") == 1
+    clean = VideoClipDataset(dataset, ClipConfig(shots=1, frames=2))
+    assert all(int(clean[(i, 0)]["damaged"]) == 0 for i in range(len(clean)))
+
+
+def test_a_clip_without_one_decodable_frame_names_it():
+    """No frame of a clip decodes: a DamagedFrame error naming the frame, not an image of zeros."""
+    from vivi.data.clips import DamagedFrame, clip_tensors
+    with pytest.raises(DamagedFrame, match="frame 4 of video 0 is not a decodable JPEG image"):
+        clip_tensors(lambda frame: b"\x00" * 100, [0], [[4, 5]], 0, None)
+
+
+def test_verify_finds_damaged_frames_and_incomplete_shards(dataset, tmp_path):
+    """``verify_dataset`` decodes every stored frame and checks every planned shard: it names the
+    one damaged frame and the one truncated shard, and the shards a repair must write again;
+    an intact dataset has nothing to report."""
+    from vivi.data.inspect import format_verification, verify_dataset
+    clean = verify_dataset(dataset, progress=False)
+    assert (clean["incomplete"], clean["damaged_frames"], clean["shards_to_repair"]) == ([], [], [])
+    assert clean["frames"] == len(VideoDataset(dataset).index.frame_time_s)
+    copy = _copy(dataset, tmp_path)
+    video = VideoDataset(copy)[0]
+    damage_frame(copy, 0, 1)
+    tar = copy / "shards" / "shard-000002.tar"
+    tar.write_bytes(tar.read_bytes()[:-512])
+    (copy / "index.bin").unlink()
+    result = verify_dataset(copy, progress=False)
+    assert result["incomplete"] == ["shard-000002.tar"]
+    assert result["damaged_frames"] == [{"shard": video.shard, "video": video.key, "frame": 1}]
+    assert result["shards_to_repair"] == ["shard-000000.tar"]
+    assert "--repair" in format_verification(result)
+
+
+def test_a_damaged_detections_file_is_named(dataset, tmp_path):
+    """A per-shard detections file that is not JSON stops the loader with its path and the fix
+    (catches the bare "Expecting value: line 1 column 1" that named no file)."""
+    from vivi.detect import build_detector, detect_dataset
+    copy = _copy(dataset, tmp_path)
+    detect_dataset(copy, build_detector("groundtruth"), progress=False)
+    sidecar = copy / "detections" / "groundtruth" / "shard-000001.json"
+    sidecar.write_text('{"videos": {"v00')
+    (sidecar.parent / "index.bin").unlink()
+    with pytest.raises(ValueError, match=r"shard-000001.json is damaged .* run the same `vivi detect` again"):
+        load_detections(copy, "groundtruth")
+
+
+def test_cli_verify_lists_the_damage_and_exits_1(dataset, tmp_path, capsys):
+    """`vivi inspect DATA --verify`: exit status 0 and "0 not decodable" on an intact dataset, 1 with
+    the damaged frame named and the repair command on a damaged one (scripts can act on it)."""
+    from vivi.cli import main
+    assert main(["inspect", str(dataset), "--verify"]) == 0
+    assert "0 not decodable" in capsys.readouterr().out
+    copy = _copy(dataset, tmp_path)
+    video = VideoDataset(copy)[1]
+    damage_frame(copy, 1, 0)
+    assert main(["inspect", str(copy), "--verify"]) == 1
+    out = capsys.readouterr().out
+    assert f"damaged frame 0 of video {video.key} in {video.shard}" in out and "--repair" in out

@@ -158,3 +158,21 @@ def test_inspect_counts_boxes_per_class_and_scores(data):
     text = format_stats(stats)
     assert f"detections 'fixed': {3 * frames} boxes on {frames}/{frames} frames (3 per frame)" in text
     assert f"a {2 * frames}, b {frames}" in text
+
+
+def test_a_killed_writers_temporary_file_is_removed_by_the_next_run(data):
+    """A detections file being written when its process was killed stays as `NAME.tmp-HOST-PID`;
+    the next run on the dataset removes it (it would be left for good otherwise)."""
+    import subprocess
+    import sys
+
+    from vivi.ingest.shards import shared_tmp_name
+    folder = data / "detections" / "groundtruth"
+    folder.mkdir(parents=True)
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()                       # a process id that no longer runs
+    stale = shared_tmp_name(folder / "shard-000000.json").with_name(
+        shared_tmp_name(folder / "shard-000000.json").name.rsplit("-", 1)[0] + f"-{dead.pid}")
+    stale.write_text('{"videos": {')
+    detect_dataset(data, build_detector("groundtruth"), progress=False)
+    assert not stale.exists() and not list(folder.glob("*.tmp*"))

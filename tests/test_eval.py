@@ -6,6 +6,7 @@ scikit-learn (digits); encoders are the random-init ``resnet_tiny_v2`` at 32 px.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import cv2
@@ -609,3 +610,34 @@ def test_suite_selection_takes_one_setting_for_every_task(tmp_path, monkeypatch)
     from vivi.eval import compare
     compare([tmp_path / "task", tmp_path / "suite"], tmp_path / "report")
     assert "different protocols" in (tmp_path / "report" / "report.md").read_text()
+
+
+def test_numbers_that_are_not_finite_or_out_of_range_are_named_in_one_line(tmp_path, capsys):
+    """`--steps-scale inf` overflowed and `nan` failed deep in the sweep with a traceback; every
+    number of EvalConfig and of the robustness and objects options is checked first, one line
+    naming the setting (and its flag), before the output folder is made."""
+    suite = write_colour_task(tmp_path)
+    base = ["eval", "--checkpoint", "random:resnet_tiny_v2", "--suite", str(suite), "--out", str(tmp_path / "o"),
+            "--no-progress"]
+    for value in ("inf", "nan", "-inf", "0"):
+        assert main(base + [f"--steps-scale={value}"]) == 2
+        assert capsys.readouterr().err == ("vivi eval: error: steps_scale (--steps-scale) must be a finite number "
+                                           f"above 0, got {float(value)!r}\n")
+    assert main(base + ["--knn-k", "0"]) == 2
+    assert "knn_k (--knn-k) must be an integer at least 1, got 0" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+    for field, value, words in (("learning_rates", (0.1, float("nan")), "learning_rates[1] must be a finite number"),
+                                ("momentum", 1.0, "momentum must be a finite number at least 0 and below 1"),
+                                ("decay_at", (0.3, 1.5), "decay_at[1] must be a finite number at least 0 and at most"),
+                                ("probe_cs", (float("inf"),), "probe_cs[0] must be a finite number above 0"),
+                                ("steps", (2500, 0), "steps[1] must be an integer at least 1"),
+                                ("repetitions", 2.5, "repetitions (--reps) must be an integer"),
+                                ("seed", -1, "seed (--seed) must be an integer at least 0, got -1")):
+        with pytest.raises(ValueError, match="^" + re.escape(words)):
+            EvalConfig(**{field: value})
+    robustness = ["robustness", "--checkpoint", "random:resnet_tiny_v2", "--task", str(tmp_path / "colour"),
+                  "--data", str(tmp_path)]
+    assert main(robustness + ["--lr", "nan"]) == 2
+    assert capsys.readouterr().err == "vivi robustness: error: lr (--lr) must be a finite number above 0, got nan\n"
+    assert main(["objects", "--checkpoint", "random:resnet_tiny_v2", "--data", str(tmp_path), "--batches", "0"]) == 2
+    assert capsys.readouterr().err == "vivi objects: error: batches (--batches) must be an integer at least 1, got 0\n"

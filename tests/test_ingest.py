@@ -669,3 +669,110 @@ def test_threading_plan_uses_idle_cores_only(monkeypatch):
     assert plan(256, 256) == plan(640, 480) == (1, False)
     monkeypatch.setattr(decode._OTHERS, "cores", lambda: None)          # not measurable: as if idle
     assert plan(256, 256) == (1, True) and plan(640, 480) == (0, False)
+
+
+@pytest.mark.parametrize("environment, part", [
+    ({"SLURM_ARRAY_TASK_ID": "3", "SLURM_ARRAY_TASK_COUNT": "16"}, (3, 16)),
+    ({"SLURM_ARRAY_TASK_ID": "3", "SLURM_ARRAY_TASK_COUNT": "16", "SLURM_ARRAY_TASK_MIN": "0"}, (3, 16)),
+    ({"SLURM_ARRAY_TASK_ID": "5", "SLURM_ARRAY_TASK_COUNT": "4", "SLURM_ARRAY_TASK_MIN": "2"}, (3, 4)),
+])
+def test_part_slurm_is_the_array_tasks_part(environment, part):
+    """--part slurm reads the job array's task; an array numbered from 2 (--array=2-5) still
+    gives parts 0..3 (would catch SLURM_ARRAY_TASK_MIN not subtracted)."""
+    from vivi.ingest.pipeline import parse_part
+    assert parse_part("slurm", environment) == part
+
+
+def test_part_slurm_outside_a_job_array_is_one_line(tmp_path, monkeypatch):
+    for name in ("SLURM_ARRAY_TASK_ID", "SLURM_ARRAY_TASK_COUNT", "SLURM_ARRAY_TASK_MIN"):
+        monkeypatch.delenv(name, raising=False)
+    result = subprocess.run([sys.executable, "-m", "vivi.cli", "ingest", str(tmp_path), "--out", str(tmp_path / "ds"),
+                             "--part", "slurm"], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
+    assert "sbatch --array" in result.stderr and "i/n" in result.stderr
+
+
+def _process_group(group: int) -> list[int]:
+    """Live processes (not zombies) of the process group ``group``, from /proc."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == group and fields[0] not in "ZX":
+            found.append(int(entry))
+    return found
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads processes from /proc")
+def test_killing_ingest_leaves_no_worker_process_behind(world, tmp_path):
+    """SIGKILL of ingest's own process (not its group) with --workers 2: its workers, the fork
+    server and the resource tracker all end within seconds (a worker waits on its task queue
+    forever, and the fork server on its workers, unless they watch ingest's process)."""
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    for copy in range(8):
+        for path in sorted((world / "videos").glob("*.mp4")):
+            (videos / f"{copy}-{path.name}").symlink_to(path)
+    process = subprocess.Popen([sys.executable, "-m", "vivi.cli", "ingest", str(videos), "--out", str(tmp_path / "ds"),
+                                "--short-side", "64", "--videos-per-shard", "1", "--workers", "2"],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.time() + 60
+        while len(_process_group(process.pid)) < 4:       # ingest, fork server, two workers (+ tracker)
+            assert time.time() < deadline and process.poll() is None, "ingest did not start its workers"
+            time.sleep(0.05)
+        process.kill()
+        process.wait()
+        deadline = time.time() + 10
+        while _process_group(process.pid) and time.time() < deadline:
+            time.sleep(0.1)
+        assert _process_group(process.pid) == []
+    finally:
+        for pid in _process_group(process.pid):
+            os.kill(pid, signal.SIGKILL)
+
+
+@pytest.mark.parametrize("workers", ["0", "-2"])
+def test_workers_below_one_are_refused_in_one_line(world, tmp_path, workers):
+    result = subprocess.run([sys.executable, "-m", "vivi.cli", "ingest", str(world / "videos"), "--out",
+                             str(tmp_path / "ds"), "--workers", workers], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2 and result.stderr.count("\n") == 1 and "--workers" in result.stderr, result.stderr
+    assert not (tmp_path / "ds").exists()
+
+
+@pytest.mark.parametrize("value", ["inf", "nan"])
+def test_a_frame_rate_that_is_not_a_finite_number_is_refused_by_name(value):
+    """inf passed the old `fps > 0` check (and sampled one frame per shot forever); nan is refused
+    naming the field, not as a list of every setting."""
+    with pytest.raises(ValueError, match=rf"out of range: fps {value}"):
+        SamplingConfig(sample_fps=float(value))
+
+
+def test_an_ingest_whose_every_video_failed_is_an_error_after_failures_jsonl(world, tmp_path):
+    """Nothing ingested is an error (the CLI's exit status 2), raised after failures.jsonl is
+    written so that the reasons are there to read."""
+    bad = tmp_path / "bad"
+    write_bad_inputs(bad, sorted((world / "videos").glob("*.mp4"))[0])
+    with pytest.raises(ValueError, match="failures.jsonl"):
+        ingest([bad], tmp_path / "ds", TINY_INGEST, progress=False)
+    assert len((tmp_path / "ds" / "failures.jsonl").read_text().splitlines()) == len(list(bad.iterdir()))
+
+
+def test_dangling_links_and_folders_named_like_videos_are_reported(world, tmp_path):
+    """A broken symbolic link and a folder named clip.mp4 are inputs of the plan (each its key,
+    so the plan does not change when they are repaired) and failures with a reason, not skipped."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    good = sorted((world / "videos").glob("*.mp4"))[0]
+    (folder / "a.mp4").symlink_to(good)
+    (folder / "b.mp4").symlink_to(tmp_path / "gone.mp4")
+    (folder / "c.mp4").mkdir()
+    summary = ingest([folder], tmp_path / "ds", TINY_INGEST, progress=False)
+    assert summary.videos == 1 and summary.failed == 2
+    failures = {Path(f["source"]).name: f["reason"]
+                for f in map(json.loads, (tmp_path / "ds" / "failures.jsonl").read_text().splitlines())}
+    assert failures == {"b.mp4": "broken symbolic link", "c.mp4": "a folder, not a video file"}

@@ -75,9 +75,18 @@ def test_resume_is_exact(data, tmp_path):
         assert x["loss"] == y["loss"] and x["lr"] == y["lr"]
 
 
-def test_resume_without_checkpoint_errors(data, tmp_path):
-    with pytest.raises(FileNotFoundError, match="no checkpoint"):
-        train("tiny-vivi-ex4", data, tmp_path / "empty", resume=True, progress=False)
+def test_resume_without_checkpoint_starts_the_run_and_needs_a_config(data, tmp_path, capsys):
+    """--resume on a folder without a checkpoint yet starts the run with a note (one requeue command
+    for a job's first start and later ones); without --config there is nothing to start."""
+    with pytest.raises(FileNotFoundError, match="no checkpoint .* no --config"):
+        train(None, data, tmp_path / "empty", resume=True, progress=False)
+    import signal
+    handlers = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+    result = train("tiny-vivi-ex4", data, tmp_path / "empty", resume=True, overrides=FAST + ["optim.steps=1"],
+                   progress=False)
+    assert result["step"] == 1 and "starting the run from step 0" in capsys.readouterr().err
+    # the loop's stop-at-step-end handlers are gone again
+    assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == handlers
 
 
 def test_a_run_folder_is_continued_only_with_resume_and_its_own_config(data, tmp_path, capsys):
@@ -105,9 +114,11 @@ def test_a_run_folder_is_continued_only_with_resume_and_its_own_config(data, tmp
     assert [m["step"] for m in metrics(run)] == [1, 2, 3]
 
 
-def test_ctrl_c_finishes_the_step_writes_a_checkpoint_and_resume_is_exact(data, tmp_path):
-    """SIGINT in a one-process run: the step under way ends, its checkpoint is written (even far
-    from ckpt_every), and --resume continues to the same parameters as a straight run."""
+@pytest.mark.parametrize("signum, status", [(2, 130), (15, 143)], ids=["ctrl-c", "sigterm"])
+def test_ctrl_c_or_sigterm_finishes_the_step_writes_a_checkpoint_and_resume_is_exact(data, tmp_path, signum, status):
+    """SIGINT (Ctrl-C) or SIGTERM (a scheduler's preemption) in a one-process run: the step under way
+    ends, its checkpoint is written (even far from ckpt_every), the exit status is 130 or 143, and
+    --resume continues to the same parameters as a straight run."""
     import os
     import signal
     import subprocess
@@ -124,9 +135,9 @@ def test_ctrl_c_finishes_the_step_writes_a_checkpoint_and_resume_is_exact(data, 
     while not ((run / "metrics.jsonl").exists() and len((run / "metrics.jsonl").read_text().splitlines()) >= 3):
         assert time.time() < deadline and process.poll() is None, process.communicate()
         time.sleep(0.05)
-    process.send_signal(signal.SIGINT)
+    process.send_signal(signum)
     _, err = process.communicate(timeout=120)
-    assert process.returncode == 130, err
+    assert process.returncode == status, err
     stopped = read_checkpoint(run)["step"]
     assert 3 <= stopped < 400 and "--resume" in err and "Traceback" not in err, err
     assert [m["step"] for m in metrics(run)][-1] == stopped
@@ -149,8 +160,18 @@ def test_settings_out_of_range_are_refused_before_the_run_folder(data, tmp_path,
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.parametrize("override", ["optim.lr=.nan", "optim.lr=nan", "loss.margin=.inf", "optim.momentum=.nan",
+                                      "run.timeout_s=0"])
+def test_values_that_are_not_finite_or_out_of_range_are_refused(override):
+    """NaN passes every `value < low` range check, so a nan learning rate or margin used to train."""
+    with pytest.raises(ValueError, match="not a finite number|run.timeout_s must be at least 1"):
+        load_config("tiny-vivi-ex4", [override])
+
+
 def test_config_file_mistakes_name_the_file(tmp_path):
-    cases = {"syntax.yaml": "data:\n  shots: 4\n  frames 4\n", "list.yaml": "- data\n- model\n"}
+    """Not YAML, not a mapping, or empty (which used to run the defaults: a ResNet-50 at batch 512)."""
+    cases = {"syntax.yaml": "data:\n  shots: 4\n  frames 4\n", "list.yaml": "- data\n- model\n",
+             "empty.yaml": "", "comments.yaml": "# nothing here\n"}
     for name, text in cases.items():
         (tmp_path / name).write_text(text)
         with pytest.raises(ValueError, match=name):
@@ -319,7 +340,7 @@ def test_export_load_embed_round_trip(data, tmp_path):
         vivi.embed(encoder, folder)
     out = tmp_path / "new" / "emb"
     assert cli_main(["embed", "--checkpoint", str(tmp_path / "enc.pt"), str(folder), "--out", str(out)]) == 0
-    rows = (tmp_path / "new" / "emb.files.txt").read_text().splitlines()
+    rows = [json.loads(line) for line in (tmp_path / "new" / "emb.files.jsonl").read_text().splitlines()]
     assert rows == [str(folder / "grey.tif"), str(folder / "im0.png"), str(folder / "sub" / "im1.png"),
                     str(folder / "sub" / "im2.png")]
     embedded = np.load(tmp_path / "new" / "emb.npy")

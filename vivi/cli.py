@@ -6,6 +6,7 @@ import errno
 import json
 import os
 import sys
+import threading
 from pathlib import Path
 
 
@@ -28,13 +29,16 @@ def _ingest(args: argparse.Namespace) -> None:
                                 cuts=CutDetectorConfig(threshold=args.cut_threshold,
                                                        min_shot_frames=args.min_shot_frames)),
         videos_per_shard=args.videos_per_shard)
-    print(ingest(args.inputs, args.out, config, workers=args.workers, part=part, retry_failed=args.retry_failed))
+    print(ingest(args.inputs, args.out, config, workers=args.workers, part=part, retry_failed=args.retry_failed,
+                 repair=args.repair, ray=args.ray))
 
 
 def _detect(args: argparse.Namespace) -> None:
     from .detect import build_detector, detect_dataset
-    detector = build_detector(args.detector, args.data, threads=args.workers)
-    print(detect_dataset(args.data, detector, max_per_frame=args.max_per_frame, min_score=args.min_score))
+    # On Ray each task builds the detector from its spec where it runs.
+    detector = args.detector if args.ray else build_detector(args.detector, args.data, threads=args.workers)
+    print(detect_dataset(args.data, detector, max_per_frame=args.max_per_frame, min_score=args.min_score,
+                         ray=args.ray, threads=args.workers))
 
 
 def _detector(args: argparse.Namespace) -> None:
@@ -54,7 +58,7 @@ def _detector(args: argparse.Namespace) -> None:
         raise SystemExit(f"vivi detector fetch: error: {error}") from None
 
 
-def _inspect(args: argparse.Namespace) -> None:
+def _inspect(args: argparse.Namespace) -> int | None:
     if args.cuts:
         _inspect_cuts(args)
         return
@@ -62,12 +66,24 @@ def _inspect(args: argparse.Namespace) -> None:
         raise ValueError("give a dataset folder (DATA) or --cuts VIDEO ... --stats OUT.csv")
     if args.stats or args.plot:
         raise ValueError("--stats and --plot go with --cuts VIDEO ...")
+    if args.verify:
+        return _verify(args)
     from .data.inspect import dataset_stats, format_stats, render_contact_sheet
     stats = dataset_stats(args.data)
     print(json.dumps(stats, indent=1) if args.json else format_stats(stats))
     if args.render:
         path = render_contact_sheet(args.data, args.render, videos=args.render_videos, detector=args.detector)
         print(f"contact sheet written to {path}", file=sys.stderr if args.json else sys.stdout)
+
+
+def _verify(args: argparse.Namespace) -> int:
+    """Exit status 1 when the dataset is damaged, so that scripts can act on it."""
+    if args.render:
+        raise ValueError("--verify checks the dataset; draw the contact sheet with --render in another run")
+    from .data.inspect import format_verification, verify_dataset
+    result = verify_dataset(args.data, progress=not args.json)
+    print(json.dumps(result, indent=1) if args.json else format_verification(result))
+    return 1 if result["incomplete"] or result["damaged_frames"] else 0
 
 
 def _index(args: argparse.Namespace) -> None:
@@ -136,23 +152,31 @@ def _embed(args: argparse.Namespace) -> None:
     import numpy as np
 
     from .api import embed_files, load_encoder
-    from .files import replacing
+    from .files import replacing, writer_lock
     out = args.out if args.out.suffix == ".npy" else args.out.with_name(args.out.name + ".npy")
-    listing = out.with_suffix(".files.txt")
-    features, files, skipped = embed_files(load_encoder(args.checkpoint), args.images, size=args.size,
-                                           batch_size=args.batch_size, skip_unreadable=True)
-    with replacing(out) as tmp, open(tmp, "wb") as f:
-        np.save(f, features)
-    with replacing(listing) as tmp:
-        tmp.write_text("".join(f"{path}\n" for path in files))
-    print(f"{features.shape[0]} embeddings of size {features.shape[1]} written to {out} (row i is the image on "
-          f"line i of {listing})")
+    listing = out.with_suffix(".files.jsonl")
+    with writer_lock(out.parent, "embed", key=out.name):     # the output file, not the whole folder
+        features, files, skipped = embed_files(load_encoder(args.checkpoint), args.images, size=args.size,
+                                               batch_size=args.batch_size, skip_unreadable=True)
+        with replacing(out) as tmp, open(tmp, "wb") as f:
+            np.save(f, features)
+        with replacing(listing) as tmp:
+            # one JSON string per line: any name round-trips, a newline in it included, and bytes that
+            # are not UTF-8 as \udcXX escapes (os.fsencode(json.loads(line)) gives the name's bytes)
+            tmp.write_text("".join(json.dumps(os.fspath(path)) + "\n" for path in files))
+    print(f"{features.shape[0]} embeddings of size {features.shape[1]} written to {_printable(out)} (row i is the "
+          f"image on line i of {_printable(listing)})")
     if skipped:
         print(f"skipped {len(skipped)} file(s) that could not be read:", file=sys.stderr)
         for _, reason in skipped[:10]:
             print(f"  {reason}", file=sys.stderr)
         if len(skipped) > 10:
             print(f"  ... and {len(skipped) - 10} more", file=sys.stderr)
+
+
+def _printable(path) -> str:
+    """``path`` as text any terminal takes: bytes that are not UTF-8 shown as \\xNN."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
 
 
 def _eval(args: argparse.Namespace) -> None:
@@ -222,6 +246,10 @@ WORLD_HELP = ("other settings of the synthetic world (vivi.synth.WorldConfig), e
               "background_warp=1 (tracking shots), --world cast=false (shots draw their own objects; docs/synth.md)")
 
 
+RAY_HELP = ("run each shard as a task on a Ray cluster: --ray ADDRESS (ray://host:10001, host:6379 or auto), or "
+            "--ray alone for a local Ray instance on this machine (needs pip install 'vivi[ray]')")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .ingest.pipeline import default_workers
     parser = argparse.ArgumentParser(
@@ -256,9 +284,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--videos-per-shard", type=int, default=32, help="videos per tar shard (default 32)")
     p.add_argument("--workers", type=int, default=default_workers(),
                    help="parallel decoding processes (default: CPU count)")
-    p.add_argument("--part", default="0/1", help="process only part i of n (i/n), e.g. one task of a Slurm array")
+    p.add_argument("--part", default="0/1", help="process only part i of n (i/n), e.g. one task of a Slurm array; "
+                   "slurm: the array task's (SLURM_ARRAY_TASK_ID of SLURM_ARRAY_TASK_COUNT)")
+    p.add_argument("--ray", nargs="?", const="local", default=None, metavar="ADDRESS", help=RAY_HELP)
     p.add_argument("--retry-failed", action="store_true",
                    help="make again the shards that hold videos which failed (after repairing or replacing them)")
+    p.add_argument("--repair", action="store_true",
+                   help="decode every stored frame of the complete shards and make again those holding one that "
+                        "no longer decodes (damaged on disk; `vivi inspect DATA --verify` lists them)")
     p.set_defaults(func=_ingest)
 
     from .detect import DETECTORS
@@ -270,6 +303,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--min-score", type=float, default=0.05, help="boxes below this score are dropped (default 0.05)")
     p.add_argument("--workers", type=int, default=default_workers(),
                    help="threads of ONNX detectors (onnxruntime intra-op threads; default: one per core)")
+    p.add_argument("--ray", nargs="?", const="local", default=None, metavar="ADDRESS", help=RAY_HELP)
     p.set_defaults(func=_detect)
 
     p = sub.add_parser("detector", help="list the detector specs, or fetch and convert a detector's weights once")
@@ -292,6 +326,9 @@ def build_parser() -> argparse.ArgumentParser:
                        "cut distance in videos (for choosing --cut-threshold)")
     p.add_argument("data", type=_dataset, nargs="?", help="dataset folder (or URL) written by `vivi ingest`")
     p.add_argument("--json", action="store_true", help="print statistics as JSON")
+    p.add_argument("--verify", action="store_true",
+                   help="decode every stored frame and check every planned shard; list what is damaged (exit "
+                        "status 1) for `vivi ingest ... --repair`")
     p.add_argument("--render", type=Path, metavar="OUT.png", help="draw a contact sheet (a row per shot)")
     p.add_argument("--render-videos", type=int, default=6, help="videos on the contact sheet (default 6)")
     p.add_argument("--detector", default=None, help="draw the boxes of these detections on the contact sheet")
@@ -352,7 +389,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("images", nargs="+", help="image files or folders (searched recursively)")
     p.add_argument("--checkpoint", type=Path, required=True, help="run folder, checkpoint or exported encoder")
     p.add_argument("--out", type=Path, required=True,
-                   help="output .npy file (n, D); OUT.files.txt beside it lists the images in row order")
+                   help="output .npy file (n, D); OUT.files.jsonl beside it lists the images in row order, one "
+                        "JSON string per line (any file name round-trips: read it with json.loads)")
     p.add_argument("--size", type=int, default=None, help="resize images to size x size (default: training size)")
     p.add_argument("--batch-size", type=int, default=64, help="images per forward pass (default 64)")
     p.set_defaults(func=_embed)
@@ -430,24 +468,34 @@ def _file_system_error(error: OSError) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    import signal
+
+    from .signals import exit_status, raise_on_sigterm
     args = build_parser().parse_args(argv)
+    # SIGTERM (a scheduler's, docker's or systemd's stop) ends a command as Ctrl-C does: every
+    # clean-up runs, what is complete stays, and the exit status is 143
+    previous = signal.getsignal(signal.SIGTERM)
+    raise_on_sigterm()
     try:
-        args.func(args)
+        status = args.func(args)
     except (FileNotFoundError, ValueError, KeyError, TypeError, FloatingPointError) as error:
         print(f"vivi {args.command}: error: {error}", file=sys.stderr)
         return 2
     except OSError as error:     # the file system said no: a file where a folder goes, a full disk, ...
         print(f"vivi {args.command}: error: {_file_system_error(error)}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as interrupt:
         again = ("add --resume to the same command to continue from the newest checkpoint" if args.command == "train"
                  else "run the same command to resume")
         print(f"vivi {args.command}: interrupted; what was written is kept, {again}", file=sys.stderr, flush=True)
         sys.stdout.flush()
         # Leave now: every file is written atomically, and the interpreter's exit handlers would join
         # the worker pools' threads, which can wait forever on workers that were interrupted too.
-        os._exit(130)
-    return 0
+        os._exit(exit_status(interrupt))
+    finally:
+        if previous is not None and threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, previous)     # main() called from Python: its caller's handler again
+    return status or 0
 
 
 if __name__ == "__main__":

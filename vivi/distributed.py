@@ -37,12 +37,15 @@ __all__ = [
     "all_gather_no_grad",
     "all_gather_with_grad",
     "all_reduce_mean",
+    "all_reduce_sum_with_grad",
     "cleanup_distributed",
+    "collective_failure",
     "get_rank",
     "get_world_size",
     "init_distributed_from_env",
     "is_distributed",
     "is_main_process",
+    "max_over_ranks",
 ]
 
 
@@ -131,6 +134,63 @@ def all_reduce_mean(tensor: torch.Tensor) -> torch.Tensor:
     return out / get_world_size()
 
 
+class _AllReduceSumWithGrad(torch.autograd.Function):
+    """all_reduce(SUM) whose backward is the same all_reduce of the gradients (every rank's output
+    depends on every rank's input)."""
+
+    @staticmethod
+    def forward(ctx, tensor: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        out = tensor.contiguous().clone()
+        dist.all_reduce(out, op=dist.ReduceOp.SUM)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_output: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        grad = grad_output.contiguous().clone()
+        dist.all_reduce(grad, op=dist.ReduceOp.SUM)
+        return grad
+
+
+def all_reduce_sum_with_grad(tensor: torch.Tensor) -> torch.Tensor:
+    """Sum of ``tensor`` over ranks, keeping the autograd graph (the gradient convention of
+    :func:`all_gather_with_grad`); ``tensor`` itself as one process."""
+    if get_world_size() == 1:
+        return tensor
+    return _AllReduceSumWithGrad.apply(tensor)
+
+
+def max_over_ranks(value: int, device: torch.device | None = None) -> int:
+    """The largest ``value`` over ranks (one all-reduce of one integer), so that every rank takes
+    the same decision; ``value`` itself as one process. ``device``: where the backend reduces
+    (a CUDA device for NCCL)."""
+    if get_world_size() == 1:
+        return value
+    flag = torch.tensor([value], dtype=torch.int64, device=device)
+    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+    return int(flag.item())
+
+
+# What gloo and NCCL say when a peer stopped answering, or is gone.
+_TIMED_OUT = ("timed out", "timeout")
+_PEER_LOST = ("connection closed by peer", "connection reset by peer", "broken pipe", "communicator was aborted")
+
+
+def collective_failure(error: BaseException, rank: int, timeout_s: float, where: str) -> OSError | None:
+    """A one-line error for a collective operation that failed because another rank stopped
+    responding (:class:`TimeoutError`) or died (:class:`ConnectionError`), or None for any other
+    error. ``where`` says what this rank was doing (e.g. "at step 12")."""
+    text = str(error).lower()
+    if any(words in text for words in _PEER_LOST):
+        return ConnectionError(
+            f"rank {rank} lost another rank {where}: that process died (torchrun's failure summary names it); "
+            "with torchrun --max-restarts N the group restarts from the newest checkpoint")
+    if any(words in text for words in _TIMED_OUT):
+        return TimeoutError(
+            f"rank {rank} waited {timeout_s:g} s {where} for another rank that stopped responding (stopped, "
+            "swapped out, or stuck reading data); if steps can take that long, raise run.timeout_s")
+    return None
+
+
 def _check_same_shape(tensor: torch.Tensor) -> None:
     # all_gather needs equal shapes; a mismatch otherwise hangs or fails deep in the backend.
     shape = torch.tensor(list(tensor.shape), dtype=torch.long, device=tensor.device)
@@ -162,13 +222,16 @@ def init_distributed_from_env(
     """Initialise the default process group from the variables ``torchrun`` sets.
 
     Reads ``RANK``, ``LOCAL_RANK``, ``WORLD_SIZE`` (and ``MASTER_ADDR``/``MASTER_PORT`` through
-    the ``env://`` init method). Without them (a plain ``python`` run) no group is created and
-    a single-process :class:`DistributedInfo` is returned, so the same script runs both ways
-    (nanoGPT's convention).
+    the ``env://`` init method). The global ``RANK`` decides the data shard and that rank 0
+    writes; ``LOCAL_RANK`` (the process's place on its node) decides the GPU, so the same
+    command runs on one node or several (``torchrun --nnodes``). Without them (a plain ``python``
+    run) no group is created and a single-process :class:`DistributedInfo` is returned, so the
+    same script runs both ways (nanoGPT's convention).
 
     Args:
         backend: ``"nccl"`` or ``"gloo"``; default nccl when CUDA is available, else gloo.
-        timeout_s: collective timeout.
+        timeout_s: how long a collective operation waits for the other ranks before it fails
+            (a rank that stopped responding blocks the others this long).
 
     Returns:
         DistributedInfo; on GPU the current CUDA device is set to ``LOCAL_RANK``.
@@ -184,18 +247,28 @@ def init_distributed_from_env(
     if backend is None:
         backend = "nccl" if use_cuda else "gloo"
     if use_cuda:
+        if local_rank >= torch.cuda.device_count():
+            raise ValueError(f"LOCAL_RANK={local_rank} but this node has {torch.cuda.device_count()} GPU(s): start at "
+                             "most one process per GPU on each node (torchrun --nproc-per-node)")
         torch.cuda.set_device(local_rank)
         device = torch.device("cuda", local_rank)
     else:
         device = torch.device("cpu")
     if not is_distributed():
-        dist.init_process_group(
-            backend=backend,
-            init_method="env://",
-            rank=rank,
-            world_size=world_size,
-            timeout=datetime.timedelta(seconds=timeout_s),
-        )
+        timeout = datetime.timedelta(seconds=timeout_s)
+        restarts = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
+        if restarts > 0:
+            # torchrun's store outlives a restart, and with it the workers' addresses of the failed
+            # attempt: a restarted worker could read a dead peer's address and fail to connect. Keys
+            # of this attempt's own prefix are those of the live peers.
+            store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world_size,
+                                  is_master=rank == 0 and os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True",
+                                  timeout=timeout)
+            dist.init_process_group(backend=backend, store=dist.PrefixStore(f"vivi-restart-{restarts}", store),
+                                    rank=rank, world_size=world_size, timeout=timeout)
+        else:
+            dist.init_process_group(backend=backend, init_method="env://", rank=rank, world_size=world_size,
+                                    timeout=timeout)
     return DistributedInfo(rank=rank, local_rank=local_rank, world_size=world_size, device=device)
 
 

@@ -125,7 +125,7 @@ def _fill(sink: ColumnSink, folder: Path | str, dataset: DatasetIndex) -> list[l
     names = [_sidecar_name(shard) for shard in dataset.shards]
     for number, (name, data) in enumerate(zip(names, read_each(join(folder, name) for name in names))):
         stop = start + int(np.searchsorted(shard_of[start:], number, side="right"))
-        found = json.loads(data)["videos"] if data is not None else {}
+        found = parse_detections(data, join(folder, name)) if data is not None else {}
         sidecars.append([name, len(data) if data is not None else -1])
         counts, flat = [], []
         for row in range(start, stop):
@@ -151,7 +151,20 @@ def _meta(root: Path | str, detector: str) -> tuple[Path | str, dict]:
         found = available_detectors(root)
         raise FileNotFoundError(f"no detections named {detector!r} in {root} "
                                 f"(available: {', '.join(found) or 'none'}); run `vivi detect {root} --detector ...`")
-    return folder, json.loads(data)
+    try:
+        return folder, json.loads(data)
+    except ValueError:
+        raise ValueError(f"{join(folder, 'detector.json')} is damaged (not JSON): delete {folder} and run "
+                         f"`vivi detect {root} --detector ...` again") from None
+
+
+def parse_detections(data: bytes, path: Path | str) -> dict[str, list]:
+    """The ``videos`` of one per-shard detections file; a damaged file is named, with the fix."""
+    try:
+        return json.loads(data)["videos"]
+    except (ValueError, KeyError, TypeError):
+        raise ValueError(f"{path} is damaged (not a detections file): run the same `vivi detect` again, which "
+                         "writes it anew") from None
 
 
 def write_detections_index(root: str | Path, detector: str, dataset: DatasetIndex | None = None) -> Path | str:

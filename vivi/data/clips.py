@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import functools
 import math
+import sys
 import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -44,7 +45,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from ..ingest.decode import decode_jpeg
 from .boxes import load_detections
 from .images import fit_square
-from .reader import Video, VideoDataset, VideoList
+from .reader import Video, VideoDataset, VideoList, require_complete
 
 MODES = ("shots", "frame")
 FRAME_CHOICES = ("fixed", "each_draw")
@@ -65,6 +66,10 @@ class ClipConfig:
     detector: str | None = None    # read boxes from the detections of this detector (DATA/detections/NAME);
                                    # needed by the object loss
     max_boxes: int = 5             # boxes kept per frame (Object-centric §4.1: at most 5)
+    allow_incomplete: bool = False  # train on the complete shards of a dataset some of whose planned shards
+                                   # are missing or damaged (refused by default, naming them)
+    max_damaged_frames: int = 100  # frames that are not decodable JPEG images are replaced by a neighbour in
+                                   # their shot and counted; a run that meets more stops
 
     def __post_init__(self):
         if self.mode not in MODES:
@@ -73,6 +78,8 @@ class ClipConfig:
             raise ValueError(f"unknown frame choice {self.frame_choice!r}; valid: {', '.join(FRAME_CHOICES)}")
         if self.shots < 1 or self.frames < 1:
             raise ValueError(f"need at least one shot and one frame per clip, got K={self.shots}, F={self.frames}")
+        if self.max_damaged_frames < 0:
+            raise ValueError(f"data.max_damaged_frames must be at least 0, got {self.max_damaged_frames}")
 
 
 class VideoClipDataset(Dataset):
@@ -140,7 +147,7 @@ class VideoClipDataset(Dataset):
         index, draw = item
         video, shots, frames = self.clip(index, draw)
         clip, crop = clip_tensors(functools.partial(self.dataset.read_jpeg, video), shots, frames, index,
-                                  self.config.size)
+                                  self.config.size, functools.partial(frame_name, video))
         if self.detections is not None:
             clip.update(self.detections.boxes(int(self.rows[index]), frames, crop, self.config.max_boxes))
         return clip
@@ -191,22 +198,67 @@ def fixed_frame(video: Video, seed: int) -> int:
     return int(rng.integers(video.num_frames))
 
 
+class DamagedFrame(ValueError):
+    """A stored frame that is not a decodable JPEG image (named by shard, video and frame)."""
+
+
 def clip_tensors(read_jpeg: Callable[[int], bytes], shots: list[int], frames: list[list[int]], index: int,
-                 size: int | None) -> tuple[dict[str, torch.Tensor], tuple[float, float, float, float]]:
-    """A clip's tensors (``frames``, ``video`` = ``index``, ``shots``, ``frame_index``; see
-    :class:`VideoClipDataset`) from the JPEG bytes of its frames (``read_jpeg(frame)``), each
+                 size: int | None, where: Callable[[int], str] | None = None
+                 ) -> tuple[dict[str, torch.Tensor], tuple[float, float, float, float]]:
+    """A clip's tensors (``frames``, ``video`` = ``index``, ``shots``, ``frame_index``, ``damaged``;
+    see :class:`VideoClipDataset`) from the JPEG bytes of its frames (``read_jpeg(frame)``), each
     decoded once, and the crop of the frames (normalised x0, y0, x1, y1) that their boxes follow:
-    resized and centre-cropped to ``size`` x ``size`` (:func:`fit_square`), or as stored for None."""
+    resized and centre-cropped to ``size`` x ``size`` (:func:`fit_square`), or as stored for None.
+
+    A frame that does not decode is replaced by the nearest frame of the clip in the same shot that
+    does (a positive of the same exemplar, so the losses stay well defined), else by the clip's
+    nearest decodable frame; ``damaged`` counts the replaced frames and each is reported once per
+    process on stderr (``where(frame)`` names it). A clip without one decodable frame raises
+    :class:`DamagedFrame`.
+    """
     decoded: dict[int, np.ndarray] = {}
+    damaged: list[int] = []
     crop = (0.0, 0.0, 1.0, 1.0)
-    for frame in {f for shot in frames for f in shot}:
-        image = decode_jpeg(read_jpeg(frame))
+    for frame in sorted({f for shot in frames for f in shot}):
+        try:
+            image = decode_jpeg(read_jpeg(frame))
+        except ValueError:
+            damaged.append(frame)
+            continue
         if size is not None:
             image, crop = fit_square(image, size)
         decoded[frame] = image
+    named = where or (lambda frame: f"frame {frame} of video {index}")
+    for frame in damaged:
+        _report_damaged(named(frame))
+    if not decoded:
+        raise DamagedFrame(f"{named(damaged[0])} is not a decodable JPEG image, nor is any other frame of its clip: "
+                           "`vivi inspect DATA --verify` lists the damaged frames, `vivi ingest ... --repair` "
+                           "rewrites their shards")
+    for frame in damaged:
+        shot = next(s for s in frames if frame in s)
+        nearby = [f for f in shot if f in decoded] or list(decoded)
+        decoded[frame] = decoded[min(nearby, key=lambda f: (abs(f - frame), f))]
     stack = np.stack([[decoded[f] for f in shot] for shot in frames])          # K, F, H, W, 3
     return {"frames": torch.from_numpy(stack).permute(0, 1, 4, 2, 3).contiguous(), "video": torch.tensor(index),
-            "shots": torch.tensor(shots), "frame_index": torch.tensor(frames)}, crop
+            "shots": torch.tensor(shots), "frame_index": torch.tensor(frames),
+            "damaged": torch.tensor(len(damaged))}, crop
+
+
+_reported: set[str] = set()
+
+
+def _report_damaged(what: str) -> None:
+    if what not in _reported:
+        _reported.add(what)
+        print(f"vivi: {what} is not a decodable JPEG image; training uses a neighbouring frame of its shot "
+              "instead (`vivi inspect DATA --verify` lists every damaged frame, `vivi ingest ... --repair` "
+              "rewrites their shards)", file=sys.stderr, flush=True)
+
+
+def frame_name(video: Video, frame: int) -> str:
+    """How a frame is named to a user: its shard, video and place."""
+    return f"frame {frame} (at {video.frame_times_s[frame]:.1f} s) of video {video.key} in {video.shard}"
 
 
 def require_covered(covered: np.ndarray, rows: np.ndarray, detector: str, root: str | Path,
@@ -274,6 +326,8 @@ def make_loader(root: str | Path, config: ClipConfig, *, batch_size: int, seed: 
     ``start_batch`` skips that many batches of this rank's stream (to resume training exactly).
     """
     dataset = VideoClipDataset(root, config)
+    if not config.allow_incomplete:
+        require_complete(root, dataset.dataset.index.shards)
     dataset.seed = seed
     sampler = VideoSampler(len(dataset), seed=seed, shuffle=shuffle, infinite=infinite, rank=rank,
                            world_size=world_size, start=start_batch * batch_size)

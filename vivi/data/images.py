@@ -14,6 +14,7 @@ colour happen on the device (``vivi.train.augment``, preset ``cotrain_images``).
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import cv2
@@ -26,11 +27,19 @@ __all__ = ["IMAGE_SUFFIXES", "LabeledImages", "fit_square", "read_image"]
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif", ".ppm", ".pgm")
 
 
-def read_image(path: str | Path) -> np.ndarray:
-    """RGB uint8 (H, W, 3) of an image file."""
-    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+def read_image(path: str | bytes | Path) -> np.ndarray:
+    """RGB uint8 (H, W, 3) of an image file.
+
+    The bytes are read here and decoded by OpenCV from memory: ``cv2.imread`` takes the name as
+    UTF-8 text and crashes the process on a name that is not valid UTF-8."""
+    try:
+        with open(path, "rb") as f:
+            data = np.frombuffer(f.read(), np.uint8)
+    except (FileNotFoundError, IsADirectoryError, PermissionError) as error:
+        raise ValueError(f"cannot read image {os.fsdecode(path)}: {error.strerror}") from None
+    image = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
     if image is None:
-        raise ValueError(f"cannot read image {path}")
+        raise ValueError(f"cannot read image {os.fsdecode(path)}")
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
 
 

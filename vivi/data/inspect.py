@@ -7,15 +7,22 @@ histogram of their scores: what a detector found, before training relies on it.
 """
 from __future__ import annotations
 
+import posixpath
+from collections.abc import Collection
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import cv2
 import numpy as np
+from tqdm.auto import tqdm
 
 from ..files import replacing
+from ..ingest.decode import decode_jpeg
+from ..ingest.index import Video, build_index
 from ..ingest.pipeline import collect
+from ..ingest.shards import shard_name
 from .boxes import available_detectors, load_detections
-from .reader import VideoDataset
+from .reader import VideoDataset, planned_shards
 
 
 def dataset_stats(root: str | Path) -> dict:
@@ -47,6 +54,68 @@ def dataset_stats(root: str | Path) -> dict:
         "failures": manifest["failures"],
         "detections": {name: detection_stats(root, name) for name in available_detectors(root)},
     }
+
+
+def verify_dataset(root: str | Path, *, only: Collection[str] | None = None, threads: int = 4,
+                   progress: bool = True) -> dict:
+    """Check the dataset at ``root`` for damage that ingest's own checks cannot see afterwards.
+
+    Every planned shard must be complete (its tar as long as its index says) and every stored
+    frame must decode as a JPEG image; each frame is decoded (``threads`` at a time: OpenCV
+    releases the GIL). Returns ``shards_planned``, ``frames`` (checked), ``incomplete`` (shard
+    tars missing or damaged), ``damaged_frames`` (``{"shard", "video", "frame"}``) and
+    ``shards_to_repair``: the shards ``vivi ingest ... --repair`` writes again. ``only``: check the
+    frames of these shards (tar names) alone.
+    """
+    dataset = VideoDataset(root, build_index(root))     # from the shards as they are now, not index.bin
+    planned = planned_shards(root)
+    have = {posixpath.basename(shard) for shard in dataset.index.shards}
+    incomplete = [f"{shard_name(j)}.tar" for j in range(planned) if f"{shard_name(j)}.tar" not in have]
+
+    def broken(item: tuple[Video, int]) -> bool:
+        try:
+            decode_jpeg(dataset.read_jpeg(*item))
+        except ValueError:
+            return True
+        return False
+
+    by_shard: dict[str, list[Video]] = {}
+    for video in dataset.videos:
+        if only is None or posixpath.basename(video.shard) in only:
+            by_shard.setdefault(video.shard, []).append(video)
+    damaged, frames = [], 0
+    total = sum(v.num_frames for videos in by_shard.values() for v in videos)
+    bar = tqdm(total=total, unit="frame", desc=f"verify {root}", disable=not progress, dynamic_ncols=True)
+    with ThreadPoolExecutor(threads) as pool:
+        for shard, videos in by_shard.items():
+            with dataset.shard_at_hand(shard):
+                items = [(video, frame) for video in videos for frame in range(video.num_frames)]
+                for (video, frame), bad in zip(items, pool.map(broken, items)):
+                    if bad:
+                        damaged.append({"shard": shard, "video": video.key, "frame": frame})
+            frames += len(items)
+            bar.update(len(items))
+    bar.close()
+    repair = sorted({posixpath.basename(d["shard"]) for d in damaged})
+    return {"root": str(root), "shards_planned": planned, "frames": frames, "incomplete": incomplete,
+            "damaged_frames": damaged, "shards_to_repair": repair}
+
+
+def format_verification(result: dict) -> str:
+    """``verify_dataset``'s result for a person, with what to do about what it found."""
+    lines = [f"{result['root']}: {result['shards_planned'] - len(result['incomplete'])} of "
+             f"{result['shards_planned']} shards complete, {result['frames']} frames checked, "
+             f"{len(result['damaged_frames'])} not decodable"]
+    for shard in result["incomplete"]:
+        lines.append(f"  missing or damaged shard: {shard}")
+    for d in result["damaged_frames"][:20]:
+        lines.append(f"  damaged frame {d['frame']} of video {d['video']} in {d['shard']}")
+    if len(result["damaged_frames"]) > 20:
+        lines.append(f"  ... and {len(result['damaged_frames']) - 20} more")
+    if result["incomplete"] or result["damaged_frames"]:
+        lines.append("repair: run the same `vivi ingest` command with --repair (it writes these shards again from "
+                     "the source videos; their detections are then redone by `vivi detect`)")
+    return "\n".join(lines)
 
 
 def detection_stats(root: str | Path, detector: str, bins: int = 10) -> dict:

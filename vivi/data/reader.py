@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import posixpath
 import tempfile
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -22,8 +23,34 @@ import numpy as np
 
 from ..ingest.decode import decode_jpeg
 from ..ingest.index import DatasetIndex, Video, open_index
-from ..ingest.shards import SHARD_DIR, require_dataset
+from ..ingest.shards import SHARD_DIR, require_dataset, shard_name
 from ..storage import download, is_url, join, location, read_bytes
+
+
+def planned_shards(root: str | Path) -> int:
+    """How many shards ingest planned for the dataset at ``root`` (its manifest says; a dataset
+    whose first run has not finished yet, its plan)."""
+    try:
+        return int(json.loads(read_bytes(join(root, "manifest.json")))["shards_planned"])
+    except FileNotFoundError:
+        plan = json.loads(read_bytes(join(root, "plan.json")))
+        return -(-len(plan["inputs"]) // plan["config"]["videos_per_shard"])
+    except (ValueError, KeyError, TypeError):
+        raise ValueError(f"{join(root, 'manifest.json')} is damaged (not a manifest): `vivi ingest` with the same "
+                         "inputs and --out writes it again") from None
+
+
+def require_complete(root: str | Path, shards: Sequence[str]) -> None:
+    """Raise, naming them, when some shards ingest planned for ``root`` are not among the
+    complete ``shards`` (missing, or damaged: a tar shorter than its index says)."""
+    planned = planned_shards(root)
+    have = {posixpath.basename(shard) for shard in shards}
+    missing = [name for name in (f"{shard_name(j)}.tar" for j in range(planned)) if name not in have]
+    if missing:
+        listed = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+        raise ValueError(f"{len(missing)} of the {planned} shards of {root} are missing or damaged ({listed}): "
+                         "run the same `vivi ingest` again to write them (or wait for the parts still running), "
+                         f"or set data.allow_incomplete=true to train on the {planned - len(missing)} complete ones")
 
 
 class VideoList(Sequence):
@@ -55,10 +82,10 @@ class VideoDataset:
     ``root`` may be a URL of object storage (module docstring).
     """
 
-    def __init__(self, root: str | Path):
+    def __init__(self, root: str | Path, index: DatasetIndex | None = None):
         self.root = location(root)
         require_dataset(self.root)
-        self.index = open_index(self.root)
+        self.index = open_index(self.root) if index is None else index
         self.videos = VideoList(self.index)
         self._files: dict[str, int] = {}
         self._copies: dict[str, Path] = {}       # local copies of a remote dataset's shards (shard_at_hand)

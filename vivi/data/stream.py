@@ -31,6 +31,7 @@ count, the batches after the step are those of a run that never stopped.
 """
 from __future__ import annotations
 
+import functools
 import json
 import os
 import zlib
@@ -58,8 +59,9 @@ from ..storage import (
     read_optional,
     write_bytes,
 )
-from .boxes import DETECTIONS_DIR, Detections, available_detectors
-from .clips import ClipConfig, choose_clip, clip_tensors, require_covered
+from .boxes import DETECTIONS_DIR, Detections, available_detectors, parse_detections
+from .clips import ClipConfig, choose_clip, clip_tensors, frame_name, require_covered
+from .reader import require_complete
 
 __all__ = ["CHUNK_BYTES", "StreamLoader", "VideoStream", "make_stream_loader", "read_sequentially"]
 
@@ -77,6 +79,7 @@ class _Clip:
     frames: list[list[int]]
     members: dict[int, tuple[int, int]]         # frame -> (offset, size) of its JPEG in the tar
     boxes: dict[int, np.ndarray] | None         # frame -> (n, 6) boxes, highest score first
+    source: Video                               # the video, to name a damaged frame
     jpegs: dict[int, bytes] | None = None
 
 
@@ -286,7 +289,7 @@ class VideoStream(IterableDataset):
             wanted = sorted({f for shot in frames for f in shot})
             boxes = None if found is None else _frame_boxes(found, video, wanted, self._missing_boxes)
             clips.append(_Clip(video_position, epoch, shots, frames,
-                               {f: video.frame_members[f] for f in wanted}, boxes))
+                               {f: video.frame_members[f] for f in wanted}, boxes, video))
         url = join(self.root, tar)
         chunks = read_sequentially(url, size, self._cache_path(url), rebuild=f"vivi index {self.root}")
         yield from _collect(chunks, clips, url)
@@ -314,7 +317,7 @@ class VideoStream(IterableDataset):
         name = Path(self.shards[shard][0]).with_suffix(".json").name
         url = join(self.root, DETECTIONS_DIR, self.config.detector, name)
         try:
-            return json.loads(read_bytes(url))["videos"]
+            return parse_detections(read_bytes(url), url)
         except FileNotFoundError:
             self._missing_boxes(f"no {name}")
 
@@ -356,7 +359,8 @@ class VideoStream(IterableDataset):
         return self.cache.joinpath(*(part.strip("/") for part in parts))
 
     def _sample(self, clip: _Clip) -> dict[str, torch.Tensor]:
-        sample, crop = clip_tensors(clip.jpegs.__getitem__, clip.shots, clip.frames, clip.video, self.config.size)
+        sample, crop = clip_tensors(clip.jpegs.__getitem__, clip.shots, clip.frames, clip.video, self.config.size,
+                                    functools.partial(frame_name, clip.source))
         if clip.boxes is not None:
             sample.update(_ClipBoxes(clip.boxes).boxes(0, clip.frames, crop, self.config.max_boxes))
         return sample
@@ -536,6 +540,8 @@ def make_stream_loader(root: str | Path, config: ClipConfig, *, batch_size: int,
     dataset = VideoStream(root, config, seed=seed, buffer=buffer, cache=cache, batch_size=batch_size,
                           workers=workers, start_batch=start_batch, rank=rank, world_size=world_size,
                           infinite=infinite)
+    if not config.allow_incomplete:
+        require_complete(dataset.root, [shard[0] for shard in dataset.shards])
     return StreamLoader(dataset, batch_size=batch_size, num_workers=workers,
                         drop_last=infinite if drop_last is None else drop_last,
                         persistent_workers=workers > 0 and infinite, pin_memory=torch.cuda.is_available(),

@@ -69,7 +69,9 @@ def train_job(method: Method, scale: Scale, seed: int, data: str, run: str, thre
     """Train one method (in a worker process); resumes from the run's newest checkpoint."""
     import torch
 
+    from vivi.signals import raise_on_sigterm
     from vivi.train.loop import train
+    raise_on_sigterm()          # the parent ends its jobs with SIGTERM: they release their folders' locks
     torch.set_num_threads(threads)
     run_path = Path(run)
     overrides = [*method.overrides, *scale.train_overrides(seed)]
@@ -88,6 +90,8 @@ def eval_job(checkpoint: str, world: str, out: str, seed: int, resolution: int, 
     import torch
 
     from vivi.eval.transfer import EvalConfig, evaluate
+    from vivi.signals import raise_on_sigterm
+    raise_on_sigterm()
     torch.set_num_threads(threads)
     start = time.perf_counter()
     result = evaluate(checkpoint, world, out, EvalConfig(protocol="linear", resolution=resolution, seed=seed),

@@ -4,9 +4,10 @@ synth -> ingest -> detect (the world's ground-truth boxes) -> train every method
 on the world's six downstream tasks -> a results table, ``report/report.md`` and plots.
 
 Every stage skips the work already done, so re-running the same command after an interruption
-(Ctrl-C, a crash, a closed laptop) continues where it stopped. ``OUT/demo.json`` records the
-settings; a re-run with other settings into the same folder stops with an error rather than mix
-results of two settings.
+(Ctrl-C, SIGTERM, a crash, a closed laptop) continues where it stopped. While it runs the demo
+holds ``OUT/.vivi-lock`` (``vivi.files.writer_lock``): a second demo into the same folder is
+refused. ``OUT/demo.json`` records the settings; a re-run with other settings into the same
+folder stops with an error rather than mix results of two settings.
 """
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ import time
 from dataclasses import asdict, replace
 from pathlib import Path
 
-from vivi.files import as_json, refuse_other_settings
+from vivi.files import as_json, refuse_other_settings, writer_lock
 
 from .jobs import eval_folder, plan_jobs, run_jobs
 from .methods import SCALES, Scale, select_methods
@@ -126,61 +127,64 @@ def run_demo(out: str | Path = "demo", *, mode: str = "default", workers: int = 
         chosen = [replace(m, overrides=(*m.overrides, f"augment.size={train_size}")) if m.trained else m
                   for m in chosen]
     world_dir, data, report = out / "world", out / "data", out / "report"
-    kept = _kept_world(world_dir, world_config)
-    _check_settings(out, settings)
-    timings: dict[str, float] = {}
+    # The demo's stages lock their own folders (world, data, runs, evals) too; this lock keeps a
+    # second demo out of OUT as a whole.
+    with writer_lock(out, "demo"):
+        kept = _kept_world(world_dir, world_config)
+        _check_settings(out, settings)
+        timings: dict[str, float] = {}
 
-    t = time.perf_counter()
-    if kept:
-        _stage(1, f"synth: {world_dir} exists, kept")
-    else:
-        _stage(1, f"synth: {scale.videos} videos x {scale.seconds:g} s and six downstream tasks -> {world_dir}")
-        make_world(world_dir, videos=scale.videos, seconds=scale.seconds, size=64, seed=seed, workers=workers,
-                   task_test_size=scale.test_size, progress=progress, **world_settings)
-    timings["synth"] = time.perf_counter() - t
+        t = time.perf_counter()
+        if kept:
+            _stage(1, f"synth: {world_dir} exists, kept")
+        else:
+            _stage(1, f"synth: {scale.videos} videos x {scale.seconds:g} s and six downstream tasks -> {world_dir}")
+            make_world(world_dir, videos=scale.videos, seconds=scale.seconds, size=64, seed=seed, workers=workers,
+                       task_test_size=scale.test_size, progress=progress, **world_settings)
+        timings["synth"] = time.perf_counter() - t
 
-    t = time.perf_counter()
-    _stage(2, f"ingest: {world_dir / 'videos'} -> {data}")
-    print(ingest([world_dir / "videos"], data, IngestConfig(sampling=SamplingConfig(short_side=64)), workers=workers,
-                 progress=progress))
-    timings["ingest"] = time.perf_counter() - t
+        t = time.perf_counter()
+        _stage(2, f"ingest: {world_dir / 'videos'} -> {data}")
+        print(ingest([world_dir / "videos"], data, IngestConfig(sampling=SamplingConfig(short_side=64)),
+                     workers=workers, progress=progress))
+        timings["ingest"] = time.perf_counter() - t
 
-    t = time.perf_counter()
-    _stage(3, "detect: the world's ground-truth boxes (the oracle detector)")
-    print(detect_dataset(data, build_detector("groundtruth"), progress=progress))
-    report.mkdir(parents=True, exist_ok=True)
-    stats = dataset_stats(data)
-    print(format_stats(stats))
-    render_contact_sheet(data, report / "contact_sheet.png", detector="groundtruth")
-    (report / "dataset.json").write_text(json.dumps(stats, indent=1))
-    timings["detect + inspect"] = time.perf_counter() - t
+        t = time.perf_counter()
+        _stage(3, "detect: the world's ground-truth boxes (the oracle detector)")
+        print(detect_dataset(data, build_detector("groundtruth"), progress=progress))
+        report.mkdir(parents=True, exist_ok=True)
+        stats = dataset_stats(data)
+        print(format_stats(stats))
+        render_contact_sheet(data, report / "contact_sheet.png", detector="groundtruth")
+        (report / "dataset.json").write_text(json.dumps(stats, indent=1))
+        timings["detect + inspect"] = time.perf_counter() - t
 
-    suite = load_suite(world_dir)
-    images = len(suite) * (1000 + scale.test_size)        # train800val200 + test of every task
-    jobs = plan_jobs(out, data, world_dir, chosen, scale, eval_images=images)
-    trained = [m.label for m in chosen if m.trained]
-    _stage(4, f"train {', '.join(trained)}: {scale.steps} steps each, {scale.seeds} seed(s); "
-              f"evaluate them and the random-init encoder on {len(suite)} tasks (linear probe), "
-              f"{workers} job(s) at a time")
-    t = time.perf_counter()
-    run_jobs(jobs, scale=scale, data=data, world=world_dir, tasks=len(suite), workers=workers, progress=progress)
-    wall = time.perf_counter() - t
-    work = {stage: sum(j.seconds for j in jobs if j.stage == stage) for stage in ("train", "eval")}
-    timings["train + eval (wall)"] = wall
-    timings["train (summed over jobs)"] = work["train"]
-    timings["eval (summed over jobs)"] = work["eval"]
+        suite = load_suite(world_dir)
+        images = len(suite) * (1000 + scale.test_size)        # train800val200 + test of every task
+        jobs = plan_jobs(out, data, world_dir, chosen, scale, eval_images=images)
+        trained = [m.label for m in chosen if m.trained]
+        _stage(4, f"train {', '.join(trained)}: {scale.steps} steps each, {scale.seeds} seed(s); "
+                  f"evaluate them and the random-init encoder on {len(suite)} tasks (linear probe), "
+                  f"{workers} job(s) at a time")
+        t = time.perf_counter()
+        run_jobs(jobs, scale=scale, data=data, world=world_dir, tasks=len(suite), workers=workers, progress=progress)
+        wall = time.perf_counter() - t
+        work = {stage: sum(j.seconds for j in jobs if j.stage == stage) for stage in ("train", "eval")}
+        timings["train + eval (wall)"] = wall
+        timings["train (summed over jobs)"] = work["train"]
+        timings["eval (summed over jobs)"] = work["eval"]
 
-    _stage(5, "results")
-    results = collect({m: [eval_folder(out, m, s) for s in range(scale.seeds)] for m in chosen})
-    summary = write_report(results, report, settings=settings, timings=timings)
-    print(format_table(*table(results)))
-    print()
-    for line in format_ordering(summary["ordering"], results):
-        print(line)
-    caveat = one_seed_caveat(summary["ordering"])
-    if caveat:
-        print(caveat)
+        _stage(5, "results")
+        results = collect({m: [eval_folder(out, m, s) for s in range(scale.seeds)] for m in chosen})
+        summary = write_report(results, report, settings=settings, timings=timings)
+        print(format_table(*table(results)))
+        print()
+        for line in format_ordering(summary["ordering"], results):
+            print(line)
+        caveat = one_seed_caveat(summary["ordering"])
+        if caveat:
+            print(caveat)
 
-    _stage(6, f"report -> {report / 'report.md'}")
-    print("time: " + ", ".join(f"{k} {v:.0f} s" for k, v in timings.items()))
+        _stage(6, f"report -> {report / 'report.md'}")
+        print("time: " + ", ".join(f"{k} {v:.0f} s" for k, v in timings.items()))
     return {"stats": stats, "timings": timings, **summary}

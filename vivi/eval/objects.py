@@ -118,7 +118,11 @@ def compare_object_metric(checkpoints: list[str | Path], data: str | Path, detec
                           exclude_same_video: bool = True, seed: int = 0, **sample) -> dict:
     """The object metric of each checkpoint on the same sample of objects, and, for two, Fisher's
     exact test between their hit rates (Object-centric Table 2). ``random:NAME`` is a random-init encoder."""
-    from vivi.eval.transfer import load_eval_encoder
+    from vivi.eval.transfer import check_setting, load_eval_encoder
+    for name in ("batches", "videos_per_batch", "shots", "frames", "size"):
+        if name in sample:
+            check_setting(name, sample[name], flag="--batches" if name == "batches" else None, integer=True,
+                          at_least=1)
     if len(set(map(str, checkpoints))) < len(checkpoints):
         raise ValueError(f"the same checkpoint is given twice ({', '.join(map(str, checkpoints))}): "
                          "pass different ones to compare")

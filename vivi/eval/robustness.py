@@ -119,11 +119,14 @@ def robustness_from_task(checkpoint, task_dir: str | Path, data: str | Path, det
     from vivi.data.reader import VideoDataset
     from vivi.eval import vtab
     from vivi.eval.suite import Task, load_split
-    from vivi.eval.transfer import load_eval_encoder
+    from vivi.eval.transfer import check_setting, load_eval_encoder
 
-    if k < 1 or steps < 1 or batch_size < 1 or resolution < 8:
-        raise ValueError(f"k, steps and batch size must be at least 1 and resolution at least 8 "
-                         f"(got k={k}, steps={steps}, batch_size={batch_size}, resolution={resolution})")
+    for name, value, rule in (("k", k, dict(integer=True, at_least=1)), ("lr", lr, dict(above=0)),
+                              ("steps", steps, dict(integer=True, at_least=1)),
+                              ("resolution", resolution, dict(integer=True, at_least=8)),
+                              ("batch_size", batch_size, dict(integer=True, at_least=1)),
+                              ("seed", seed, dict(integer=True, at_least=0))):
+        check_setting(name, value, flag=f"--{name.replace('_', '-')}" if name != "seed" else None, **rule)
     folder = Path(task_dir)
     meta = folder / "task.json"
     if not meta.exists():

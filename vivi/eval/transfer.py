@@ -11,7 +11,9 @@ Each unit's result is written atomically (temporary file + rename) to
 ``OUT/units/<task>/<unit>.json`` as soon as it is done; a rerun of the same command reads the
 finished units and only computes the others. ``OUT/eval_config.json`` records the settings; a
 rerun with different settings is refused (start a new OUT). When all units are done,
-``OUT/results.json`` and ``OUT/results.md`` (per task, per group, mean) are written.
+``OUT/results.json`` and ``OUT/results.md`` (per task, per group, mean) are written. While it
+runs, the evaluation holds the folder's lock (``vivi.files.writer_lock``): a second evaluation
+into the same OUT is refused.
 
 Seeds: fine-tuning run (task t, repetition r, any setting) uses seed ``seed + 1000 * r`` (head
 init, batch order); repetitions differ only by their seeds.
@@ -21,6 +23,9 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
+import numbers
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,13 +33,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..files import differing, refuse_other_settings, replacing
+from ..files import differing, refuse_other_settings, replacing, writer_lock
 from . import vtab
 from .probe import frozen_features, knn_classify, linear_probe
 from .report import summarize
 from .suite import SPLITS, Task, infer_num_classes, load_split, load_suite
 
-__all__ = ["EvalConfig", "PROTOCOLS", "evaluate", "load_eval_encoder"]
+__all__ = ["EvalConfig", "PROTOCOLS", "check_setting", "evaluate", "load_eval_encoder"]
 
 SELECTIONS = ("auto", "suite", "task")
 PROTOCOLS = ("vtab1k", "linear", "knn")
@@ -68,13 +73,19 @@ class EvalConfig:
     def __post_init__(self):
         if self.protocol not in PROTOCOLS:
             raise ValueError(f"unknown protocol {self.protocol!r}; valid: {', '.join(PROTOCOLS)}")
-        if (self.repetitions < 1 or self.resolution < 8 or self.batch_size < 1 or self.steps_scale <= 0
-                or self.knn_k < 1 or self.eval_batch_size < 1):
-            raise ValueError(f"invalid evaluation settings: repetitions={self.repetitions}, "
-                             f"resolution={self.resolution}, batch_size={self.batch_size}, "
-                             f"steps_scale={self.steps_scale}, knn_k={self.knn_k}, "
-                             f"eval_batch_size={self.eval_batch_size} (repetitions, batch sizes and knn_k must be "
-                             ">= 1, resolution >= 8, steps_scale > 0)")
+        for name, flag, rule in (("repetitions", "--reps", dict(integer=True, at_least=1)),
+                                 ("resolution", "--resolution", dict(integer=True, at_least=8)),
+                                 ("batch_size", "--batch-size", dict(integer=True, at_least=1)),
+                                 ("learning_rates", None, dict(above=0)),
+                                 ("steps", None, dict(integer=True, at_least=1)),
+                                 ("steps_scale", "--steps-scale", dict(above=0)),
+                                 ("decay_at", None, dict(at_least=0, at_most=1)),
+                                 ("momentum", None, dict(at_least=0, below=1)),
+                                 ("seed", "--seed", dict(integer=True, at_least=0)),
+                                 ("eval_batch_size", None, dict(integer=True, at_least=1)),
+                                 ("knn_k", "--knn-k", dict(integer=True, at_least=1)),
+                                 ("probe_cs", None, dict(above=0))):
+            check_setting(name, getattr(self, name), flag=flag, **rule)
         if self.select not in SELECTIONS:
             raise ValueError(f"unknown selection {self.select!r}; valid: {', '.join(SELECTIONS)}")
         check_device(self.device)
@@ -93,6 +104,28 @@ class EvalConfig:
 
     def settings(self) -> list[vtab.Setting]:
         return vtab.sweep_settings(self.learning_rates, self.steps, self.steps_scale)
+
+
+def check_setting(name: str, value, *, flag: str | None = None, integer: bool = False, above: float | None = None,
+                  at_least: float | None = None, below: float | None = None, at_most: float | None = None) -> None:
+    """Raise ValueError (one line naming the setting, and its flag) unless ``value`` -- or each
+    item of a tuple or list -- is a finite number (an integer where ``integer``) in the range."""
+    if isinstance(value, (tuple, list)):
+        if not value:
+            raise ValueError(f"{name} must hold at least one value")
+        for i, item in enumerate(value):
+            check_setting(f"{name}[{i}]", item, integer=integer, above=above, at_least=at_least, below=below,
+                          at_most=at_most)
+        return
+    bounds = [f"{word} {bound:g}" for word, bound in (("above", above), ("at least", at_least), ("below", below),
+                                                       ("at most", at_most)) if bound is not None]
+    kind = numbers.Integral if integer else numbers.Real
+    fine = (isinstance(value, kind) and not isinstance(value, bool) and math.isfinite(value)
+            and (above is None or value > above) and (at_least is None or value >= at_least)
+            and (below is None or value < below) and (at_most is None or value <= at_most))
+    if not fine:
+        what = "an integer" if integer else "a finite number"
+        raise ValueError(f"{name}{f' ({flag})' if flag else ''} must be {what} {' and '.join(bounds)}, got {value!r}")
 
 
 def load_eval_encoder(checkpoint: str | Path, seed: int = 0, device: str = "cpu") -> nn.Module:
@@ -159,7 +192,15 @@ def _write_json(path: Path, data) -> None:
 
 
 def _read_json(path: Path):
-    return json.loads(path.read_text()) if path.exists() else None
+    """A finished unit's record, None when there is none; a damaged one (not JSON) is said in one
+    line and counts as not done, so the unit runs again."""
+    if not path.exists():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except ValueError:
+        print(f"vivi eval: {path} is damaged (not JSON): running its unit again", file=sys.stderr, flush=True)
+        return None
 
 
 class _Units:
@@ -290,8 +331,6 @@ def evaluate(checkpoint: str | Path, suite: str | Path, out: str | Path, config:
     ``suite``: a suite file, or a synthetic world / its ``tasks`` folder.
     Returns the results dict also written to ``OUT/results.json`` (accuracies as fractions).
     """
-    from tqdm.auto import tqdm
-
     from .report import write_results_markdown
     out = Path(out)
     tasks = load_suite(suite)
@@ -301,21 +340,25 @@ def evaluate(checkpoint: str | Path, suite: str | Path, out: str | Path, config:
         "checkpoint": str(checkpoint), "encoder_sha256": encoder_digest(encoder), "suite": str(Path(suite).resolve()),
         "tasks": [_task_record(t) for t in tasks], "result_settings": config.result_settings(),
         "config": dataclasses.asdict(config)}))
-    refuse_other_settings(out / "eval_config.json", _settings_of(header), holds="an evaluation",
-                          read=_settings_of, ignore=("checkpoint",), describe=_describe_conflict,
-                          fix="use a new --out, or the same checkpoint, tasks and settings to resume")
-    _write_json(out / "eval_config.json", header)
+    with writer_lock(out, "eval"):         # a second evaluation into OUT would compute and write the same units
+        refuse_other_settings(out / "eval_config.json", _settings_of(header), holds="an evaluation",
+                              read=_settings_of, ignore=("checkpoint",), describe=_describe_conflict,
+                              fix="use a new --out, or the same checkpoint, tasks and settings to resume")
+        _write_json(out / "eval_config.json", header)
+        entries = _run_units(encoder, tasks, config, out, progress)
+        results = {task.name: {"group": task.group, "median": float(np.median(entries[task.name]["test_accuracy"])),
+                               **entries[task.name]} for task in tasks}
+        summary = {**header, "protocol": config.protocol, "tasks": results, **summarize(results)}
+        _write_json(out / "results.json", summary)
+        write_results_markdown(summary, out / "results.md")
+    return summary
 
+
+def _run_units(encoder, tasks: list[Task], config: EvalConfig, out: Path, progress: bool) -> dict[str, dict]:
+    from tqdm.auto import tqdm
     per_task = config.repetitions * (len(config.settings()) + 1) if config.protocol == "vtab1k" else 1
     with tqdm(total=len(tasks) * per_task, desc=f"eval {config.protocol}", unit="unit", disable=not progress) as bar:
         units = _Units(out, bar)
         if config.protocol == "vtab1k":
-            entries = _vtab1k(encoder, tasks, config, units)
-        else:
-            entries = {task.name: _frozen_task(encoder, task, config, units) for task in tasks}
-    results = {task.name: {"group": task.group, "median": float(np.median(entries[task.name]["test_accuracy"])),
-                           **entries[task.name]} for task in tasks}
-    summary = {**header, "protocol": config.protocol, "tasks": results, **summarize(results)}
-    _write_json(out / "results.json", summary)
-    write_results_markdown(summary, out / "results.md")
-    return summary
+            return _vtab1k(encoder, tasks, config, units)
+        return {task.name: _frozen_task(encoder, task, config, units) for task in tasks}

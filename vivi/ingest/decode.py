@@ -11,6 +11,7 @@ otherwise idle core (:func:`threading_plan`). Measurements: docs/benchmarks.md, 
 """
 from __future__ import annotations
 
+import math
 import os
 import queue
 import threading
@@ -45,11 +46,14 @@ class SamplingConfig:
     cuts: CutDetectorConfig = field(default_factory=CutDetectorConfig)
 
     def __post_init__(self):
-        if not (self.sample_fps > 0 and self.short_side >= 16 and 1 <= self.jpeg_quality <= 100
-                and self.histogram_width >= 1):
-            raise ValueError(f"sampling settings out of range: fps {self.sample_fps} (> 0), short side "
-                             f"{self.short_side} (>= 16), JPEG quality {self.jpeg_quality} (1-100), histogram width "
-                             f"{self.histogram_width} (>= 1)")
+        checks = [("fps", self.sample_fps, "a finite number > 0", self.sample_fps > 0),
+                  ("short side", self.short_side, ">= 16", self.short_side >= 16),
+                  ("JPEG quality", self.jpeg_quality, "1-100", 1 <= self.jpeg_quality <= 100),
+                  ("histogram width", self.histogram_width, ">= 1", self.histogram_width >= 1)]
+        wrong = [f"{name} {value} ({allowed})" for name, value, allowed, ok in checks
+                 if not (ok and math.isfinite(value))]
+        if wrong:
+            raise ValueError(f"sampling settings out of range: {', '.join(wrong)}")
 
 
 @dataclass

@@ -10,6 +10,9 @@ work was split.
 Inputs and the dataset may be in object storage (``vivi.storage``): an input URL is downloaded by
 the worker that decodes it, to a local temporary file removed afterwards, and a dataset URL
 receives the same objects as a local folder, each shard staged locally and uploaded tar first.
+
+With ``ray`` each shard still to do is a task on a Ray cluster (``vivi.cluster``) that decodes its
+videos and puts the shard in place itself; the dataset is the same, byte for byte.
 """
 from __future__ import annotations
 
@@ -17,10 +20,13 @@ import json
 import multiprocessing
 import os
 import posixpath
+import select
+import signal
 import tempfile
+import threading
 import time
 from collections import Counter, deque
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from contextlib import contextmanager
@@ -29,7 +35,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from ..files import refuse_other_settings
+from ..files import parse_json, refuse_other_settings, writer_lock
 from ..storage import (
     download,
     filesystem,
@@ -114,7 +120,13 @@ def expand_inputs(inputs: list[str | Path]) -> list[Path | str]:
     relative paths are taken relative to the list file. Returns sorted, de-duplicated absolute paths,
     then the URLs of videos in object storage (:func:`_add_url`), sorted.
     """
-    found: set[Path] = set()
+    return [source if is_url(source) else Path(source) for source in expand_sources(inputs)]
+
+
+def expand_sources(inputs: list[str | Path]) -> list[str]:
+    """:func:`expand_inputs` as strings, the form the plan holds (no Path per video: a list of a
+    million videos is planned in seconds)."""
+    found: set[str] = set()
     urls: set[str] = set()
     for item in inputs:
         if is_url(item):
@@ -126,25 +138,35 @@ def expand_inputs(inputs: list[str | Path]) -> list[Path | str]:
         elif path.suffix.lower() in LIST_EXTENSIONS and path.is_file():
             _add_listed(path.read_text(encoding="utf-8-sig"), path.parent, found, urls)
         elif path.exists():
-            found.add(path.resolve())
+            found.add(str(path.resolve()))
         else:
             raise FileNotFoundError(f"input {item!s} does not exist: pass video files, folders of videos, "
                                     "or a .txt file listing video paths")
-    return [*sorted(found), *sorted(urls)]
+    # in the order of Path objects (part by part: "a/b" before "a-b"), as plans have always listed them
+    return [*sorted(found, key=lambda path: path.replace("/", "\0")), *sorted(urls)]
 
 
-def _add_listed(text: str, base: Path | str, found: set[Path], urls: set[str]) -> None:
-    """The entries of a list file in the folder (or at the URL prefix) ``base``."""
+def _add_listed(text: str, base: Path | str, found: set[str], urls: set[str]) -> None:
+    """The entries of a list file in the folder (or at the URL prefix) ``base``.
+
+    An entry with a video extension is taken as a file without looking at it (made absolute and
+    normalised, symbolic links kept: a million entries cost no file-system call; one that is not
+    a video file is that entry's failure); any other entry is looked at, and a folder searched."""
+    base_is_url = is_url(base)
     for line in text.splitlines():
         line = line.strip()
         if not line or line.startswith("#"):
             continue
-        if is_url(line) or (is_url(base) and not line.startswith(("/", "~"))):
+        if is_url(line) or (base_is_url and not line.startswith(("/", "~"))):
             _add_url(line if is_url(line) else _relative_url(base, line), found, urls, listed=True)
             continue
-        listed = Path(line).expanduser()
-        listed = listed if listed.is_absolute() else base / listed
-        found.update(_videos_under(listed) if listed.is_dir() else [listed.resolve()])
+        listed = os.path.join(base, os.path.expanduser(line))
+        if os.path.splitext(listed)[1].lower() in VIDEO_EXTENSIONS:
+            found.add(os.path.abspath(listed))
+        elif os.path.isdir(listed):
+            found.update(_videos_under(Path(listed)))
+        else:
+            found.add(str(Path(listed).resolve()))
 
 
 def _relative_url(base: str, line: str) -> str:
@@ -153,7 +175,7 @@ def _relative_url(base: str, line: str) -> str:
     return f"{scheme}://{posixpath.normpath(rest)}"
 
 
-def _add_url(url: str, found: set[Path], urls: set[str], listed: bool = False) -> None:
+def _add_url(url: str, found: set[str], urls: set[str], listed: bool = False) -> None:
     """A URL input: a video (by its extension; not checked here: one that cannot be downloaded is
     that video's failure, as a missing file named in a list), a list file (not inside a list), or
     else a prefix (a "folder"), listed recursively for video files."""
@@ -177,9 +199,11 @@ def _videos_at(prefix: str) -> list[str]:
             if key.startswith(remote + "/") and posixpath.splitext(key)[1].lower() in VIDEO_EXTENSIONS]
 
 
-def _videos_under(folder: Path) -> set[Path]:
+def _videos_under(folder: Path) -> set[str]:
     """Video files in ``folder`` and its sub-folders, symbolic links to folders followed (each
-    real folder once, so a link loop ends)."""
+    real folder once, so a link loop ends). A name with a video extension that is not a video
+    file (a broken symbolic link, a folder ``clip.mp4/``) is in the list too: it is reported as
+    its failure rather than skipped unseen, and the plan stays the same once it is repaired."""
     found, seen = set(), set()
     for parent, subfolders, files in os.walk(folder, followlinks=True):
         real = os.path.realpath(parent)
@@ -187,8 +211,11 @@ def _videos_under(folder: Path) -> set[Path]:
             subfolders.clear()
             continue
         seen.add(real)
-        found.update(Path(parent, name).resolve() for name in files
-                     if Path(name).suffix.lower() in VIDEO_EXTENSIONS and os.path.isfile(os.path.join(parent, name)))
+        for name in (*files, *subfolders):
+            if Path(name).suffix.lower() in VIDEO_EXTENSIONS:
+                path = Path(parent, name)
+                # a broken link keeps its own name: resolving it would name a file that is not there
+                found.add(str(path.resolve()) if os.path.exists(path) else os.path.abspath(path))
     return found
 
 
@@ -238,6 +265,8 @@ def _local_copy(source: str) -> Iterator[Path]:
 def _ingest_one(job: tuple[int, str, SamplingConfig, int]) -> tuple[int, dict | None, list[bytes], str | None]:
     index, source, sampling, threads = job
     try:
+        if not is_url(source) and os.path.islink(source) and not os.path.exists(source):
+            raise VideoError("broken symbolic link")
         if is_url(source):
             with _local_copy(source) as local:
                 video = decode_video(local, sampling, threads)
@@ -261,7 +290,7 @@ def _ingest_one(job: tuple[int, str, SamplingConfig, int]) -> tuple[int, dict | 
 
 def ingest(inputs: list[str | Path], out: str | Path, config: IngestConfig = IngestConfig(), *,
            workers: int = 1, part: tuple[int, int] = (0, 1), progress: bool = True,
-           retry_failed: bool = False) -> IngestSummary:
+           retry_failed: bool = False, repair: bool = False, ray: str | None = None) -> IngestSummary:
     """Ingest the videos named by ``inputs`` into the dataset folder ``out`` (see module docstring).
 
     Resumable: complete shards are kept and skipped. ``workers`` processes decode videos in
@@ -269,38 +298,106 @@ def ingest(inputs: list[str | Path], out: str | Path, config: IngestConfig = Ing
     ``retry_failed``: complete shards that hold failed videos are made again (after the files were
     repaired or replaced); their detections, if any, are dropped for ``vivi detect`` to redo.
     ``inputs`` and ``out`` may be URLs of object storage (module docstring).
+    ``repair``: complete shards holding a frame that no longer decodes (damaged on disk since,
+    see ``vivi inspect --verify``) are made again too, their detections dropped.
+    ``ray``: run each shard as a Ray task (``vivi.cluster``) on the cluster at this address, or
+    on a local Ray instance ("local"); ``workers`` is then not used.
+    The run holds the lock of its part of ``out`` (``vivi.files.writer_lock``): parts run side by
+    side, the same part twice is refused.
     """
     start = time.perf_counter()
     out = location(out)
-    remote = is_url(out)
+    if workers < 1:
+        raise ValueError(f"--workers {workers} is out of range: give at least 1 (parallel decoding processes)")
+    plan, unwritten, mine, todo, redo = plan_ingest(inputs, out, config, part, retry_failed)
+    with writer_lock(out, "ingest", key="part-{}-of-{}".format(*part)):
+        if repair:
+            redo |= _damaged_shards(out, [j for j in mine if j not in todo], progress)
+            todo = sorted({*todo, *redo})
+        return _ingest_planned(out, config, plan, unwritten, mine, todo, redo, workers, progress, ray, start)
+
+
+def _ingest_planned(out: Path | str, config: IngestConfig, plan: dict, unwritten: list, mine: range,
+                    todo: list[int], redo: set[int], workers: int, progress: bool, ray: str | None,
+                    start: float) -> IngestSummary:
+    sources = plan["inputs"]
+    if todo:     # shards change: an index would name their old offsets (written again once complete)
+        remove(join(out, INDEX_FILE))
+    _drop_detections(out, sorted(redo))
+    if ray is not None:
+        _ingest_on_ray(ray, out, sources, config, todo, unwritten, progress)
+        last, unwritten = None, []
+    else:
+        last = _ingest_here(out, sources, config, todo, unwritten, workers, progress)
+    complete = shards.completed_shard_indices(out)
+    if last is not None:
+        # (a retried shard is complete on disk already, in its old version: the new one replaces it)
+        complete = sorted([c for c in complete if c["shard"] != last[0]["shard"]] + [last[0]],
+                          key=lambda index: index["shard"])
+    summary = _finalize(out, plan, complete, last[1] if last is not None else shards.stage_files(unwritten),
+                        config.min_shots)
+    summary.shards_written, summary.shards_skipped = len(todo), len(mine) - len(todo)
+    summary.seconds = time.perf_counter() - start
+    if summary.complete and summary.videos == 0:
+        reasons = "; ".join(f"{n}x {r}" for r, n in sorted(summary.failure_reasons.items(), key=lambda x: -x[1]))
+        raise ValueError(f"none of the {summary.failed} videos could be ingested ({reasons}): see "
+                         f"{join(out, 'failures.jsonl')}, and once they are repaired run again with --retry-failed")
+    return summary
+
+
+def _damaged_shards(out: Path | str, complete: list[int], progress: bool) -> set[int]:
+    """The shards among ``complete`` holding a stored frame that does not decode, or whose index
+    is damaged (a quick look at its first bytes took it for complete)."""
+    if not complete:
+        return set()
+    from ..data.inspect import verify_dataset
+    names = {f"{shards.shard_name(j)}.tar": j for j in complete}
+    result = verify_dataset(out, only=set(names), progress=progress)
+    return {names[name] for name in [*result["shards_to_repair"], *result["incomplete"]] if name in names}
+
+
+def plan_ingest(inputs: list[str | Path], out: Path | str, config: IngestConfig, part: tuple[int, int] = (0, 1),
+                retry_failed: bool = False) -> tuple[dict, list, range, list[int], set[int]]:
+    """The run :func:`ingest` makes, before any video is decoded: (the plan, the plan file to
+    write if the dataset has none, this part's shards, those still to do, the complete ones to
+    make again for ``retry_failed``). Checks the plan against the dataset's."""
     part_index, part_count = part
     if not (part_count >= 1 and 0 <= part_index < part_count):
         raise ValueError(f"part {part_index}/{part_count} is not valid: use i/n with 0 <= i < n")
-    sources = [str(p) for p in expand_inputs(inputs)]
+    sources = expand_sources(inputs)
     if not sources:
         raise ValueError(f"no video files found in {', '.join(map(str, inputs))} "
                          f"(extensions looked for: {' '.join(sorted(VIDEO_EXTENSIONS))})")
     plan = {"version": PLAN_VERSION, "config": asdict(config), "inputs": sources}
     unwritten = _check_plan(out, plan)
-
     per_shard = config.videos_per_shard
     num_shards = (len(sources) + per_shard - 1) // per_shard
-    mine = [j for j in range(num_shards) if j % part_count == part_index]
-    done = shards.read_shard_indices(out, mine)
-    todo = [j for j in mine if done[j] is None or (retry_failed and done[j]["failures"])]
-    if todo:     # shards change: an index would name their old offsets (written again once complete)
-        remove(join(out, INDEX_FILE))
-    _drop_detections(out, [j for j in todo if done[j] is not None])
+    mine = range(part_index, num_shards, part_count)
+    done = shards.complete_shards(out, mine)
+    redo = set()
+    if retry_failed:
+        indices = shards.read_shard_indices(out, sorted(done))
+        redo = {j for j, shard_index in indices.items() if shard_index is not None and shard_index["failures"]}
+    return plan, unwritten, mine, [j for j in mine if j not in done or j in redo], redo
+
+
+def _ingest_here(out: Path | str, sources: list[str], config: IngestConfig, todo: list[int],
+                 unwritten: list[tuple[Path, bytes]], workers: int, progress: bool) -> tuple | None:
+    """Make the shards ``todo`` in this process and ``workers`` processes; return (index, renames)
+    of the last one if it is staged but not in place (a local folder: the manifest's round puts
+    it there), with the files ``unwritten`` in the renames if no shard took them."""
+    per_shard = config.videos_per_shard
     # With a process per core, FFmpeg's own threads only add overhead.
     threads = 1 if workers >= (os.cpu_count() or 1) else 0
-    jobs = [(i, sources[i], config.sampling, threads)
-            for j in todo for i in range(j * per_shard, min((j + 1) * per_shard, len(sources)))]
+    jobs = ((i, sources[i], config.sampling, threads)      # made as they are taken: a plan may hold millions
+            for j in todo for i in range(j * per_shard, min((j + 1) * per_shard, len(sources))))
 
-    bar = tqdm(total=len(jobs), unit="video", desc=f"ingest {name_of(out)}", disable=not progress, dynamic_ncols=True)
+    bar = tqdm(total=sum(min(per_shard, len(sources) - j * per_shard) for j in todo), unit="video",
+               desc=f"ingest {name_of(out)}", disable=not progress, dynamic_ncols=True)
     native_frames = 0
     pending: dict[int, list] = {j: [] for j in todo}
     results = _run_jobs(jobs, workers) if workers > 1 else map(_ingest_one, jobs)
-    last = None       # the run's last shard: staged, put in place in the manifest's round (a local folder)
+    last = None
     try:
         for index, record, jpegs, reason in results:
             j = index // per_shard
@@ -311,7 +408,7 @@ def ingest(inputs: list[str | Path], out: str | Path, config: IngestConfig = Ing
             bar.set_postfix_str(f"{native_frames / max(bar.format_dict['elapsed'], 1e-9):.0f} frames/s decoded",
                                 refresh=False)
             if len(pending[j]) == min((j + 1) * per_shard, len(sources)) - j * per_shard:
-                if remote:
+                if is_url(out):
                     shards.upload_shard(out, *_shard_contents(j, sorted(pending.pop(j), key=lambda r: r[0]), sources))
                     continue
                 shard_index, renames = _stage_shard(out, j, sorted(pending.pop(j), key=lambda r: r[0]), sources)
@@ -325,17 +422,68 @@ def ingest(inputs: list[str | Path], out: str | Path, config: IngestConfig = Ing
         bar.close()
         if hasattr(results, "close"):
             results.close()
-    complete = shards.completed_shard_indices(out)
-    renames = shards.stage_files(unwritten)
-    if last is not None:
-        # (a retried shard is complete on disk already, in its old version: the new one replaces it)
-        complete = sorted([c for c in complete if c["shard"] != last[0]["shard"]] + [last[0]],
-                          key=lambda index: index["shard"])
-        renames += last[1]
-    summary = _finalize(out, plan, complete, renames, config.min_shots)
-    summary.shards_written, summary.shards_skipped = len(todo), len(mine) - len(todo)
-    summary.seconds = time.perf_counter() - start
-    return summary
+    if last is None:
+        return None
+    return last[0], last[1] + shards.stage_files(unwritten)
+
+
+def _ingest_on_ray(address: str, out: Path | str, sources: list[str], config: IngestConfig, todo: list[int],
+                   unwritten: list[tuple[Path, bytes]], progress: bool) -> None:
+    """Make the shards ``todo`` as Ray tasks, one per shard, each writing its shard in place."""
+    from .. import cluster
+    shards.write_all_atomic(unwritten)         # the plan, before any shard names it
+    if not is_url(out):
+        out = out.absolute()                   # the tasks' working folder is not this one
+    per_shard = config.videos_per_shard
+
+    def shard_task(j: int) -> tuple:
+        first = j * per_shard
+        return out, j, first, sources[first:first + per_shard], config.sampling
+
+    with cluster.connected(address) as ray:
+        bar = tqdm(total=sum(min(per_shard, len(sources) - j * per_shard) for j in todo), unit="video",
+                   desc=f"ingest {name_of(out)}", disable=not progress, dynamic_ncols=True)
+        try:
+            for _ in cluster.run_tasks(ray, ingest_shard, map(shard_task, todo), num_cpus=1,
+                                       on_crash=lambda *args: _isolate_crash(ray, *args),
+                                       progress=lambda videos: bar.update(videos)):
+                pass
+        finally:
+            bar.close()
+    return None
+
+
+KILL_ONCE = "VIVI_KILL_TASK_ONCE"   # tests: a marker file; the first task to find it absent dies mid-shard
+
+
+def ingest_shard(out: Path | str, j: int, first: int, sources: list[str], sampling: SamplingConfig,
+                 results: list | None = None) -> int:
+    """A Ray task: decode the videos ``sources`` (keys from ``first``) of shard ``j`` (or take
+    their ``results``) and put the shard in place, as :func:`ingest` does in one process; return
+    the number of videos. A video that fails is the shard's failure record, not an error."""
+    if results is None:
+        results = [_ingest_one((first + k, source, sampling, 1)) for k, source in enumerate(sources)]
+    contents = _shard_contents(j, results, dict(enumerate(sources, first)))
+    if is_url(out):
+        shards.upload_shard(out, *contents)
+        return len(sources)
+    _, renames = shards.stage_shard(out, *contents)
+    marker = os.environ.get(KILL_ONCE)
+    if marker and not os.path.exists(marker):      # a worker lost while it writes (tests/test_ray.py)
+        Path(marker).touch()
+        os.kill(os.getpid(), signal.SIGKILL)
+    shards.replace_durably(renames)
+    return len(sources)
+
+
+def _isolate_crash(ray, out: Path | str, j: int, first: int, sources: list[str], sampling: SamplingConfig) -> int:
+    """Shard ``j``'s task died every time it ran: decode its videos in a task each, the one whose
+    process dies again is that video's failure, and the shard is written from the results."""
+    from .. import cluster
+    jobs = [((first + k, source, sampling, 1),) for k, source in enumerate(sources)]
+    results = list(cluster.run_tasks(ray, _ingest_one, jobs, num_cpus=1, max_retries=0, ordered=True,
+                                     on_crash=lambda job: (job[0], None, [], CRASHED)))
+    return next(cluster.run_tasks(ray, ingest_shard, [(out, j, first, sources, sampling, results)], num_cpus=1))
 
 
 def _drop_detections(out: Path | str, retried: list[int]) -> None:
@@ -354,7 +502,7 @@ def _drop_detections(out: Path | str, retried: list[int]) -> None:
             sidecar.unlink()
 
 
-def _run_jobs(jobs: list, workers: int, work=_ingest_one):
+def _run_jobs(jobs: Iterable, workers: int, work=_ingest_one):
     """Results of ``work`` (``_ingest_one``) over ``jobs`` in order, from ``workers`` processes.
 
     At most ``4 * workers`` videos are in flight, so memory stays bounded. A worker that dies
@@ -364,17 +512,18 @@ def _run_jobs(jobs: list, workers: int, work=_ingest_one):
     """
     context = multiprocessing.get_context("forkserver")   # clean workers, safe if the caller has threads
     context.set_forkserver_preload(["vivi.ingest.pipeline"])   # imported once, workers start fast
-    position = 0
-    while position < len(jobs):
+    jobs = iter(jobs)
+    job = next(jobs, None)
+    while job is not None:
         pool = ProcessPoolExecutor(workers, mp_context=context, initializer=_worker_init,
-                                   initargs=(dict(os.environ),))
+                                   initargs=(dict(os.environ), os.getpid()))
         window: deque = deque()
         try:
-            while position < len(jobs) or window:
-                while position < len(jobs) and len(window) < 4 * workers:
-                    window.append((jobs[position], pool.submit(work, jobs[position])))
-                    position += 1
-                job, future = window[0]
+            while job is not None or window:
+                while job is not None and len(window) < 4 * workers:
+                    window.append((job, pool.submit(work, job)))
+                    job = next(jobs, None)
+                _, future = window[0]
                 result = future.result()
                 window.popleft()
                 yield result
@@ -390,20 +539,23 @@ def _run_jobs(jobs: list, workers: int, work=_ingest_one):
             raise
         else:
             pool.shutdown(wait=True)
-        for job, _ in window:   # the pool broke: isolate the culprit
-            yield _run_isolated(work, job, context)
+        for broken, _ in window:   # the pool broke: isolate the culprit
+            yield _run_isolated(work, broken, context)
+
+
+CRASHED = "the decoding process crashed on this file (corrupt or unsupported video)"
 
 
 def _run_isolated(work, job, context):
     with ProcessPoolExecutor(1, mp_context=context, initializer=_worker_init,
-                             initargs=(dict(os.environ),)) as pool:
+                             initargs=(dict(os.environ), os.getpid())) as pool:
         try:
             return pool.submit(work, job).result()
         except BrokenProcessPool:
-            return job[0], None, [], "the decoding process crashed on this file (corrupt or unsupported video)"
+            return job[0], None, [], CRASHED
 
 
-def _worker_init(environment: dict[str, str] | None = None) -> None:
+def _worker_init(environment: dict[str, str] | None = None, caller: int | None = None) -> None:
     import cv2
     cv2.setNumThreads(1)   # one process per core already; OpenCV's own threads would oversubscribe
     if environment is not None:
@@ -411,6 +563,41 @@ def _worker_init(environment: dict[str, str] | None = None) -> None:
         # forked from a server process that may have started before the caller set them.
         os.environ.clear()
         os.environ.update(environment)
+    if caller is not None:
+        _end_with(caller)
+
+
+def _end_with(caller: int) -> None:
+    """End this worker as soon as the ``caller`` (ingest's process) ends, killed or not.
+
+    Nothing else would: a worker waits on its task queue, whose writing end it holds itself, and
+    its parent, the fork server, waits for every worker to close the server's liveness pipe
+    (each worker is handed one) before it exits; a parent-death signal would thus never fire.
+    A thread waits for the caller's end on a process file descriptor (Linux), else polls it.
+    """
+    def watch() -> None:
+        try:
+            handle = os.pidfd_open(caller)
+        except ProcessLookupError:
+            os._exit(1)
+        except (AttributeError, OSError):
+            while _alive(caller):
+                time.sleep(1.0)
+            os._exit(1)
+        select.select([handle], [], [])     # readable once the process has ended
+        os._exit(1)
+
+    threading.Thread(target=watch, name="vivi-end-with-caller", daemon=True).start()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    return True
 
 
 def _shard_contents(j: int, results: list, sources: list[str]) -> tuple[int, list, list]:
@@ -433,7 +620,9 @@ def collect(out: str | Path) -> dict:
 
 def _read_plan(out: Path | str) -> dict:
     shards.require_dataset(out)
-    return json.loads(read_bytes(join(out, "plan.json")))
+    return parse_json(read_bytes(join(out, "plan.json")), join(out, "plan.json"),
+                      "it records the dataset's inputs and settings: restore it from a copy (a run with the same "
+                      "inputs and settings writes the same file), or ingest into a new folder")
 
 
 def _manifest(plan: dict, done: list[dict]) -> dict:
@@ -513,15 +702,34 @@ def _reason_kind(reason: str) -> str:
     return reason.split(" (")[0]
 
 
-def parse_part(text: str) -> tuple[int, int]:
-    """'i/n' -> (i, n)."""
+def parse_part(text: str, environment: dict[str, str] | None = None) -> tuple[int, int]:
+    """'i/n' -> (i, n); 'slurm' -> this task's part of a Slurm job array (``sbatch --array``):
+    ``SLURM_ARRAY_TASK_ID`` (less ``SLURM_ARRAY_TASK_MIN``) of ``SLURM_ARRAY_TASK_COUNT``."""
+    if text == "slurm":
+        return _slurm_part(os.environ if environment is None else environment)
     try:
         i, n = (int(x) for x in text.split("/"))
     except ValueError:
-        raise ValueError(f"--part {text!r} is not of the form i/n (e.g. 0/4)") from None
+        raise ValueError(f"--part {text!r} is not of the form i/n (e.g. 0/4) or slurm") from None
     if not (n >= 1 and 0 <= i < n):
         raise ValueError(f"--part {text}: need 0 <= i < n")
     return i, n
+
+
+def _slurm_part(environment: dict[str, str]) -> tuple[int, int]:
+    names = ("SLURM_ARRAY_TASK_ID", "SLURM_ARRAY_TASK_COUNT")
+    if not all(environment.get(name) for name in names):
+        raise ValueError("--part slurm: SLURM_ARRAY_TASK_ID and SLURM_ARRAY_TASK_COUNT are not set; run it inside a "
+                         "job array (sbatch --array=0-15 ...) or give the part as i/n")
+    try:
+        task, count, first = (int(environment.get(name, "0")) for name in (*names, "SLURM_ARRAY_TASK_MIN"))
+    except ValueError:
+        raise ValueError("--part slurm: SLURM_ARRAY_TASK_ID, _COUNT and _MIN must be integers") from None
+    i = task - first
+    if not (count >= 1 and 0 <= i < count):
+        raise ValueError(f"--part slurm: array task {task} (first {first}) of {count} is not a part 0..{count - 1}: "
+                         "number the array's tasks consecutively (--array=0-15, not a step or a list)")
+    return i, count
 
 
 def default_workers() -> int:

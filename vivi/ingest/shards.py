@@ -34,14 +34,16 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import socket
 import struct
+import sys
 import tarfile
 import tempfile
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -279,8 +281,8 @@ def upload_shard(root: str, index: int, samples: list[tuple[dict, list[bytes]]],
 def read_shard_index(root: Path | str, index: int) -> dict | None:
     """The index of shard ``index`` if that shard is complete, else None."""
     if is_url(root):
-        data = read_optional(join(root, SHARD_DIR, f"{shard_name(index)}.json"))
-        shard_index = json.loads(data) if data is not None else None
+        path = join(root, SHARD_DIR, f"{shard_name(index)}.json")
+        shard_index = _parse_index(read_optional(path), path)
         if shard_index is None or size_of(join(root, SHARD_DIR, f"{shard_name(index)}.tar")) != shard_index["bytes"]:
             return None
         return shard_index
@@ -289,8 +291,8 @@ def read_shard_index(root: Path | str, index: int) -> dict | None:
     tar_path = folder / f"{shard_name(index)}.tar"
     if not index_path.exists() or not tar_path.exists():
         return None
-    shard_index = json.loads(index_path.read_text())
-    if tar_path.stat().st_size != shard_index["bytes"]:
+    shard_index = _parse_index(index_path.read_bytes(), index_path)
+    if shard_index is None or tar_path.stat().st_size != shard_index["bytes"]:
         return None
     return shard_index
 
@@ -306,10 +308,65 @@ def read_shard_indices(root: Path | str, numbers: list[int],
     found = {j: None for j in numbers}
     present = [j for j in numbers if f"{shard_name(j)}.json" in sizes]
     for j, data in zip(present, read_each(join(root, SHARD_DIR, f"{shard_name(j)}.json") for j in present)):
-        shard_index = json.loads(data) if data is not None else None
+        shard_index = _parse_index(data, join(root, SHARD_DIR, f"{shard_name(j)}.json"))
         if shard_index is not None and sizes.get(f"{shard_name(j)}.tar") == shard_index["bytes"]:
             found[j] = shard_index
     return found
+
+
+def complete_shards(root: Path | str, numbers: list[int]) -> set[int]:
+    """The shards among ``numbers`` that are complete (as :func:`read_shard_index` decides), found
+    by one listing of the shard folder: a shard whose index is in place and whose tar has the
+    size the index records, read from the index's first bytes (resuming a run of a million videos
+    reads no whole index)."""
+    if is_url(root):
+        return {j for j, shard_index in read_shard_indices(root, numbers).items() if shard_index is not None}
+    sizes = {}
+    with os.scandir(Path(root) / SHARD_DIR) if (Path(root) / SHARD_DIR).is_dir() else nullcontext([]) as entries:
+        for entry in entries:
+            if entry.name.startswith("shard-") and entry.name.endswith((".json", ".tar")):
+                sizes[entry.name] = entry.stat().st_size if entry.name.endswith(".tar") else -1
+    complete = set()
+    for j in numbers:
+        name = shard_name(j)
+        if f"{name}.json" in sizes and sizes.get(f"{name}.tar") == _recorded_bytes(
+                Path(root) / SHARD_DIR / f"{name}.json"):
+            complete.add(j)
+    return complete
+
+
+_RECORDED_BYTES = re.compile(rb'^{"shard": "[^"]*", "bytes": (\d+),')
+
+
+def _recorded_bytes(index_path: Path) -> int | None:
+    """The tar size a shard index records (its second key, so its first bytes suffice)."""
+    with open(index_path, "rb") as f:
+        match = _RECORDED_BYTES.match(f.read(256))
+    if match is not None:
+        return int(match.group(1))
+    shard_index = _parse_index(index_path.read_bytes(), index_path)
+    return None if shard_index is None else shard_index.get("bytes")
+
+
+_damage_reported: set[str] = set()
+
+
+def _parse_index(data: bytes | None, path: Path | str) -> dict | None:
+    """A shard index, or None when there is none or it is damaged (not JSON): the shard then
+    counts as not complete, so that the readers leave it out and ingest writes it again."""
+    if data is None:
+        return None
+    try:
+        shard_index = json.loads(data)
+    except ValueError:
+        shard_index = None
+    if not isinstance(shard_index, dict) or not isinstance(shard_index.get("bytes"), int):
+        if str(path) not in _damage_reported:
+            _damage_reported.add(str(path))
+            print(f"vivi: {path} is damaged (not a shard index): its shard counts as not complete; the same "
+                  "`vivi ingest` with --repair writes it again", file=sys.stderr, flush=True)
+        return None
+    return shard_index
 
 
 def _index_names(root: Path | str) -> list[str]:

@@ -9,6 +9,10 @@ author, for the implementation of GroupNorm with weight standardisation): every 
 standardises each output filter over (in, kh, kw) with the biased variance and eps 1e-10, and
 GroupNorm uses 32 groups. See docs/reference.md, "Co-training" and "ResNet-50 v2".
 
+With ``model.sync_bn`` a multi-rank run computes the BatchNorm statistics over the global batch
+(:func:`convert_sync_batchnorm`): ``torch.nn.SyncBatchNorm`` on GPUs, :class:`CrossRankBatchNorm2d`
+on CPU processes (gloo), where PyTorch's has no kernels.
+
 A norm kind is a pair (conv class, norm factory) looked up by name in :data:`NORMS`, so that a
 model asks for ``conv(...)`` and ``norm(channels)`` without branching on the kind.
 """
@@ -59,6 +63,54 @@ def group_norm(channels: int, groups: int = 32) -> nn.GroupNorm:
     return nn.GroupNorm(math.gcd(groups, channels), channels, eps=1e-5)
 
 
+class CrossRankBatchNorm2d(nn.BatchNorm2d):
+    """BatchNorm2d whose training statistics are those of the global batch over all ranks, in
+    plain tensor operations (``torch.nn.SyncBatchNorm`` runs on GPUs only): two all-reduces per
+    layer, the channel sums with the count, then the squared deviations from the global mean (two
+    passes: the variance keeps the digits that E[x²] − E[x]² would lose). Gradients flow through
+    both sums to every rank. Outside training, or in one process, it is ``nn.BatchNorm2d``; its
+    state dict is BatchNorm2d's, so checkpoints load into the plain layer."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        from vivi.distributed import all_reduce_sum_with_grad, get_world_size
+        if not self.training or get_world_size() == 1:
+            return super().forward(x)
+        dims = (0, 2, 3)
+        count = torch.tensor([x.numel() // x.shape[1]], dtype=x.dtype, device=x.device)
+        sums = all_reduce_sum_with_grad(torch.cat([x.sum(dims), count]))
+        n = sums[-1].detach()
+        mean = sums[:-1] / n
+        centred = x - mean[None, :, None, None]
+        var = all_reduce_sum_with_grad((centred * centred).sum(dims)) / n
+        if self.track_running_stats:
+            with torch.no_grad():
+                self.num_batches_tracked += 1
+                momentum = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
+                self.running_mean.lerp_(mean.detach(), momentum)
+                self.running_var.lerp_(var.detach() * n / (n - 1).clamp(min=1), momentum)   # unbiased, as BatchNorm
+        out = centred * torch.rsqrt(var + self.eps)[None, :, None, None]
+        if self.affine:
+            out = out * self.weight[None, :, None, None] + self.bias[None, :, None, None]
+        return out
+
+
+def convert_sync_batchnorm(module: nn.Module, device: torch.device) -> nn.Module:
+    """``module`` with every BatchNorm2d computing its statistics over all ranks (parameters and
+    buffers kept): ``torch.nn.SyncBatchNorm`` on CUDA, :class:`CrossRankBatchNorm2d` elsewhere."""
+    if device.type == "cuda":
+        return nn.SyncBatchNorm.convert_sync_batchnorm(module)
+    for name, child in module.named_children():
+        if type(child) is nn.BatchNorm2d:
+            replacement = CrossRankBatchNorm2d(child.num_features, child.eps, child.momentum, child.affine,
+                                               child.track_running_stats, device=device)
+            replacement.load_state_dict(child.state_dict())
+            replacement.train(child.training)
+            setattr(module, name, replacement)
+        else:
+            convert_sync_batchnorm(child, device)
+    return module
+
+
 class NormKind(NamedTuple):
     conv: type[nn.Conv2d]                        # class of every convolution in the encoder
     norm: Callable[[int], nn.Module]             # channels -> normalisation layer
@@ -77,4 +129,5 @@ def get_norm_kind(name: str) -> NormKind:
     return NORMS[name]
 
 
-__all__ = ["NORMS", "NormKind", "StdConv2d", "get_norm_kind", "group_norm", "standardize_weight"]
+__all__ = ["NORMS", "CrossRankBatchNorm2d", "NormKind", "StdConv2d", "convert_sync_batchnorm", "get_norm_kind",
+           "group_norm", "standardize_weight"]

@@ -10,6 +10,10 @@ Layout::
     OUT/videos/video_00000.mp4          H.264, yuv420p
     OUT/videos/video_00000.json         ground truth (schema in ``video.py``)
     OUT/tasks/suite.json, OUT/tasks/<task>/...   (layout in ``downstream.py``)
+
+Each job writes its files into ``OUT/.tmp-synth/JOB/`` and moves them to their places when they
+are complete, so an interrupted run leaves no truncated video or image; ``OUT/.vivi-lock`` keeps
+a second ``vivi synth`` out of the folder while one runs (``vivi.files.writer_lock``).
 """
 from __future__ import annotations
 
@@ -17,6 +21,7 @@ import dataclasses
 import json
 import multiprocessing
 import os
+import shutil
 import signal
 import time
 from functools import partial
@@ -24,7 +29,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from ..files import refuse_other_settings
+from ..files import refuse_other_settings, replacing, writer_lock
 from .backgrounds import BACKGROUND_FAMILIES
 from .downstream import TASKS, split_sizes, write_task_images, write_task_index
 from .shapes import CLASS_NAMES
@@ -34,14 +39,36 @@ from .world import TASK_DOMAIN, THEME_DOMAIN, VIDEO_DOMAIN, WorldConfig, make_th
 TASK_BLOCK = 250            # task images per job: large enough to amortise the job overhead
 
 
+STAGING = ".tmp-synth"       # OUT/.tmp-synth/JOB/: a job's files until they are complete
+
+
+def _staged(staging: Path, folder: Path, write):
+    """``write(staging)``, then every file it wrote moved to the same place under ``folder``
+    (renames, atomic): an interrupted job leaves its partial files in ``staging``, which the
+    parent removes, never a truncated video or image under its name."""
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    result = write(staging)
+    for path in sorted((p for p in staging.rglob("*") if p.is_file()), key=lambda p: (p.suffix == ".json", p)):
+        os.replace(path, folder / path.relative_to(staging))
+    shutil.rmtree(staging, ignore_errors=True)
+    return result
+
+
 def _video_job(out_dir, config, themes, index):
-    return make_video(out_dir, index, config, themes)
+    return _staged(out_dir.parent / STAGING / f"video_{index:05d}", out_dir,
+                   lambda staging: make_video(staging, index, config, themes))
 
 
 def _task_job(tasks_dir, config, themes, test_size, job):
     task_index, split, start, stop = job
-    return write_task_images(tasks_dir / TASKS[task_index].name, config, themes, task_index,
-                             split, start, stop, test_size)
+
+    def write(staging: Path) -> int:
+        (staging / "images").mkdir()
+        return write_task_images(staging, config, themes, task_index, split, start, stop, test_size)
+
+    name = TASKS[task_index].name
+    return _staged(tasks_dir.parent / STAGING / f"{name}-{split}-{start}", tasks_dir / name, write)
 
 
 def _process_context():
@@ -52,9 +79,12 @@ def _process_context():
     return multiprocessing.get_context("fork" if "fork" in methods else "spawn")
 
 
-def _ignore_ctrl_c() -> None:
-    """Workers leave Ctrl-C to the parent, which ends them (no traceback from every worker)."""
+def _worker_signals() -> None:
+    """Workers leave Ctrl-C to the parent, which ends them (no traceback from every worker), and
+    end at once on SIGTERM, which is how the parent's ``pool.terminate()`` ends them (the parent's
+    own SIGTERM handler, inherited by fork, would make each raise and print a traceback)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 def _run(pool, function, jobs, description, total, progress):
@@ -82,15 +112,42 @@ def make_world(out, *, videos: int = 200, seconds: float = 20.0, fps: int = 10, 
     start = time.perf_counter()
     config = WorldConfig(videos=videos, seconds=seconds, fps=fps, size=size, seed=seed, **world)
     out = Path(out)
+    workers = workers or os.cpu_count() or 1
+    with writer_lock(out, "synth"):      # a second synth into OUT would write the same videos at the same time
+        video_stats, images, video_seconds = _write_world(out, config, workers=workers, tasks=tasks,
+                                                          task_test_size=task_test_size, progress=progress,
+                                                          start=start)
+    return {
+        "out": str(out),
+        "videos": videos,
+        "frames": sum(s["frames"] for s in video_stats),
+        "shots": sum(s["shots"] for s in video_stats),
+        "boxes": sum(s["boxes"] for s in video_stats),
+        "setup_draws": sum(s["setup_draws"] for s in video_stats),
+        "unmet_setups": sum(s["unmet_setups"] for s in video_stats),
+        "min_cut_distance": min((s["min_cut_distance"] for s in video_stats), default=1.0),
+        "max_step_distance": max((s["max_step_distance"] for s in video_stats), default=0.0),
+        "task_images": images,
+        "workers": workers,
+        "video_seconds": round(video_seconds, 2),
+        "seconds": round(time.perf_counter() - start, 2),
+    }
+
+
+def _write_world(out: Path, config: WorldConfig, *, workers: int, tasks: bool, task_test_size: int, progress: bool,
+                 start: float) -> tuple[list[dict], int, float]:
+    """The files of ``make_world``; returns the videos' statistics, the number of task images and
+    the seconds from ``start`` to the last video."""
     refuse_other_settings(out / "world.json", dataclasses.asdict(config), holds="a world",
                           read=lambda stored: stored.get("config", {}),
                           fix="its videos would mix with these; pass a new folder, or delete this one")
     themes = make_themes(config)
     videos_dir, tasks_dir = out / "videos", out / "tasks"
+    shutil.rmtree(out / STAGING, ignore_errors=True)        # left by a run that was killed
     videos_dir.mkdir(parents=True, exist_ok=True)
-    (out / "world.json").write_text(json.dumps({
+    _write_text(out / "world.json", json.dumps({
         "generator": "vivi.synth",
-        "seed": seed,
+        "seed": config.seed,
         "seed_domains": {"themes": THEME_DOMAIN, "videos": VIDEO_DOMAIN, "tasks": TASK_DOMAIN},
         "classes": list(CLASS_NAMES),
         "background_families": list(BACKGROUND_FAMILIES),
@@ -108,11 +165,10 @@ def make_world(out, *, videos: int = 200, seconds: float = 20.0, fps: int = 10, 
                 task_jobs += [(task_index, split, a, min(count, a + TASK_BLOCK))
                               for a in range(0, count, TASK_BLOCK)]
 
-    workers = workers or os.cpu_count() or 1
-    pool = None if workers == 1 else _process_context().Pool(workers, initializer=_ignore_ctrl_c)
+    pool = None if workers == 1 else _process_context().Pool(workers, initializer=_worker_signals)
     try:
         video_stats = list(_run(pool, partial(_video_job, videos_dir, config, themes),
-                                range(videos), "videos", videos, progress))
+                                range(config.videos), "videos", config.videos, progress))
         video_seconds = time.perf_counter() - start
         images = sum(_run(pool, partial(_task_job, tasks_dir, config, themes, task_test_size),
                           task_jobs, "task images", sum(j[3] - j[2] for j in task_jobs), progress))
@@ -120,6 +176,7 @@ def make_world(out, *, videos: int = 200, seconds: float = 20.0, fps: int = 10, 
         if pool is not None:      # Ctrl-C or an error: end the workers now (close + join would wait forever
             pool.terminate()      # for workers that took the Ctrl-C too)
             pool.join()
+        shutil.rmtree(out / STAGING, ignore_errors=True)
         raise
     if pool is not None:
         pool.close()
@@ -127,20 +184,11 @@ def make_world(out, *, videos: int = 200, seconds: float = 20.0, fps: int = 10, 
     if tasks:
         suite = [write_task_index(tasks_dir / task.name, config, i, task_test_size)
                  for i, task in enumerate(TASKS)]
-        (tasks_dir / "suite.json").write_text(json.dumps({"tasks": suite}, indent=2))
+        _write_text(tasks_dir / "suite.json", json.dumps({"tasks": suite}, indent=2))
+    shutil.rmtree(out / STAGING, ignore_errors=True)
+    return video_stats, images, video_seconds
 
-    return {
-        "out": str(out),
-        "videos": videos,
-        "frames": sum(s["frames"] for s in video_stats),
-        "shots": sum(s["shots"] for s in video_stats),
-        "boxes": sum(s["boxes"] for s in video_stats),
-        "setup_draws": sum(s["setup_draws"] for s in video_stats),
-        "unmet_setups": sum(s["unmet_setups"] for s in video_stats),
-        "min_cut_distance": min((s["min_cut_distance"] for s in video_stats), default=1.0),
-        "max_step_distance": max((s["max_step_distance"] for s in video_stats), default=0.0),
-        "task_images": images,
-        "workers": workers,
-        "video_seconds": round(video_seconds, 2),
-        "seconds": round(time.perf_counter() - start, 2),
-    }
+
+def _write_text(path: Path, text: str) -> None:
+    with replacing(path) as tmp:
+        tmp.write_text(text)

@@ -5,7 +5,8 @@ A training checkpoint is one file ``RUN/checkpoints/step-XXXXXXX.safetensors``:
 * tensors ``model.<name>`` (parameters and buffers of :class:`vivi.train.model.VIVIModel`) and
   ``optim.<name>.momentum_buffer`` (SGD state by parameter name);
 * metadata (strings): ``kind = "vivi-checkpoint"``, ``config`` (the resolved config, JSON),
-  ``encoder`` (name + overrides that rebuild the encoder), ``step`` (steps done) and
+  ``encoder`` (name + overrides that rebuild the encoder), ``step`` (steps done), ``world_size``
+  (the processes that trained it: each reads its share of every batch; absent in older files) and
   ``tensors_sha256``, a checksum of every tensor's name, dtype, shape and bytes, verified on
   load: a file damaged after it was written (a flipped byte, a copy cut short) is reported
   instead of trained from. A run folder resumes from its newest checkpoint that verifies, and
@@ -75,8 +76,8 @@ def _atomic_save(tensors: dict[str, torch.Tensor], metadata: dict[str, str], pat
 
 
 def write_checkpoint(run: str | Path, step: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-                     config_json: str, encoder: dict, keep: int = 3) -> Path:
-    """Write the checkpoint after ``step`` steps; keep the newest ``keep`` checkpoints."""
+                     config_json: str, encoder: dict, keep: int = 3, world_size: int = 1) -> Path:
+    """Write the checkpoint after ``step`` steps of ``world_size`` processes; keep the newest ``keep`` checkpoints."""
     tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
     names = {id(p): n for n, p in model.named_parameters()}
     for group in optimizer.param_groups:
@@ -84,7 +85,8 @@ def write_checkpoint(run: str | Path, step: int, model: torch.nn.Module, optimiz
             buf = optimizer.state.get(p, {}).get("momentum_buffer")
             if buf is not None:
                 tensors[f"optim.{names[id(p)]}.momentum_buffer"] = buf
-    metadata = {"kind": CHECKPOINT_KIND, "config": config_json, "encoder": json.dumps(encoder), "step": str(step)}
+    metadata = {"kind": CHECKPOINT_KIND, "config": config_json, "encoder": json.dumps(encoder), "step": str(step),
+                "world_size": str(world_size)}
     path = checkpoint_path(run, step)
     _atomic_save(tensors, metadata, path)
     old = sorted(Path(run, CHECKPOINT_DIR).glob("step-*.safetensors"))
@@ -132,7 +134,8 @@ def newest_intact_checkpoint(run: str | Path) -> tuple[dict | None, list[str]]:
 
 
 def read_checkpoint(path: str | Path) -> dict:
-    """A training checkpoint (file or run folder) -> dict(step, config, encoder, model, optim)."""
+    """A training checkpoint (file or run folder) -> dict(step, config, encoder, model, optim, world_size);
+    ``world_size`` is None for a file written before it was recorded."""
     path = Path(path)
     if path.is_dir():
         checkpoint, passed = newest_intact_checkpoint(path)
@@ -149,7 +152,8 @@ def read_checkpoint(path: str | Path) -> dict:
     model = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
     optim = {k[len("optim."):-len(".momentum_buffer")]: v for k, v in tensors.items() if k.startswith("optim.")}
     return {"path": path, "step": int(metadata["step"]), "config": json.loads(metadata["config"]),
-            "encoder": json.loads(metadata["encoder"]), "model": model, "optim": optim}
+            "encoder": json.loads(metadata["encoder"]), "model": model, "optim": optim,
+            "world_size": int(metadata["world_size"]) if "world_size" in metadata else None}
 
 
 def read_encoder_file(path: str | Path) -> dict:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -70,6 +71,8 @@ class ModelConfig:
     object_classes: int = 600        # detector classes (OpenImages V4: 600, Object-centric §4.1); random
                                      # labels of the ablation are drawn from these
     image_classes: int = 1000        # co-training classifier outputs (ImageNet: 1000, VIVI app. A)
+    sync_bn: bool = False            # BatchNorm statistics over the global batch of all ranks, not each rank's
+                                     # share (no effect in one process or with norm gnws; docs/train.md)
 
 
 @dataclass
@@ -90,6 +93,14 @@ class LossConfig:
                                      # 0.04 is the value Object-centric §4.1 takes from VIVI
                                      # (docs/reference.md, "Choices the papers leave open")
     margin: float = 0.5              # triplet margin of the exemplar and object losses (VIVI app. B)
+    exemplar_group_shots: int | None = None  # mine the exemplar triplet within groups of this many consecutive
+                                     # shots of the global batch, mean over groups (VIVI app. B: per core,
+                                     # 2048 / 128 = 16); None: over all frames of a device
+    infonce_scope: str = "global"    # InfoNCE negatives: "global" (every rank's videos) or "group"
+                                     # (infonce_group_videos consecutive videos; VIVI app. B: per core for K = 2)
+    infonce_group_videos: int | None = None  # videos per InfoNCE group with infonce_scope="group" (VIVI K = 2: 8)
+    infonce_pairs: str = "mean"      # over a video's predicted shot pairs: "sum" (Object-centric eq. (1), the paper
+                                     # presets) or "mean" (the same for K = 2; 1/6 of the sum for K = 4)
     object_weight: float = 0.0       # ω: weight of the object loss (Object-centric §4.1: 5); 0, VIVI, disables it
     object_mode: str = "detector"    # boxes: "detector", or the ablations "random_boxes", "random_boxes_and_labels"
                                      # (Object-centric §5.1)
@@ -131,6 +142,9 @@ class RunConfig:
                                      # repeats at most this many steps
     keep_checkpoints: int = 3        # newest checkpoints kept (older ones are deleted); more than one, so a
                                      # damaged newest file leaves an older one to resume from
+    timeout_s: float = 600.0         # under torchrun, seconds a collective operation waits for the other ranks
+                                     # before the run stops with an error: a rank that stops responding blocks
+                                     # the others this long (a step, or rank 0's checkpoint, must take less)
 
 
 @dataclass
@@ -144,6 +158,34 @@ class TrainConfig:
     loss: LossConfig = field(default_factory=LossConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     run: RunConfig = field(default_factory=RunConfig)
+
+    def _check_loss_groups(self) -> None:
+        """The loss groups (VIVI app. B's per-core losses) must tile the global batch."""
+        loss, shots = self.loss, self.data.videos * self.data.shots
+        group = loss.exemplar_group_shots
+        if group is not None:
+            if loss.frame != "exemplar":
+                raise ValueError(f"loss.exemplar_group_shots needs loss.frame='exemplar', got {loss.frame!r}")
+            if group < 1 or shots % group:
+                raise ValueError(f"loss.exemplar_group_shots={group} must divide data.videos x data.shots = {shots}")
+        videos = loss.infonce_group_videos
+        if (loss.infonce_scope == "group") != (videos is not None):
+            raise ValueError("loss.infonce_scope='group' and loss.infonce_group_videos go together: set both, or "
+                             "neither for the global scope")
+        if videos is not None and (videos < 2 or self.data.videos % videos):
+            raise ValueError(f"loss.infonce_group_videos={videos} must be at least 2 and divide data.videos="
+                             f"{self.data.videos}")
+
+    def check_ranks(self, world_size: int) -> None:
+        """Each rank's share of the batch must be whole loss groups (else a group would straddle ranks)."""
+        per_rank = self.data.videos // world_size
+        group, videos = self.loss.exemplar_group_shots, self.loss.infonce_group_videos
+        if group is not None and (per_rank * self.data.shots) % group:
+            raise ValueError(f"loss.exemplar_group_shots={group} does not divide the {per_rank * self.data.shots} "
+                             f"shots of each of {world_size} ranks: use a number of ranks that keeps groups whole")
+        if videos is not None and per_rank % videos:
+            raise ValueError(f"loss.infonce_group_videos={videos} does not divide the {per_rank} videos of each of "
+                             f"{world_size} ranks: use a number of ranks that keeps groups whole")
 
     def validate(self) -> None:
         """Check the choices between fields; raises ValueError naming the field and the valid values."""
@@ -169,6 +211,10 @@ class TrainConfig:
             raise ValueError(f"loss.video={self.loss.video!r} needs data.shots >= 2, got {self.data.shots}")
         if self.loss.video == "shot_order" and self.data.shots != 2:
             raise ValueError("loss.video='shot_order' is defined for data.shots=2 (VIVI §4)")
+        from vivi.losses.infonce import PAIR_REDUCTIONS, SCOPES
+        one_of(self.loss.infonce_scope, SCOPES, "loss.infonce_scope")
+        one_of(self.loss.infonce_pairs, PAIR_REDUCTIONS, "loss.infonce_pairs")
+        self._check_loss_groups()
         if self.loss.frame == "none" and self.loss.video == "none" and self.loss.object_weight == 0:
             raise ValueError("no loss is enabled: set loss.frame, loss.video or loss.object_weight")
         if self.loss.object_weight > 0 and not self.data.detector:
@@ -182,6 +228,10 @@ class TrainConfig:
         for name in ("videos", "workers", "frames", "shots"):
             if getattr(self.data, name) < (0 if name == "workers" else 1):
                 raise ValueError(f"data.{name} must be positive, got {getattr(self.data, name)}")
+        for section in ("data", "model", "augment", "loss", "optim", "run"):
+            for name, value in vars(getattr(self, section)).items():
+                if isinstance(value, float) and not math.isfinite(value):     # nan passes every range check below
+                    raise ValueError(f"{section}.{name}={value} is not a finite number")
         if self.optim.steps < 1 or self.run.log_every < 1 or self.run.ckpt_every < 1:
             raise ValueError("optim.steps, run.log_every and run.ckpt_every must be positive")
         at_least = {
@@ -193,7 +243,7 @@ class TrainConfig:
             "model.object_classes": (self.model.object_classes, 1),
             "model.image_classes": (self.model.image_classes, 1),
             "optim.base_batch": (self.optim.base_batch, 1), "optim.warmup_steps": (self.optim.warmup_steps, 0),
-            "run.keep_checkpoints": (self.run.keep_checkpoints, 1),
+            "run.keep_checkpoints": (self.run.keep_checkpoints, 1), "run.timeout_s": (self.run.timeout_s, 1),
             "loss.cotrain_images": (self.loss.cotrain_images, 1), "optim.lr": (self.optim.lr, 0),
             "optim.weight_decay": (self.optim.weight_decay, 0), "loss.margin": (self.loss.margin, 0),
             "loss.video_weight": (self.loss.video_weight, 0), "loss.object_weight": (self.loss.object_weight, 0),
@@ -311,9 +361,12 @@ def load_config(preset_or_file: str | Path | TrainConfig, overrides: list[str] |
         else:
             path = preset_path(str(preset_or_file))
         try:
-            raw = yaml.safe_load(path.read_text()) or {}
+            raw = yaml.safe_load(path.read_text())
         except yaml.YAMLError as error:
             raise ValueError(f"{path}: not valid YAML ({' '.join(str(error).split())})") from None
+        if raw is None:
+            raise ValueError(f"{path} is empty: a config file holds sections (data:, model:, augment:, loss:, optim:, "
+                             "run:) with the fields that differ from the defaults; or pass a preset name")
         if not isinstance(raw, dict):
             raise ValueError(f"{path}: a config file holds sections (data:, model:, augment:, loss:, optim:, run:) "
                              f"with fields, got {type(raw).__name__}")

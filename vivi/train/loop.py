@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import functools
 import math
+import os
 import signal
 import sys
 import threading
@@ -35,7 +36,16 @@ import torch
 from torch import nn
 
 from vivi.data import make_loader, make_stream_loader
-from vivi.distributed import all_reduce_mean, cleanup_distributed, init_distributed_from_env
+from vivi.distributed import (
+    all_reduce_mean,
+    cleanup_distributed,
+    collective_failure,
+    init_distributed_from_env,
+    max_over_ranks,
+)
+from vivi.files import writer_lock
+from vivi.models.norm import convert_sync_batchnorm
+from vivi.signals import Terminated
 from vivi.storage import is_url
 from vivi.train.augment import build_augmentation
 from vivi.train.checkpoint import latest_checkpoint, load_momentum, write_checkpoint
@@ -252,39 +262,74 @@ def _batches(config: TrainConfig, data: str | Path, start_step: int, rank: int, 
     return _CotrainBatches(loader, cotrain, loss.cotrain_images // world_size, config.run.seed, rank, start_step)
 
 
-class _StopAtStepEnd:
-    """Ctrl-C in a one-process run: the step under way is finished and a checkpoint written before
-    the run stops (``requested``); a second Ctrl-C stops at once. Under torchrun every rank would
-    have to agree on the step, so there Ctrl-C stops at once (the last periodic checkpoint stays)."""
+# The stop flag of a process that met more undecodable frames than data.max_damaged_frames: above
+# every signal number, so that it wins the agreement over ranks.
+TOO_MANY_DAMAGED = 1000
 
-    def __init__(self, enabled: bool):
-        self.requested = False
-        self._previous = None
-        if enabled and threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGINT, self._request)
+
+class _StopAtStepEnd:
+    """Ctrl-C (SIGINT) and SIGTERM (a scheduler preempting the job, docker stop, torchrun's agent):
+    the step under way is finished, a checkpoint written and the run stops (:attr:`signal`). A
+    second Ctrl-C stops at once; SIGTERM stays a request however often it comes (a scheduler may
+    signal the workers and their torchrun agent, which forwards it). Under torchrun the signal may
+    reach one rank only, or ranks at different steps: :meth:`agreed` makes every rank take the
+    largest signal number over the ranks before each step, so all stop after the same step."""
+
+    def __init__(self, device: torch.device):
+        self.signal = 0
+        self._device = device
+        self._previous: dict[int, object] = {}
+        if threading.current_thread() is threading.main_thread():
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                self._previous[signum] = signal.signal(signum, self._request)
 
     def _request(self, signum, frame) -> None:
-        self.requested = True
-        signal.signal(signal.SIGINT, self._previous)
+        self.signal = max(self.signal, signum)
+        if signum == signal.SIGINT:
+            signal.signal(signal.SIGINT, self._previous.pop(signal.SIGINT))
+
+    def agreed(self) -> bool:
+        """Whether any rank was asked to stop (one all-reduce of one integer under torchrun)."""
+        self.signal = max_over_ranks(self.signal, self._device)
+        return self.signal != 0
 
     def guard(self, batches):
-        """``batches``; they end early when Ctrl-C also stopped the DataLoader's workers."""
+        """``batches``; after a stop request that also stopped the DataLoader's workers, one None (the
+        ranks still agree on the step before the loop ends)."""
         iterator = iter(batches)
         while True:
             try:
                 batch = next(iterator)
             except StopIteration:
                 return
-            except RuntimeError:     # "DataLoader worker ... exited unexpectedly": they took the Ctrl-C too
-                if not self.requested:
+            except RuntimeError:     # "DataLoader worker ... exited unexpectedly": they took the signal too
+                if not self.signal:
                     raise
+                yield None
                 return
             yield batch
 
+    def interrupt(self) -> KeyboardInterrupt:
+        """What the run raises once stopped: :class:`Terminated` for SIGTERM, KeyboardInterrupt for Ctrl-C."""
+        return Terminated() if self.signal == signal.SIGTERM else KeyboardInterrupt()
+
     def restore(self) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
-            self._previous = None
+        for signum, previous in self._previous.items():
+            signal.signal(signum, previous)
+        self._previous.clear()
+
+
+def _test_signal(step: int, rank: int) -> None:
+    """Test hook, off unless ``VIVI_TEST_SIGNAL=RANK:STEP:NAME:MARKER`` is set: after step STEP, rank
+    RANK writes its pid to the file MARKER and sends itself signal NAME (KILL, STOP, TERM), once
+    (nothing happens while MARKER exists), so that tests can kill, stop or preempt one rank."""
+    spec = os.environ.get("VIVI_TEST_SIGNAL")
+    if not spec:
+        return
+    who, at, name, marker = spec.split(":", 3)
+    if (int(who), int(at)) == (rank, step) and not os.path.exists(marker):
+        Path(marker).write_text(str(os.getpid()))
+        os.kill(os.getpid(), getattr(signal, f"SIG{name}"))
 
 
 def train(config: TrainConfig | str | Path | None, data: str | Path, out: str | Path, resume: bool = False,
@@ -301,14 +346,39 @@ def train(config: TrainConfig | str | Path | None, data: str | Path, out: str | 
             ``overrides`` may change only :data:`RESUME_OVERRIDES`, such as ``optim.steps``).
         overrides: ``section.field=value`` strings or a nested dict.
         progress: show the tqdm bar (rank 0).
+
+    Rank 0 holds the run folder's lock (``vivi.files.writer_lock``) while it trains: a second
+    run into the same folder is refused, naming this one.
     """
-    # ============ run, processes, device ============
     out = Path(out)
-    config, checkpoint = open_run(config, out, resume, overrides)
+    if os.environ.get("RANK", "0") != "0":
+        return _train(config, data, out, resume, overrides, progress)
+    existed = out.exists()
+    try:
+        with writer_lock(out, "train"):
+            return _train(config, data, out, resume, overrides, progress)
+    except BaseException:
+        if not existed and out.is_dir() and not any(out.iterdir()):
+            out.rmdir()        # a run refused before it wrote anything leaves no folder behind
+        raise
+
+
+def _train(config: TrainConfig | str | Path | None, data: str | Path, out: Path, resume: bool,
+           overrides: list[str] | dict | None, progress: bool) -> dict:
+    # ============ run, processes, device ============
+    restarts = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
+    config, checkpoint = open_run(config, out, resume, overrides, restarts=restarts)
     start_step = checkpoint["step"] if checkpoint else 0
-    dist_info = init_distributed_from_env()
+    dist_info = init_distributed_from_env(timeout_s=config.run.timeout_s)
     rank, world_size = dist_info.rank, dist_info.world_size
     main_process = rank == 0
+    trained_by = checkpoint["world_size"] if checkpoint else None
+    if trained_by not in (None, world_size):
+        cleanup_distributed()
+        raise ValueError(f"{out} was trained by {trained_by} process(es), this run has {world_size}: each process "
+                         "reads its share of every batch and draws its own augmentation, so the batches would "
+                         f"differ from the run's; resume it with {trained_by} (torchrun --nnodes x --nproc-per-node), "
+                         "or start another run with a new --out")
     workers_before = checkpoint["config"]["data"]["workers"] if checkpoint else config.data.workers
     if main_process and _streaming(config, data) and max(1, workers_before) != max(1, config.data.workers):
         print(f"note: data.workers changed from {workers_before} to {config.data.workers}: the run continues with "
@@ -317,6 +387,7 @@ def train(config: TrainConfig | str | Path | None, data: str | Path, out: str | 
     device = training_device(config, dist_info.device)
     if config.data.videos % world_size:
         raise ValueError(f"data.videos={config.data.videos} must divide over {world_size} ranks")
+    config.check_ranks(world_size)
     torch.manual_seed(config.run.seed)                 # initialisation: identical on every rank
 
     # ============ data: this rank's shard of the video stream (+ labelled images), augmentation ============
@@ -326,6 +397,10 @@ def train(config: TrainConfig | str | Path | None, data: str | Path, out: str | 
     # ============ model: encoder + heads and losses of the enabled terms (weighted in train_step) ============
     model = build_model(config, device, checkpoint["model"] if checkpoint else None)
     ddp_model: nn.Module = model
+    if config.model.sync_bn and world_size > 1:
+        convert_sync_batchnorm(model, device)
+    elif config.model.sync_bn and main_process:
+        print("note: model.sync_bn has no effect in one process (its batch is the global batch)", file=sys.stderr)
     if world_size > 1:
         ddp_model = nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None, broadcast_buffers=False)
@@ -345,30 +420,51 @@ def train(config: TrainConfig | str | Path | None, data: str | Path, out: str | 
     log = RunLog(out, config, start_step=start_step, resumed=checkpoint is not None, main_process=main_process,
                  progress=progress)
     save = functools.partial(write_checkpoint, out, model=model, optimizer=optimizer, config_json=config_json(config),
-                             encoder=encoder_spec(config), keep=config.run.keep_checkpoints)
+                             encoder=encoder_spec(config), keep=config.run.keep_checkpoints, world_size=world_size)
     model.train()
-    stop = _StopAtStepEnd(enabled=world_size == 1)
+    stop = _StopAtStepEnd(device)
+    damaged = 0          # frames of this process's clips that did not decode (replaced by a neighbour)
     try:
         for batch in stop.guard(batches):
-            if step >= steps:
+            if batch is not None and "damaged" in batch:
+                damaged += int(batch["damaged"].sum())
+                if damaged > config.data.max_damaged_frames:
+                    stop.signal = max(stop.signal, TOO_MANY_DAMAGED)
+            # every rank takes both decisions alike: the same step count, and the stop flag agreed over ranks
+            if step >= steps or stop.agreed():
                 break
             record = train_step(ddp_model, optimizer, batch, context, step, float(lr_schedule[step]))
+            if damaged:
+                record["damaged_frames"] = damaged
             step += 1
             if step % config.run.log_every == 0 or step == steps:
                 log.write(step, record)
             log.advance()
             if main_process and (step % config.run.ckpt_every == 0 or step == steps):
                 save(step=step)
-            if stop.requested:
+            _test_signal(step, rank)
+            if world_size == 1 and stop.signal:     # one process: no need to read another batch first
                 break
-        if stop.requested:
-            if main_process and step > start_step and step % config.run.ckpt_every and step != steps:
+        if stop.signal and step < steps:             # (a signal during the last step: the run is complete)
+            if main_process and step > start_step and step % config.run.ckpt_every:
                 save(step=step)
             newest = latest_checkpoint(out)
-            log.note(f"interrupted after step {step}; " + (
-                f"add --resume to the same command to continue from {newest.name}" if newest is not None
-                else "no checkpoint yet: the same command starts over"))
-            raise KeyboardInterrupt
+            if stop.signal == TOO_MANY_DAMAGED:
+                raise ValueError(
+                    f"more than data.max_damaged_frames={config.data.max_damaged_frames} frames of {data} read by a "
+                    "process were not decodable JPEG images (named above): find them with `vivi inspect DATA "
+                    "--verify`, repair the shards with `vivi ingest ... --repair`, and add --resume to continue "
+                    f"from {newest.name if newest is not None else 'the start'}")
+            if main_process:
+                log.note(f"{'terminated' if stop.signal == signal.SIGTERM else 'interrupted'} after step {step}; " + (
+                    f"add --resume to the same command to continue from {newest.name}" if newest is not None
+                    else "no checkpoint yet: the same command starts over"))
+            raise stop.interrupt()
+    except RuntimeError as error:
+        failure = collective_failure(error, rank, config.run.timeout_s, f"at step {step + 1}")
+        if failure is None:
+            raise
+        raise failure from None
     finally:
         stop.restore()
         log.close()

@@ -40,7 +40,6 @@ from vivi.losses import (
     extract_box_features,
     reverse_shots_randomly,
     rotate_batch,
-    shot_labels,
 )
 from vivi.models import create_encoder, heads
 from vivi.train.config import TrainConfig
@@ -85,7 +84,7 @@ class VIVIModel(nn.Module):
         self.frame_head = self.frame_loss = None
         if loss.frame == "exemplar":
             self.frame_head = heads.ExemplarHead(dim, model.exemplar_dim)
-            self.frame_loss = ExemplarLoss(margin=loss.margin)
+            self.frame_loss = ExemplarLoss(margin=loss.margin, group_shots=loss.exemplar_group_shots)
         elif loss.frame == "rotation":
             self.frame_head = heads.RotationHead(dim)
             self.frame_loss = RotationLoss()
@@ -98,7 +97,8 @@ class VIVIModel(nn.Module):
                               "bilinear": lambda: heads.BilinearCritic(model.shot_dim),
                               "lstm": lambda: heads.LSTMPredictor(model.shot_dim, hidden=model.predictor_hidden,
                                                             max_offset=max(1, k - 1))}[loss.predictor]()
-            self.video_loss = VideoInfoNCELoss()
+            self.video_loss = VideoInfoNCELoss(scope=loss.infonce_scope, group_videos=loss.infonce_group_videos,
+                                               pair_reduction=loss.infonce_pairs)
         elif loss.video == "shot_order":
             self.shot_order_head = heads.ShotOrderHead(model.shot_dim, num_shots=config.data.shots,
                                                        hidden=model.order_hidden)
@@ -165,7 +165,7 @@ class VIVIModel(nn.Module):
 
             if cfg.frame == "exemplar":
                 embeddings = self.frame_head(pre_logits)
-                record("exemplar", self.frame_loss(embeddings, shot_labels(n, k, f, device=flat.device)))
+                record("exemplar", self.frame_loss(embeddings.reshape(n, k, f, -1)))
             elif cfg.frame == "rotation":
                 record("rotation", self.frame_loss(self.frame_head(pre_logits), rotation_labels))
 

@@ -3,10 +3,14 @@
 A run folder holds one run: without ``resume`` a folder with checkpoints is refused (two runs
 never mix in one folder); with ``resume`` the run continues from its newest intact checkpoint (a
 damaged newer one is named and passed over) with the config saved in it, and the command line
-may change only :data:`RESUME_OVERRIDES`.
+may change only :data:`RESUME_OVERRIDES`. ``resume`` on a folder without a checkpoint yet starts
+the run (with a note), so that one command serves a job's first start and its requeued ones.
+Workers that torchrun restarted after a failure (``TORCHELASTIC_RESTART_COUNT`` > 0) resume by
+themselves: the command they were started with has no ``--resume``.
 """
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -18,14 +22,24 @@ __all__ = ["RESUME_OVERRIDES", "open_run", "resumed_config"]
 # What ``--resume`` may change: how the run is carried out, and how long it goes on. Anything else
 # (the model, the data, the losses, the schedule) would no longer be the checkpoint's run.
 RESUME_OVERRIDES = ("optim.steps", "run.log_every", "run.ckpt_every", "run.keep_checkpoints", "run.device",
-                    "run.precision", "run.channels_last", "run.compile", "data.workers", "data.cache")
+                    "run.precision", "run.channels_last", "run.compile", "run.timeout_s", "data.workers", "data.cache",
+                    "data.max_damaged_frames")
+
+
+def _note(message: str) -> None:
+    if os.environ.get("RANK", "0") == "0":          # under torchrun, once for the job
+        print(f"note: {message}", file=sys.stderr)
 
 
 def open_run(config: TrainConfig | str | Path | None, out: Path, resume: bool,
-             overrides: list[str] | dict | None) -> tuple[TrainConfig, dict | None]:
+             overrides: list[str] | dict | None, restarts: int = 0) -> tuple[TrainConfig, dict | None]:
     """The run's config and the checkpoint it continues from (None for a new run); raises before
-    anything is written when ``out`` and ``resume`` disagree."""
+    anything is written when ``out`` and ``resume`` disagree. ``restarts``: how often torchrun has
+    restarted this worker group (its ``TORCHELASTIC_RESTART_COUNT``); a restarted group resumes."""
     found = latest_checkpoint(out)
+    if restarts > 0 and not resume and found is not None:
+        _note(f"torchrun restarted the workers (restart {restarts}): resuming from the newest checkpoint in {out}")
+        resume = True
     if not resume:
         config = load_config(config, overrides)
         if found is not None:
@@ -33,14 +47,18 @@ def open_run(config: TrainConfig | str | Path | None, out: Path, resume: bool,
                              "--resume, or pass a new --out (or delete the folder) to start another")
         return config, None
     if found is None:
-        raise FileNotFoundError(f"--resume: no checkpoint in {out}/checkpoints (a run interrupted before its "
-                                "first checkpoint starts over: run the command without --resume)")
+        if config is None:
+            raise FileNotFoundError(f"--resume: no checkpoint in {out}/checkpoints, and no --config to start the "
+                                    "run with: pass --config PRESET_OR_FILE")
+        config = load_config(config, overrides)
+        _note(f"--resume: no checkpoint in {out}/checkpoints yet: starting the run from step 0")
+        return config, None
     checkpoint, passed = newest_intact_checkpoint(out)
     if checkpoint is None:
         raise ValueError(f"--resume: no checkpoint in {out}/checkpoints can be read ({'; '.join(passed)}): "
                          "start the run again with a new --out")
     for line in passed:
-        print(f"note: {line}; resuming from {checkpoint['path'].name}", file=sys.stderr)
+        _note(f"{line}; resuming from {checkpoint['path'].name}")
     return resumed_config(checkpoint, config, overrides, out), checkpoint
 
 
