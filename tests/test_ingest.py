@@ -427,7 +427,11 @@ def test_a_crashing_decoder_process_fails_only_its_video(world):
     assert "crashed" in results[2][3]
 
 
-def test_ctrl_c_with_workers_exits_cleanly_and_resumes(world, tmp_path):
+@pytest.mark.parametrize("signum, status", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_ctrl_c_or_sigterm_with_workers_exits_cleanly_and_resumes(world, tmp_path, signum, status):
+    """Ctrl-C (to the process group, as a terminal sends it) or SIGTERM (to the group, as a
+    scheduler stops a job): exit status 130 or 143, the interrupted line, only complete shards,
+    and the same command then finishes the dataset of an uninterrupted run."""
     import os
     out, videos = tmp_path / "ds", tmp_path / "videos"
     videos.mkdir()           # 8 copies of the world's 6 videos: enough work left when Ctrl-C comes, even under load
@@ -444,9 +448,10 @@ def test_ctrl_c_with_workers_exits_cleanly_and_resumes(world, tmp_path):
     while not (out / "shards" / f"{shard_name(1)}.json").exists():
         assert time.time() < deadline and process.poll() is None, "ingest did not start"
         time.sleep(0.002)
-    os.killpg(process.pid, signal.SIGINT)          # Ctrl-C reaches the whole process group
+    os.killpg(process.pid, signum)
     _, err = process.communicate(timeout=30)
-    assert process.returncode == 130 and "run the same command to resume" in err
+    assert process.returncode == status and "run the same command to resume" in err and "Traceback" not in err, err
+    assert not [p for p in out.rglob("*") if ".tmp" in p.name]
     subprocess.run(command, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=120)
     reference = tmp_path / "reference"
     ingest([videos], reference, IngestConfig(sampling=SamplingConfig(short_side=64), videos_per_shard=1),

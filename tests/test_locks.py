@@ -63,7 +63,8 @@ def test_a_second_synth_into_a_folder_being_written_is_refused_and_the_first_goe
     command = [sys.executable, "-m", "vivi.cli", "synth", str(out), "--videos", "400", "--seconds", "2",
                "--no-tasks", "--workers", "1"]
     first = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                             start_new_session=True)
+                             start_new_session=True,
+                             preexec_fn=_default_sigint)
     try:
         deadline = time.time() + 60
         while not list(out.glob("videos/*.mp4")):
@@ -246,3 +247,9 @@ def test_a_second_train_into_a_run_folder_being_written_is_refused(dataset, tmp_
     assert first.returncode == 0, first_err
     assert json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])["step"] == 40
     assert not (run / LOCK_NAME).exists()
+
+
+def _default_sigint() -> None:
+    """In the child: Ctrl-C's default action, which a shell's background job (a test suite started
+    with `make test &`) inherits as ignored."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)

@@ -236,3 +236,33 @@ def test_resume_with_another_number_of_processes_is_refused(data, straight, tmp_
     with pytest.raises(ValueError, match="trained by 2 process\\(es\\), this run has 1"):
         train(None, data, run, resume=True, overrides=["optim.steps=7"], progress=False)
     assert read_checkpoint(run)["step"] == 6
+
+
+def test_vivi_torchrun_runs_the_command_as_torchrun_does(data, straight, tmp_path):
+    """`vivi torchrun OPTIONS train ...` is `torchrun OPTIONS -m vivi.cli train ...`: the same run,
+    bit for bit (catches options or arguments lost on the way)."""
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "vivi.cli", "torchrun", "--standalone", "--nproc-per-node", "2",
+           "--rdzv-endpoint", f"127.0.0.1:{_free_port()}", "train", "--config", "tiny-vivi-ex4", "--data", str(data),
+           "--out", str(out), *OVER]
+    done = subprocess.run(cmd, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=150)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert_same_run(straight, out)
+
+
+@pytest.mark.parametrize("endpoint", ["192.0.2.1:29500", "no-such-host.invalid:29500"])
+def test_an_endpoint_that_does_not_answer_is_one_line_in_seconds(tmp_path, endpoint):
+    """A rendezvous endpoint on another machine that does not answer (wrong host or port, a
+    firewall, a head node not started): one line naming it within the wait (3 s here, 30 s by
+    default), exit status 2, instead of torchrun's minutes of retries and stack traces."""
+    cmd = [sys.executable, "-m", "vivi.cli", "torchrun", "--nnodes", "2", "--nproc-per-node", "1",
+           "--rdzv-backend", "c10d", "--rdzv-endpoint", endpoint, "--rdzv-id", "job", "train",
+           "--config", "tiny-vivi-ex4", "--data", str(tmp_path), "--out", str(tmp_path / "run")]
+    start = time.monotonic()
+    done = subprocess.run(cmd, cwd=REPO, env=_env(VIVI_RDZV_WAIT_S="3"), capture_output=True, text=True,
+                          timeout=60)
+    assert time.monotonic() - start < 20
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 2 and len(lines) == 1, done.stderr
+    assert lines[0].startswith(f"vivi torchrun: error: the rendezvous endpoint {endpoint} did not answer within 3 s")
+    assert not (tmp_path / "run").exists()

@@ -3,6 +3,7 @@ truth that a colour-histogram cut detector and a box check confirm, and the task
 import dataclasses
 import json
 import math
+import signal
 from pathlib import Path
 
 import av
@@ -431,7 +432,8 @@ def test_ctrl_c_stops_a_parallel_synth_at_once(tmp_path):
     # its own process group, which gets the Ctrl-C as a terminal's foreground group does
     process = subprocess.Popen([sys.executable, "-m", "vivi.cli", "synth", str(out), "--videos", "400",
                                 "--workers", "2", "--no-tasks"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                               text=True, start_new_session=True)
+                               text=True, start_new_session=True,
+                               preexec_fn=_default_sigint)
     deadline = time.time() + 60
     while not list(out.glob("videos/*.mp4")):
         assert time.time() < deadline and process.poll() is None, process.communicate()
@@ -443,3 +445,21 @@ def test_ctrl_c_stops_a_parallel_synth_at_once(tmp_path):
         if process.poll() is None:
             os.killpg(process.pid, signal.SIGKILL)
     assert process.returncode == 130 and "interrupted" in err and "Traceback" not in err, err
+
+
+@pytest.mark.parametrize("setting", [{"seconds": float("inf")}, {"seconds": float("nan")},
+                                     {"tracking_share": float("nan")}, {"motion": float("inf")}])
+def test_numbers_that_are_not_finite_are_named_before_anything_is_written(tmp_path, setting):
+    """`vivi synth --seconds inf` crashed with OverflowError after writing world.json, and nan
+    passed every range check: every number of the world is checked finite first."""
+    from vivi.synth import make_world
+    name = next(iter(setting))
+    with pytest.raises(ValueError, match=f"{name}=(inf|nan) is not a finite number"):
+        make_world(tmp_path / "w", videos=1, tasks=False, progress=False, **setting)
+    assert not (tmp_path / "w").exists()
+
+
+def _default_sigint() -> None:
+    """In the child: Ctrl-C's default action, which a shell's background job (a test suite started
+    with `make test &`) inherits as ignored."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)

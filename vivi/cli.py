@@ -380,6 +380,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="config overrides, e.g. optim.steps=1000 data.workers=8 (type-checked)")
     p.set_defaults(func=_train)
 
+    p = sub.add_parser("torchrun", help="torchrun's options, then a vivi command: `vivi torchrun --nnodes 4 "
+                       "--nproc-per-node 8 --rdzv-backend c10d --rdzv-endpoint HEAD:29500 --rdzv-id JOB train ...`; "
+                       "an endpoint that does not answer is one line within 30 s (docs/train.md)")
+    p.add_argument("torchrun_args", nargs=argparse.REMAINDER, help="torchrun's options, the command and its arguments")
+
     p = sub.add_parser("export", help="write the encoder of a run or checkpoint alone (.safetensors or .pt)")
     p.add_argument("run", type=Path, help="run folder or checkpoint file")
     p.add_argument("--out", type=Path, required=True, help="encoder.safetensors or encoder.pt")
@@ -471,6 +476,11 @@ def main(argv: list[str] | None = None) -> int:
     import signal
 
     from .signals import exit_status, raise_on_sigterm
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["torchrun"] and not {"-h", "--help"} & set(argv[1:2]):
+        # torchrun's own options follow: torchrun's parser reads them
+        from .launch import main as torchrun
+        return torchrun(argv[1:])
     args = build_parser().parse_args(argv)
     # SIGTERM (a scheduler's, docker's or systemd's stop) ends a command as Ctrl-C does: every
     # clean-up runs, what is complete stays, and the exit status is 143

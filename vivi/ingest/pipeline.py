@@ -329,13 +329,14 @@ def _ingest_planned(out: Path | str, config: IngestConfig, plan: dict, unwritten
         last, unwritten = None, []
     else:
         last = _ingest_here(out, sources, config, todo, unwritten, workers, progress)
-    complete = shards.completed_shard_indices(out)
-    if last is not None:
-        # (a retried shard is complete on disk already, in its old version: the new one replaces it)
-        complete = sorted([c for c in complete if c["shard"] != last[0]["shard"]] + [last[0]],
-                          key=lambda index: index["shard"])
-    summary = _finalize(out, plan, complete, last[1] if last is not None else shards.stage_files(unwritten),
-                        config.min_shots)
+    renames = last[1] if last is not None else shards.stage_files(unwritten)
+    with shards.unstaged_on_error(renames):       # a stop before the manifest's round leaves no temporary file
+        complete = shards.completed_shard_indices(out)
+        if last is not None:
+            # (a retried shard is complete on disk already, in its old version: the new one replaces it)
+            complete = sorted([c for c in complete if c["shard"] != last[0]["shard"]] + [last[0]],
+                              key=lambda index: index["shard"])
+        summary = _finalize(out, plan, complete, renames, config.min_shots)
     summary.shards_written, summary.shards_skipped = len(todo), len(mine) - len(todo)
     summary.seconds = time.perf_counter() - start
     if summary.complete and summary.videos == 0:
@@ -394,30 +395,12 @@ def _ingest_here(out: Path | str, sources: list[str], config: IngestConfig, todo
 
     bar = tqdm(total=sum(min(per_shard, len(sources) - j * per_shard) for j in todo), unit="video",
                desc=f"ingest {name_of(out)}", disable=not progress, dynamic_ncols=True)
-    native_frames = 0
     pending: dict[int, list] = {j: [] for j in todo}
     results = _run_jobs(jobs, workers) if workers > 1 else map(_ingest_one, jobs)
-    last = None
+    staged: list = []        # a shard's files under their temporary names until it is in place
     try:
-        for index, record, jpegs, reason in results:
-            j = index // per_shard
-            pending[j].append((index, record, jpegs, reason))
-            if record is not None:
-                native_frames += record["num_native_frames"]
-            bar.update(1)
-            bar.set_postfix_str(f"{native_frames / max(bar.format_dict['elapsed'], 1e-9):.0f} frames/s decoded",
-                                refresh=False)
-            if len(pending[j]) == min((j + 1) * per_shard, len(sources)) - j * per_shard:
-                if is_url(out):
-                    shards.upload_shard(out, *_shard_contents(j, sorted(pending.pop(j), key=lambda r: r[0]), sources))
-                    continue
-                shard_index, renames = _stage_shard(out, j, sorted(pending.pop(j), key=lambda r: r[0]), sources)
-                renames = shards.stage_files(unwritten) + renames
-                unwritten = []
-                if pending:   # in place now: a shard is the unit of resumption
-                    shards.replace_durably(renames)
-                else:
-                    last = shard_index, renames
+        with shards.unstaged_on_error(staged):     # a stop (Ctrl-C, SIGTERM, an error) leaves no temporary file
+            last, unwritten = _put_in_place(out, sources, per_shard, results, pending, staged, unwritten, bar)
     finally:
         bar.close()
         if hasattr(results, "close"):
@@ -425,6 +408,38 @@ def _ingest_here(out: Path | str, sources: list[str], config: IngestConfig, todo
     if last is None:
         return None
     return last[0], last[1] + shards.stage_files(unwritten)
+
+
+def _put_in_place(out: Path | str, sources: list[str], per_shard: int, results: Iterable, pending: dict,
+                  staged: list, unwritten: list, bar) -> tuple[tuple | None, list]:
+    """Put each shard in place as the ``results`` of its videos come in (``staged``: the files of
+    the one being written); return the last shard, staged for the manifest's round, and the files
+    ``unwritten`` if no shard took them."""
+    native_frames, last = 0, None
+    for index, record, jpegs, reason in results:
+        j = index // per_shard
+        pending[j].append((index, record, jpegs, reason))
+        if record is not None:
+            native_frames += record["num_native_frames"]
+        bar.update(1)
+        bar.set_postfix_str(f"{native_frames / max(bar.format_dict['elapsed'], 1e-9):.0f} frames/s decoded",
+                            refresh=False)
+        if len(pending[j]) < min((j + 1) * per_shard, len(sources)) - j * per_shard:
+            continue
+        contents = _shard_contents(j, sorted(pending.pop(j), key=lambda r: r[0]), sources)
+        if is_url(out):
+            shards.upload_shard(out, *contents)
+            continue
+        shard_index, renames = shards.stage_shard(out, *contents)
+        staged[:] = renames                   # (removed if what follows fails)
+        staged[:] = renames = shards.stage_files(unwritten) + renames
+        unwritten = []
+        if pending:   # in place now: a shard is the unit of resumption
+            shards.replace_durably(renames)
+            staged.clear()
+        else:
+            last = shard_index, renames
+    return last, unwritten
 
 
 def _ingest_on_ray(address: str, out: Path | str, sources: list[str], config: IngestConfig, todo: list[int],
@@ -606,10 +621,6 @@ def _shard_contents(j: int, results: list, sources: list[str]) -> tuple[int, lis
     failures = [{"key": shards.video_key(index), "source": sources[index], "reason": reason}
                 for index, record, _, reason in results if record is None]
     return j, samples, failures
-
-
-def _stage_shard(out: Path, j: int, results: list, sources: list[str]) -> tuple[dict, list]:
-    return shards.stage_shard(out, *_shard_contents(j, results, sources))
 
 
 def collect(out: str | Path) -> dict:

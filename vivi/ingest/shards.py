@@ -95,7 +95,7 @@ def stage_files(files: list[tuple[Path, bytes]]) -> list[tuple[Path, Path]]:
 
     On an error (a full disk, say) the temporary files written so far are removed."""
     renames = []
-    with _unstaged_on_error(renames):
+    with unstaged_on_error(renames):
         for path, data in files:
             renames.append((shared_tmp_name(path), path))
             with open(renames[-1][0], "wb") as f:
@@ -104,7 +104,7 @@ def stage_files(files: list[tuple[Path, bytes]]) -> list[tuple[Path, Path]]:
 
 
 @contextmanager
-def _unstaged_on_error(renames: list[tuple[Path, Path]]):
+def unstaged_on_error(renames: list[tuple[Path, Path]]):
     """Remove the temporary files of ``renames`` (those written so far) if the block raises."""
     try:
         yield
@@ -248,7 +248,7 @@ def stage_shard(root: Path, index: int, samples: list[tuple[dict, list[bytes]]],
     tar_path, index_path = folder / f"{name}.tar", folder / f"{name}.json"
     videos = []
     renames = [(_tmp_name(tar_path), tar_path), (_tmp_name(index_path), index_path)]
-    with _unstaged_on_error(renames):
+    with unstaged_on_error(renames):
         with open(_tmp_name(tar_path), "wb") as f:
             tar = _TarWriter(f)
             for record, jpegs in samples:

@@ -99,6 +99,10 @@ class WorldConfig:
     preset: str = "ultrafast"       # x264 speed preset: coding is then a small part of the cost
 
     def __post_init__(self):
+        for name, value in vars(self).items():     # nan passes every range check below, inf overflows
+            numbers = value if isinstance(value, tuple) else (value,)
+            if any(isinstance(x, float) and not math.isfinite(x) for x in numbers):
+                raise ValueError(f"{name}={value} is not a finite number")
         if self.size % 2 or self.size < 16:
             raise ValueError(f"size must be even and >= 16 (yuv420p), got {self.size}")
         if not 1 <= self.shots[0] <= self.shots[1]:
