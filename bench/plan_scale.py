@@ -9,9 +9,12 @@ as a file without looking at it); then
 * plan:    ``vivi.ingest.pipeline.plan_ingest`` on a new dataset folder (the list read, the sorted
            de-duplicated inputs, plan.json written durably, the shards to do);
 * resume:  a fraction ``--done`` of the shards made complete (small stand-in tars and indices),
-           then ``plan_ingest`` again: the plan read back and checked, the shards still to do found.
+           then ``plan_ingest`` again: the plan read back and checked, the shards still to do found;
+* manifest: ``finalize``, what every run ends with: the complete shards' indices read one at a
+           time into manifest.json and failures.jsonl.
 
-Printed: seconds of each and the process's peak resident memory. Measured figures:
+Printed: seconds of each, and the process's peak resident memory after the resume and after
+the manifest. Measured figures:
 docs/benchmarks.md, "Ingest".
 """
 from __future__ import annotations
@@ -28,7 +31,7 @@ from pathlib import Path
 
 def measure(size: int, done: float) -> None:
     from vivi.ingest import IngestConfig, shards
-    from vivi.ingest.pipeline import plan_ingest
+    from vivi.ingest.pipeline import finalize, plan_ingest
     config = IngestConfig()
     with tempfile.TemporaryDirectory(prefix="vivi-plan-") as scratch:
         listing, out = Path(scratch) / "videos.txt", Path(scratch) / "ds"
@@ -42,7 +45,9 @@ def measure(size: int, done: float) -> None:
         for j in range(0, len(mine), round(1 / done)):
             tar = out / shards.SHARD_DIR / f"{shards.shard_name(j)}.tar"
             tar.write_bytes(bytes(1024))
-            videos = [{"key": shards.video_key(i), "source": plan["inputs"][i], "frame_times_s": [0.0] * 30}
+            videos = [{"key": shards.video_key(i), "source": plan["inputs"][i], "fps": 25.0, "duration_s": 30.0,
+                       "shot_starts": [0, 150, 300, 450, 600], "shot_starts_s": [0.0, 6.0, 12.0, 18.0, 24.0],
+                       "frame_times_s": [k + 0.5 for k in range(30)], "frame_shot": [k // 6 for k in range(30)]}
                       for i in range(j * per_shard, min((j + 1) * per_shard, size))]
             tar.with_suffix(".json").write_text(json.dumps({"shard": f"shards/{tar.name}", "bytes": 1024,
                                                             "videos": videos, "failures": []}) + "\n")
@@ -50,9 +55,14 @@ def measure(size: int, done: float) -> None:
         start = time.perf_counter()
         _, _, mine, todo, _ = plan_ingest([listing], out, config)
         resumed = time.perf_counter() - start
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        start = time.perf_counter()
+        finalize(out)
+        finalized = time.perf_counter() - start
+    peak_after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"{size:>9,d} videos: plan {planned:6.2f} s, resume {resumed:6.2f} s "
-          f"({len(mine) - len(todo)} of {len(mine)} shards done), peak RSS {peak:5.0f} MiB", flush=True)
+          f"({len(mine) - len(todo)} of {len(mine)} shards done), peak RSS {peak:5.0f} MiB; "
+          f"manifest {finalized:6.2f} s, peak RSS then {peak_after:5.0f} MiB", flush=True)
 
 
 def main() -> None:

@@ -301,10 +301,10 @@ def test_a_part_that_listed_the_shards_too_early_writes_the_manifest_again(world
     inputs, out = [world / "videos"], tmp_path / "ds"
     for i in (0, 1):
         ingest(inputs, out, TINY_INGEST, part=(i, 3), progress=False)
-    listed = shards.completed_shard_indices
+    listed = shards.iter_completed_shard_indices
     calls = []
-    monkeypatch.setattr(shards, "completed_shard_indices",
-                        lambda root: [] if not calls.append(root) and len(calls) == 1 else listed(root))
+    monkeypatch.setattr(shards, "iter_completed_shard_indices",
+                        lambda root: iter([]) if not calls.append(root) and len(calls) == 1 else listed(root))
     summary = ingest(inputs, out, TINY_INGEST, part=(2, 3), progress=False)
     assert len(calls) >= 2 and summary.complete and summary.videos == 6
     assert json.loads((out / "manifest.json").read_text())["complete"]

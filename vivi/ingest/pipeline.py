@@ -48,6 +48,7 @@ from ..storage import (
     read_bytes,
     remove,
     retrying,
+    upload,
     write_bytes,
 )
 from . import shards
@@ -331,12 +332,7 @@ def _ingest_planned(out: Path | str, config: IngestConfig, plan: dict, unwritten
         last = _ingest_here(out, sources, config, todo, unwritten, workers, progress)
     renames = last[1] if last is not None else shards.stage_files(unwritten)
     with shards.unstaged_on_error(renames):       # a stop before the manifest's round leaves no temporary file
-        complete = shards.completed_shard_indices(out)
-        if last is not None:
-            # (a retried shard is complete on disk already, in its old version: the new one replaces it)
-            complete = sorted([c for c in complete if c["shard"] != last[0]["shard"]] + [last[0]],
-                              key=lambda index: index["shard"])
-        summary = _finalize(out, plan, complete, renames, config.min_shots)
+        summary = _finalize(out, plan, last[0] if last is not None else None, renames, config.min_shots)
     summary.shards_written, summary.shards_skipped = len(todo), len(mine) - len(todo)
     summary.seconds = time.perf_counter() - start
     if summary.complete and summary.videos == 0:
@@ -636,77 +632,157 @@ def _read_plan(out: Path | str) -> dict:
                       "inputs and settings writes the same file), or ingest into a new folder")
 
 
+def _video_row(shard_index: dict, v: dict) -> dict:
+    """A video's line of the manifest."""
+    return {"key": v["key"], "source": v["source"], "shard": shard_index["shard"],
+            "duration_s": v["duration_s"], "fps": v["fps"], "frames": len(v["frame_times_s"]),
+            "shots": len(v["shot_starts"]), "shot_starts_s": v["shot_starts_s"],
+            "frames_per_shot": [v["frame_shot"].count(k) for k in range(len(v["shot_starts"]))],
+            "damaged_packets": v.get("damaged_packets", 0)}
+
+
+def _totals(plan: dict, shards_done: int, videos: int, failed: int, shots: int, frames: int) -> dict:
+    per_shard = plan["config"]["videos_per_shard"]
+    num_shards = (len(plan["inputs"]) + per_shard - 1) // per_shard
+    return {"version": PLAN_VERSION, "complete": shards_done == num_shards, "shards_planned": num_shards,
+            "shards_done": shards_done, "videos_planned": len(plan["inputs"]), "videos": videos, "failed": failed,
+            "shots": shots, "frames": frames}
+
+
 def _manifest(plan: dict, done: list[dict]) -> dict:
     """The manifest of a dataset planned as ``plan`` whose complete shards have the indices ``done``."""
-    per_shard = plan["config"]["videos_per_shard"]
-    per_video, failures = [], []
-    for shard_index in done:
+    per_video = [_video_row(shard_index, v) for shard_index in done for v in shard_index["videos"]]
+    failures = [f for shard_index in done for f in shard_index["failures"]]
+    return {**_totals(plan, len(done), len(per_video), len(failures), sum(v["shots"] for v in per_video),
+                      sum(v["frames"] for v in per_video)), "per_video": per_video, "failures": failures}
+
+
+class _ManifestWriter:
+    """The manifest and failures of the complete shards, written one shard index at a time: the
+    per-video rows go to a scratch file as they come (a million videos are never all in memory),
+    the totals are kept, and :meth:`files` gives the two files, laid out as ``json_bytes`` lays
+    out the whole manifest."""
+
+    def __init__(self, plan: dict, min_shots: int) -> None:
+        self.plan, self.min_shots = plan, min_shots
+        self.rows = tempfile.TemporaryFile("w+", prefix="vivi-manifest-")
+        self.failures = tempfile.TemporaryFile("w+", prefix="vivi-failures-")
+        self.shards: list[str] = []
+        self.videos = self.shots = self.frames = self.few_shots = self.damaged = 0
+        self.reasons: Counter = Counter()
+
+    def add(self, shard_index: dict) -> None:
+        self.shards.append(shard_index["shard"])
         for v in shard_index["videos"]:
-            per_video.append({"key": v["key"], "source": v["source"], "shard": shard_index["shard"],
-                              "duration_s": v["duration_s"], "fps": v["fps"], "frames": len(v["frame_times_s"]),
-                              "shots": len(v["shot_starts"]), "shot_starts_s": v["shot_starts_s"],
-                              "frames_per_shot": [v["frame_shot"].count(k) for k in range(len(v["shot_starts"]))],
-                              "damaged_packets": v.get("damaged_packets", 0)})
-        failures.extend(shard_index["failures"])
-    num_shards = (len(plan["inputs"]) + per_shard - 1) // per_shard
-    return {
-        "version": PLAN_VERSION, "complete": len(done) == num_shards,
-        "shards_planned": num_shards, "shards_done": len(done), "videos_planned": len(plan["inputs"]),
-        "videos": len(per_video), "failed": len(failures),
-        "shots": sum(v["shots"] for v in per_video), "frames": sum(v["frames"] for v in per_video),
-        "per_video": per_video, "failures": failures,
-    }
+            row = _video_row(shard_index, v)
+            text = json.dumps(row, indent=1).replace("\n", "\n  ")
+            self.rows.write(("[\n  " if not self.videos else ",\n  ") + text)
+            self.videos += 1
+            self.shots, self.frames = self.shots + row["shots"], self.frames + row["frames"]
+            self.few_shots += row["shots"] < self.min_shots
+            self.damaged += row["damaged_packets"] > 0
+        for failure in shard_index["failures"]:
+            self.failures.write(json.dumps(failure) + "\n")
+            self.reasons[_reason_kind(failure["reason"])] += 1
+
+    @property
+    def totals(self) -> dict:
+        return _totals(self.plan, len(self.shards), self.videos, sum(self.reasons.values()), self.shots, self.frames)
+
+    def write(self, manifest: Path, failures: Path) -> None:
+        """Write ``manifest.json`` and ``failures.jsonl`` to the local files ``manifest``, ``failures``."""
+        head = json.dumps({**self.totals, "per_video": []}, indent=1)
+        self.rows.seek(0)
+        self.failures.seek(0)
+        with open(manifest, "w") as out:
+            if not self.videos:
+                out.write(head + "\n")
+            else:
+                out.write(head[:-len("[]\n}")])
+                while chunk := self.rows.read(1 << 20):
+                    out.write(chunk)
+                out.write("\n ]\n}\n")
+        with open(failures, "w") as out:
+            while chunk := self.failures.read(1 << 20):
+                out.write(chunk)
+
+    def close(self) -> None:
+        self.rows.close()
+        self.failures.close()
+
+
+def _with_staged(indices: Iterable[dict], staged: dict | None) -> Iterator[dict]:
+    """The shard indices ``indices`` (in shard order) with the index ``staged`` of a shard not yet
+    in place put in its order (in place of its old version, for a shard made again)."""
+    for shard_index in indices:
+        if staged is not None and staged["shard"] <= shard_index["shard"]:
+            yield staged
+            if staged["shard"] == shard_index["shard"]:
+                staged = None
+                continue
+            staged = None
+        yield shard_index
+    if staged is not None:
+        yield staged
 
 
 def finalize(out: str | Path, min_shots: int = IngestConfig.min_shots) -> IngestSummary:
     """Rebuild ``manifest.json`` and ``failures.jsonl`` from the complete shards of ``out``."""
     out = location(out)
-    return _finalize(out, _read_plan(out), shards.completed_shard_indices(out), [], min_shots)
+    return _finalize(out, _read_plan(out), None, [], min_shots)
 
 
-def _finalize(out: Path | str, plan: dict, complete: list[dict], renames: list, min_shots: int) -> IngestSummary:
-    """Write the manifest of the shards ``complete``, in one durable round after ``renames``:
-    files already written under temporary names (ingest's last shard, a new plan), which the
-    manifest counts as in place."""
+def _finalize(out: Path | str, plan: dict, staged: dict | None, renames: list, min_shots: int) -> IngestSummary:
+    """Write the manifest of the complete shards, in one durable round after ``renames``: files
+    already written under temporary names (ingest's last shard, whose index is ``staged``, a new
+    plan), which the manifest counts as in place. The shard indices are read one at a time."""
     # Parts running side by side (--part) each write the manifest at their end: one that read the
     # complete shards before another part's last one was in place writes again, so the manifest
     # written last counts every shard (its writer saw no shard appear after writing it). Cheap
     # when nothing changed: the shard indices in place are listed, not read.
-    checked = {index["shard"] for index in complete}
+    previous = None
     while True:
-        manifest = _manifest(plan, complete)
-        failures = manifest.pop("failures")
-        files = [(join(out, "manifest.json"), shards.json_bytes(manifest)),
-                 (join(out, "failures.jsonl"), "".join(json.dumps(f) + "\n" for f in failures).encode())]
-        if is_url(out):
-            for path, data in files:
-                write_bytes(path, data)
-        else:
-            shards.replace_durably(renames + shards.stage_files(files))
-        names = shards.complete_shard_names(out)
-        if names == checked:
-            break
-        checked = names
-        fresh = shards.completed_shard_indices(out)     # (a damaged shard's index may be in place)
-        if [index["shard"] for index in fresh] == [index["shard"] for index in complete]:
-            break
-        complete, renames = fresh, []
-    if manifest["complete"]:
-        # The columnar index, from the shard indices in hand; written again if another part's
+        writer = _ManifestWriter(plan, min_shots)
+        try:
+            for shard_index in _with_staged(shards.iter_completed_shard_indices(out), staged):
+                writer.add(shard_index)
+            _write_manifest(out, writer, renames)
+        finally:
+            writer.close()
+        used = set(writer.shards)
+        if shards.complete_shard_names(out) == used or writer.shards == previous:
+            break                                   # (a damaged shard's index may be in place: named, left out)
+        previous, staged, renames = writer.shards, None, []
+    totals = writer.totals
+    if totals["complete"]:
+        # The columnar index, from the shard indices in place; written again if another part's
         # shard appeared meanwhile, so that the index written last covers every shard.
         while True:
-            write_index(out, complete)
-            if shards.complete_shard_names(out) == {shard_index["shard"] for shard_index in complete}:
+            write_index(out)
+            if shards.complete_shard_names(out) == used:
                 break
-            complete = shards.completed_shard_indices(out)
+            used = shards.complete_shard_names(out)
     return IngestSummary(
-        out=out, videos_planned=manifest["videos_planned"], shards_planned=manifest["shards_planned"],
-        shards_done=manifest["shards_done"], shards_written=0, shards_skipped=0, videos=manifest["videos"],
-        failed=len(failures), shots=manifest["shots"], frames=manifest["frames"],
-        few_shots=sum(v["shots"] < min_shots for v in manifest["per_video"]), min_shots=min_shots,
-        damaged=sum(v["damaged_packets"] > 0 for v in manifest["per_video"]),
-        complete=manifest["complete"], seconds=0.0,
-        failure_reasons=dict(Counter(_reason_kind(f["reason"]) for f in failures)))
+        out=out, videos_planned=totals["videos_planned"], shards_planned=totals["shards_planned"],
+        shards_done=totals["shards_done"], shards_written=0, shards_skipped=0, videos=totals["videos"],
+        failed=totals["failed"], shots=totals["shots"], frames=totals["frames"], few_shots=writer.few_shots,
+        min_shots=min_shots, damaged=writer.damaged, complete=totals["complete"], seconds=0.0,
+        failure_reasons=dict(writer.reasons))
+
+
+def _write_manifest(out: Path | str, writer: _ManifestWriter, renames: list) -> None:
+    """Put the manifest and failures of ``writer`` in place, with ``renames`` in the same round."""
+    if is_url(out):
+        with tempfile.TemporaryDirectory(prefix="vivi-manifest-") as folder:
+            manifest, failures = Path(folder) / "manifest.json", Path(folder) / "failures.jsonl"
+            writer.write(manifest, failures)
+            upload(manifest, join(out, "manifest.json"))
+            upload(failures, join(out, "failures.jsonl"))
+        return
+    staged = [(shards.shared_tmp_name(out / name), out / name) for name in ("manifest.json", "failures.jsonl")]
+    with shards.unstaged_on_error(staged):
+        writer.write(staged[0][0], staged[1][0])
+        shards.replace_durably(renames + staged)
 
 
 def _reason_kind(reason: str) -> str:

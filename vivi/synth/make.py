@@ -24,6 +24,7 @@ import os
 import shutil
 import signal
 import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from functools import partial
 from pathlib import Path
 
@@ -81,15 +82,27 @@ def _process_context():
 
 def _worker_signals() -> None:
     """Workers leave Ctrl-C to the parent, which ends them (no traceback from every worker), and
-    end at once on SIGTERM, which is how the parent's ``pool.terminate()`` ends them (the parent's
-    own SIGTERM handler, inherited by fork, would make each raise and print a traceback)."""
+    end at once on SIGTERM (the parent's own SIGTERM handler, inherited by fork, would make each
+    raise and print a traceback)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
+def _end_now(pool: ProcessPoolExecutor) -> None:
+    """Ctrl-C, SIGTERM or an error: kill the workers and drop the jobs not started, without waiting
+    (a worker killed by the same SIGTERM while it held the job queue's lock would make an orderly
+    shutdown wait for ever; the job it ran is staged, so nothing half-written is left)."""
+    for process in list((getattr(pool, "_processes", None) or {}).values()):
+        process.kill()
+    pool.shutdown(wait=False, cancel_futures=True)
+
+
 def _run(pool, function, jobs, description, total, progress):
     """Run jobs on the pool (or here when there is none), yielding results as they finish."""
-    results = map(function, jobs) if pool is None else pool.imap_unordered(function, jobs)
+    if pool is None:
+        results = map(function, jobs)
+    else:
+        results = (future.result() for future in as_completed([pool.submit(function, job) for job in jobs]))
     with tqdm(total=total, desc=description, disable=not progress, unit=description.split()[-1]) as bar:
         for result in results:
             bar.update(result if isinstance(result, int) else 1)
@@ -165,7 +178,8 @@ def _write_world(out: Path, config: WorldConfig, *, workers: int, tasks: bool, t
                 task_jobs += [(task_index, split, a, min(count, a + TASK_BLOCK))
                               for a in range(0, count, TASK_BLOCK)]
 
-    pool = None if workers == 1 else _process_context().Pool(workers, initializer=_worker_signals)
+    pool = None if workers == 1 else ProcessPoolExecutor(workers, mp_context=_process_context(),
+                                                         initializer=_worker_signals)
     try:
         video_stats = list(_run(pool, partial(_video_job, videos_dir, config, themes),
                                 range(config.videos), "videos", config.videos, progress))
@@ -173,14 +187,12 @@ def _write_world(out: Path, config: WorldConfig, *, workers: int, tasks: bool, t
         images = sum(_run(pool, partial(_task_job, tasks_dir, config, themes, task_test_size),
                           task_jobs, "task images", sum(j[3] - j[2] for j in task_jobs), progress))
     except BaseException:
-        if pool is not None:      # Ctrl-C or an error: end the workers now (close + join would wait forever
-            pool.terminate()      # for workers that took the Ctrl-C too)
-            pool.join()
+        if pool is not None:
+            _end_now(pool)
         shutil.rmtree(out / STAGING, ignore_errors=True)
         raise
     if pool is not None:
-        pool.close()
-        pool.join()
+        pool.shutdown(wait=True)
     if tasks:
         suite = [write_task_index(tasks_dir / task.name, config, i, task_test_size)
                  for i, task in enumerate(TASKS)]
