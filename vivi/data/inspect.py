@@ -20,9 +20,8 @@ from ..files import replacing
 from ..ingest.decode import decode_jpeg
 from ..ingest.index import Video, build_index
 from ..ingest.pipeline import collect
-from ..ingest.shards import shard_name
 from .boxes import available_detectors, load_detections
-from .reader import VideoDataset, planned_shards
+from .reader import VideoDataset, missing_shards
 
 
 def dataset_stats(root: str | Path) -> dict:
@@ -68,9 +67,7 @@ def verify_dataset(root: str | Path, *, only: Collection[str] | None = None, thr
     frames of these shards (tar names) alone.
     """
     dataset = VideoDataset(root, build_index(root))     # from the shards as they are now, not index.bin
-    planned = planned_shards(root)
-    have = {posixpath.basename(shard) for shard in dataset.index.shards}
-    incomplete = [f"{shard_name(j)}.tar" for j in range(planned) if f"{shard_name(j)}.tar" not in have]
+    planned, incomplete = missing_shards(root, dataset.index.shards)
 
     def broken(item: tuple[Video, int]) -> bool:
         try:

@@ -40,12 +40,17 @@ def planned_shards(root: str | Path) -> int:
                          "inputs and --out writes it again") from None
 
 
-def require_complete(root: str | Path, shards: Sequence[str]) -> None:
-    """Raise, naming them, when some shards ingest planned for ``root`` are not among the
-    complete ``shards`` (missing, or damaged: a tar shorter than its index says)."""
+def missing_shards(root: str | Path, shards: Sequence[str]) -> tuple[int, list[str]]:
+    """(shards planned for ``root``, the tar names of those not among the complete ``shards``:
+    missing, or damaged, a tar shorter than its index says)."""
     planned = planned_shards(root)
     have = {posixpath.basename(shard) for shard in shards}
-    missing = [name for name in (f"{shard_name(j)}.tar" for j in range(planned)) if name not in have]
+    return planned, [name for name in (f"{shard_name(j)}.tar" for j in range(planned)) if name not in have]
+
+
+def require_complete(root: str | Path, shards: Sequence[str]) -> None:
+    """Raise, naming them, when some shards ingest planned for ``root`` are not complete."""
+    planned, missing = missing_shards(root, shards)
     if missing:
         listed = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
         raise ValueError(f"{len(missing)} of the {planned} shards of {root} are missing or damaged ({listed}): "

@@ -84,42 +84,35 @@ def detect_dataset(root: str | Path, detector: Detector | str, *, max_per_frame:
             "max_per_frame": max_per_frame, "min_score": min_score, "settings": detector.settings()}
     meta = as_json(meta)
     with writer_lock(join(root, DETECTIONS_DIR), "detect", key=detector.name):
-        return _detect_locked(root, dataset, detector, spec, folder, meta, max_per_frame, min_score, progress, ray,
-                              threads, start)
+        meta_path = join(folder, "detector.json")
+        if not is_url(folder) and folder.is_dir():
+            remove_stale_tmp_files(folder)          # left by a run killed while it wrote
+        if refuse_other_settings(meta_path, meta, holds="detections",
+                                 fix="use another detector name, or delete that folder to redo them") is None:
+            if not is_url(folder):
+                folder.mkdir(parents=True, exist_ok=True)
+            write_json_atomic(meta_path, meta)
 
-
-def _detect_locked(root: Path | str, dataset: VideoDataset, detector: Detector, spec: str | None,
-                   folder: Path | str, meta: dict, max_per_frame: int, min_score: float, progress: bool,
-                   ray: str | None, threads: int | None, start: float) -> DetectSummary:
-    meta_path = join(folder, "detector.json")
-    if not is_url(folder) and folder.is_dir():
-        remove_stale_tmp_files(folder)          # left by a run killed while it wrote
-    if refuse_other_settings(meta_path, meta, holds="detections",
-                             fix="use another detector name, or delete that folder to redo them") is None:
-        if not is_url(folder):
-            folder.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(meta_path, meta)
-
-    by_shard = _videos_by_shard(dataset)
-    written = listing(folder)
-    damaged = _damaged_sidecars(folder, [_sidecar(shard) for shard in by_shard if _sidecar(shard) in written])
-    todo = {shard: videos for shard, videos in by_shard.items()
-            if _sidecar(shard) not in written or _sidecar(shard) in damaged}
-    if todo:        # the boxes change: the columns are written again once every shard has its file
-        remove(join(folder, INDEX_FILE))
-    bar = tqdm(total=sum(v.num_frames for videos in todo.values() for v in videos), unit="frame",
-               desc=f"detect {detector.name}", disable=not progress, dynamic_ncols=True)
-    if ray is None:
-        counts = [detect_shard(dataset, detector, shard, videos, folder, max_per_frame, min_score, bar.update)
-                  for shard, videos in todo.items()]
-    else:
-        counts = _detect_on_ray(ray, root, spec if spec is not None else detector, list(todo), folder,
-                                max_per_frame, min_score, threads, getattr(detector, "device", "cpu"), bar.update)
-    bar.close()
-    if todo or INDEX_FILE not in written:
-        write_detections_index(root, detector.name, dataset.index)
-    return DetectSummary(detector.name, folder, len(todo), len(by_shard) - len(todo), sum(f for f, _ in counts),
-                         sum(b for _, b in counts), time.perf_counter() - start)
+        by_shard = _videos_by_shard(dataset)
+        written = listing(folder)
+        damaged = _damaged_sidecars(folder, [_sidecar(shard) for shard in by_shard if _sidecar(shard) in written])
+        todo = {shard: videos for shard, videos in by_shard.items()
+                if _sidecar(shard) not in written or _sidecar(shard) in damaged}
+        if todo:        # the boxes change: the columns are written again once every shard has its file
+            remove(join(folder, INDEX_FILE))
+        bar = tqdm(total=sum(v.num_frames for videos in todo.values() for v in videos), unit="frame",
+                   desc=f"detect {detector.name}", disable=not progress, dynamic_ncols=True)
+        if ray is None:
+            counts = [detect_shard(dataset, detector, shard, videos, folder, max_per_frame, min_score, bar.update)
+                      for shard, videos in todo.items()]
+        else:
+            counts = _detect_on_ray(ray, root, spec if spec is not None else detector, list(todo), folder,
+                                    max_per_frame, min_score, threads, getattr(detector, "device", "cpu"), bar.update)
+        bar.close()
+        if todo or INDEX_FILE not in written:
+            write_detections_index(root, detector.name, dataset.index)
+        return DetectSummary(detector.name, folder, len(todo), len(by_shard) - len(todo), sum(f for f, _ in counts),
+                             sum(b for _, b in counts), time.perf_counter() - start)
 
 
 def _damaged_sidecars(folder: Path | str, names: list[str]) -> set[str]:

@@ -311,28 +311,22 @@ def ingest(inputs: list[str | Path], out: str | Path, config: IngestConfig = Ing
     if workers < 1:
         raise ValueError(f"--workers {workers} is out of range: give at least 1 (parallel decoding processes)")
     plan, unwritten, mine, todo, redo = plan_ingest(inputs, out, config, part, retry_failed)
+    sources = plan["inputs"]
     with writer_lock(out, "ingest", key="part-{}-of-{}".format(*part)):
         if repair:
             redo |= _damaged_shards(out, [j for j in mine if j not in todo], progress)
             todo = sorted({*todo, *redo})
-        return _ingest_planned(out, config, plan, unwritten, mine, todo, redo, workers, progress, ray, start)
-
-
-def _ingest_planned(out: Path | str, config: IngestConfig, plan: dict, unwritten: list, mine: range,
-                    todo: list[int], redo: set[int], workers: int, progress: bool, ray: str | None,
-                    start: float) -> IngestSummary:
-    sources = plan["inputs"]
-    if todo:     # shards change: an index would name their old offsets (written again once complete)
-        remove(join(out, INDEX_FILE))
-    _drop_detections(out, sorted(redo))
-    if ray is not None:
-        _ingest_on_ray(ray, out, sources, config, todo, unwritten, progress)
-        last, unwritten = None, []
-    else:
-        last = _ingest_here(out, sources, config, todo, unwritten, workers, progress)
-    renames = last[1] if last is not None else shards.stage_files(unwritten)
-    with shards.unstaged_on_error(renames):       # a stop before the manifest's round leaves no temporary file
-        summary = _finalize(out, plan, last[0] if last is not None else None, renames, config.min_shots)
+        if todo:     # shards change: an index would name their old offsets (written again once complete)
+            remove(join(out, INDEX_FILE))
+        _drop_detections(out, sorted(redo))
+        if ray is not None:
+            _ingest_on_ray(ray, out, sources, config, todo, unwritten, progress)
+            last, unwritten = None, []
+        else:
+            last = _ingest_here(out, sources, config, todo, unwritten, workers, progress)
+        renames = last[1] if last is not None else shards.stage_files(unwritten)
+        with shards.unstaged_on_error(renames):       # a stop before the manifest's round leaves no temporary file
+            summary = _finalize(out, plan, last[0] if last is not None else None, renames, config.min_shots)
     summary.shards_written, summary.shards_skipped = len(todo), len(mine) - len(todo)
     summary.seconds = time.perf_counter() - start
     if summary.complete and summary.videos == 0:
