@@ -285,7 +285,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=default_workers(),
                    help="parallel decoding processes (default: CPU count)")
     p.add_argument("--part", default="0/1", help="process only part i of n (i/n), e.g. one task of a Slurm array; "
-                   "slurm: the array task's (SLURM_ARRAY_TASK_ID of SLURM_ARRAY_TASK_COUNT)")
+                   "slurm: the array task's (SLURM_ARRAY_TASK_ID - SLURM_ARRAY_TASK_MIN of SLURM_ARRAY_TASK_COUNT)")
     p.add_argument("--ray", nargs="?", const="local", default=None, metavar="ADDRESS", help=RAY_HELP)
     p.add_argument("--retry-failed", action="store_true",
                    help="make again the shards that hold videos which failed (after repairing or replacing them)")
@@ -373,8 +373,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="keep the shards streamed from a URL in this folder and read them from there next time "
                         "(the same as data.cache=DIR)")
     p.add_argument("--resume", action="store_true",
-                   help="continue exactly from the newest checkpoint in --out (overrides may change only "
-                        "optim.steps and run-time settings)")
+                   help="continue exactly from the newest intact checkpoint in --out (overrides may change only "
+                        "optim.steps and run-time settings); with no checkpoint yet, start the run (one command "
+                        "for a job's first start and its requeued ones)")
     p.add_argument("--list-presets", action="store_true", help="list the presets with a one-line description")
     p.add_argument("overrides", nargs="*", metavar="section.field=value",
                    help="config overrides, e.g. optim.steps=1000 data.workers=8 (type-checked)")
