@@ -719,7 +719,7 @@ def test_killing_ingest_leaves_no_worker_process_behind(world, tmp_path):
     forever, and the fork server on its workers, unless they watch ingest's process)."""
     videos = tmp_path / "videos"
     videos.mkdir()
-    for copy in range(8):
+    for copy in range(60):   # 360 videos, about 10 s for two workers: ingest does not end before it is killed
         for path in sorted((world / "videos").glob("*.mp4")):
             (videos / f"{copy}-{path.name}").symlink_to(path)
     process = subprocess.Popen([sys.executable, "-m", "vivi.cli", "ingest", str(videos), "--out", str(tmp_path / "ds"),
@@ -728,8 +728,10 @@ def test_killing_ingest_leaves_no_worker_process_behind(world, tmp_path):
     try:
         deadline = time.time() + 60
         while len(_process_group(process.pid)) < 4:       # ingest, fork server, two workers (+ tracker)
-            assert time.time() < deadline and process.poll() is None, "ingest did not start its workers"
-            time.sleep(0.05)
+            assert time.time() < deadline and process.poll() is None, \
+                f"ingest did not start its workers (exit status {process.poll()}, " \
+                f"{len(_process_group(process.pid))} processes)"
+            time.sleep(0.02)
         process.kill()
         process.wait()
         deadline = time.time() + 10
