@@ -1,7 +1,7 @@
 """Ingest throughput against bare PyAV decoding and against a PySceneDetect two-pass script.
 
     python bench/ingest_throughput.py [--sizes 64 256] [--videos 30] [--seconds 20] [--fps 10]
-                                      [--preset ultrafast] [--reps 3] [--workers 1]
+                                      [--preset ultrafast] [--reps 3] [--workers 1] [--bars 0.125]
 
 Every measurement is taken in this run, on the same files, with the same number of processes
 (``--workers``; the two-pass script always runs in one), interleaved over ``--reps`` rounds; the
@@ -14,6 +14,13 @@ ratios are medians over rounds.
          process, the loop a user writes first;
 * vivi:  ``vivi.ingest.ingest`` with ``--workers`` processes: decode, cut detection, 1 Hz sampling, resize,
          JPEG, tar shards and indices written to disk;
+* border pass: the share of an in-process ingest's time (one process, timed separately) spent
+         finding letterbox/pillarbox bars (``vivi/ingest/borders.py``: the cut detector's per-batch
+         bar check and the regions it compares frames in, the stored frames' bar statistics,
+         key-frame probes of videos longer than a minute, and cropping the stored frames; the
+         functions that do it, timed with ``time.perf_counter``); ``--bars F`` letterboxes every
+         video first (black bars of F of the height above and below, re-encoded with ``--preset``),
+         so that the bars are found and cut off;
 * two-pass: what a user would script: ``scenedetect.detect(path, HistogramDetector())`` for the
          cuts, then a second PyAV pass that samples 1 frame per second inside each scene, resizes
          and JPEG-encodes it (no shard writing: the baseline is given that for free).
@@ -38,7 +45,7 @@ from pathlib import Path
 import av
 import cv2
 
-from vivi.ingest import IngestConfig, SamplingConfig, ingest
+from vivi.ingest import IngestConfig, SamplingConfig, borders, cut_detector, decode, ingest
 
 
 def bare_decode_one(path: Path, threaded: bool | None, packets: bool = False) -> int:
@@ -81,6 +88,76 @@ def bare_decode(paths: list[Path], workers: int) -> float:
     return best
 
 
+class BorderClock:
+    """Adds up the seconds spent in the border pass's functions while installed (``with``); a call
+    made inside another counts once."""
+
+    PARTS = [(borders.GridBars, "__call__"), (cut_detector.HistogramCutDetector, "_regions"),
+             (cut_detector._Regions, "compared"), (cut_detector._Regions, "__getitem__"), (cut_detector, "inside"),
+             (decode, "probe_key_frames"), (decode, "frame_luma"), (borders.FrameCrop, "__call__"),
+             (borders.BorderFinder, "add_frames"), (borders.BorderFinder, "crop")]
+
+    def __init__(self):
+        self.seconds = 0.0
+        self._saved = []
+        self._depth = 0
+
+    def _timed(self, function):
+        def timed(*args, **kwargs):
+            self._depth += 1
+            start = time.perf_counter()
+            try:
+                return function(*args, **kwargs)
+            finally:
+                self._depth -= 1
+                if not self._depth:
+                    self.seconds += time.perf_counter() - start
+        return timed
+
+    def __enter__(self):
+        for owner, name in self.PARTS:
+            self._saved.append((owner, name, getattr(owner, name)))
+            setattr(owner, name, self._timed(getattr(owner, name)))
+        return self
+
+    def __exit__(self, *exc):
+        for owner, name, function in self._saved:
+            setattr(owner, name, function)
+
+
+def border_share(paths: list[Path], config: IngestConfig, out: Path) -> float:
+    """Seconds in the border pass over seconds of the whole ingest, in this process."""
+    with BorderClock() as clock:
+        start = time.perf_counter()
+        ingest(paths, out, config, workers=1, progress=False)
+        total = time.perf_counter() - start
+    shutil.rmtree(out)
+    return clock.seconds / total
+
+
+def add_bars(paths: list[Path], fraction: float, preset: str, folder: Path) -> list[Path]:
+    """The videos letterboxed: black bars of ``fraction`` of the height above and below."""
+    import numpy as np
+    folder.mkdir(parents=True)
+    out = []
+    for path in paths:
+        with av.open(str(path)) as container:
+            source = container.streams.video[0]
+            rate = source.average_rate
+            frames = [f.to_ndarray(format="rgb24") for f in container.decode(source)]
+        bar = round(frames[0].shape[0] * fraction / (1 - 2 * fraction)) // 2 * 2
+        out.append(folder / path.name)
+        with av.open(str(out[-1]), "w") as container:
+            stream = container.add_stream("libx264", rate=rate)
+            stream.height, stream.width = frames[0].shape[0] + 2 * bar, frames[0].shape[1]
+            stream.pix_fmt, stream.options = "yuv420p", {"preset": preset}
+            for frame in frames:
+                padded = np.pad(frame, ((bar, bar), (0, 0), (0, 0)))
+                container.mux(stream.encode(av.VideoFrame.from_ndarray(padded, format="rgb24")))
+            container.mux(stream.encode())
+    return out
+
+
 def two_pass(paths: list[Path], short_side: int) -> int:
     from scenedetect import HistogramDetector, detect
     frames = 0
@@ -119,6 +196,9 @@ def main() -> None:
                              "x264's default, as most real files)")
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--workers", type=int, default=1, help="processes for bare decoding and for vivi")
+    parser.add_argument("--bars", type=float, default=0.0,
+                        help="letterbox the videos first: black bars of this fraction of the height above and "
+                             "below (e.g. 0.125; default 0: the world's videos as they are)")
     args = parser.parse_args()
 
     for size in args.sizes:
@@ -132,12 +212,15 @@ def run(size: int, videos: int, args) -> None:
         make_world(root / "world", videos=videos, seconds=args.seconds, size=size, fps=args.fps, seed=0,
                    tasks=False, progress=False, preset=args.preset)
         paths = sorted((root / "world" / "videos").glob("*.mp4"))
+        if args.bars:
+            paths = add_bars(paths, args.bars, args.preset, root / "barred")
         short_side = min(size, SamplingConfig().short_side)
         config = IngestConfig(sampling=SamplingConfig(short_side=short_side))
         n = sum(bare_decode_one(p, False) for p in paths)   # also warms the page cache
         if args.workers > 1:   # start the worker server once, as a long ingest would have
             ingest(paths[:1], root / "warm", config, workers=args.workers, progress=False)
         rates: dict[str, list[float]] = {"bare": [], "bare-default": [], "vivi": [], "two-pass": []}
+        shares = []
         for rep in range(args.reps):
             rates["bare"].append(bare_decode(paths, args.workers))
             t = time.perf_counter()
@@ -152,7 +235,9 @@ def run(size: int, videos: int, args) -> None:
             t = time.perf_counter()
             two_pass(paths, short_side)
             rates["two-pass"].append(n / (time.perf_counter() - t))
-        print(f"{len(paths)} videos x {args.seconds:g} s at {size}x{size}, {args.fps} fps, x264 {args.preset}, "
+            shares.append(border_share(paths, config, root / f"borders{rep}"))
+        bars = f" letterboxed ({args.bars:g} of the height above and below)" if args.bars else ""
+        print(f"{len(paths)} videos x {args.seconds:g} s at {size}x{size}{bars}, {args.fps} fps, x264 {args.preset}, "
               f"stored at {short_side} px, {n} frames, "
               f"{args.workers} process(es), {args.reps} rounds (frames/s, median):")
         for name, values in rates.items():
@@ -163,6 +248,7 @@ def run(size: int, videos: int, args) -> None:
         print(f"  vivi / bare decode      = {vs_bare:.2f}   (the fastest bare decoding, same processes)")
         print(f"  vivi / bare, PyAV defaults, 1 process = {vs_default:.2f}")
         print(f"  vivi / two-pass script  = {vs_two:.2f}")
+        print(f"  border pass = {100 * statistics.median(shares):.1f} % of ingest time (1 process, median)")
     finally:
         shutil.rmtree(root, ignore_errors=True)
 

@@ -1,10 +1,10 @@
 """How many DataLoader workers keep a GPU fed: frames per second one worker delivers at 224 px.
 
-A training step consumes N x K x F frames; each has to be read from its shard, JPEG-decoded and
-resized before it reaches the device (augmentation runs there). This benchmark writes a few
+A training step consumes N x K x F frames; each has to be read from its shard, JPEG-decoded,
+cropped and resized before it reaches the device (flip and colour run there). This benchmark writes a few
 16:9 videos with camera-like frames (5 shots each, sensor noise), ingests them at the default
 short side of 256 (456 x 256 frames, what YouTube-style footage becomes), then measures the clip
-loader (``vivi.data.make_loader``, K = 4, F = 8, frames resized and cropped to 224) in one process
+loader (``vivi.data.make_loader``, K = 4, F = 8, each frame's inception crop resized to 224) in one process
 with one thread, as a DataLoader worker runs it, and with 2 workers, against the bare cost of
 decoding the same JPEGs with OpenCV in a loop (the reference measured in the same run).
 
@@ -65,8 +65,10 @@ def make_dataset(root: Path, videos: int) -> Path:
 def loader_rate(data: Path, batches: int, workers: int, batch_size: int = 8) -> float:
     """Frames per second the clip loader delivers (after a first batch that starts the workers)."""
     from vivi.data import ClipConfig, make_loader
-    loader = make_loader(data, ClipConfig(shots=4, frames=8, size=224), batch_size=batch_size, seed=0,
-                         workers=workers)
+    from vivi.train.augment import augment_config
+    # as training reads frames: shorter side 256, each frame's inception crop resized to 224
+    loader = make_loader(data, ClipConfig(shots=4, frames=8, size=256), batch_size=batch_size, seed=0,
+                         workers=workers, crop=augment_config("inception", size=224))
     it = iter(loader)
     next(it)
     start = time.perf_counter()

@@ -237,26 +237,31 @@ def test_hue_contrast_and_hsv_noise_against_references():
     torch.testing.assert_close(hsv_noise(images, params), ref, atol=1e-5, rtol=0)
 
 
-def test_random_order_follows_tf_orders():
-    """Image i gets order i of inception_preprocessing.distort_color, applied op by op here."""
+@pytest.mark.parametrize("mode, overrides, order_count", [("inception", {}, 1),
+                                                          ("inception", {"color_order": "random"}, 2),
+                                                          ("inception_strong", {}, 4)])
+def test_color_orders_follow_tf(mode, overrides, order_count):
+    """The paper's ``inception`` preset distorts every image brightness-then-saturation, the only order
+    of TF-slim's fast mode as its ``preprocess_for_train`` runs it (``num_distort_cases = 1``);
+    ``color_order="random"`` gives image i order i of the fast mode's two, ``inception_strong`` order i
+    of the full mode's four. Each is checked against the ops applied one by one here, so a preset that
+    drew a random fast-mode order again, or a wrong order table, fails."""
     images = torch.rand(4, 3, 8, 8)
-    for mode in ("inception", "inception_strong"):
-        aug = build_augmentation(mode, size=8, crop="resize", flip=False)
-        params = aug.sample(4, 8, 8, generator=torch.Generator().manual_seed(0))
-        order_count = 2 if mode == "inception" else 4
-        params.color[:, 0] = (torch.arange(4) % order_count + 0.5) / order_count    # orders 0, 1, (2, 3)
-        out, _, _ = aug.apply(images, params)
-        ops = {"brightness": (adjust_brightness, 1), "saturation": (adjust_saturation, 2),
-               "hue": (adjust_hue, 3), "contrast": (adjust_contrast, 4)}
-        orders = ([["brightness", "saturation"], ["saturation", "brightness"]] if mode == "inception" else
-                  [["brightness", "saturation", "hue", "contrast"], ["saturation", "brightness", "contrast", "hue"],
-                   ["contrast", "hue", "brightness", "saturation"], ["hue", "saturation", "contrast", "brightness"]])
-        for i in range(4):
-            x = images[i:i + 1]
-            for name in orders[i % order_count]:
-                op, column = ops[name]
-                x = op(x, params.color[i:i + 1, column])
-            torch.testing.assert_close(out[i:i + 1], x.clamp(0, 1), atol=1e-6, rtol=0)
+    aug = build_augmentation(mode, size=8, crop="resize", flip=False, **overrides)
+    params = aug.sample(4, 8, 8, generator=torch.Generator().manual_seed(0))
+    params.color[:, 0] = (torch.arange(4) % 4 + 0.5) / 4          # the order uniforms of orders 0..3 of four
+    out, _, _ = aug.apply(images, params)
+    ops = {"brightness": (adjust_brightness, 1), "saturation": (adjust_saturation, 2),
+           "hue": (adjust_hue, 3), "contrast": (adjust_contrast, 4)}
+    orders = ([["brightness", "saturation"], ["saturation", "brightness"]] if mode == "inception" else
+              [["brightness", "saturation", "hue", "contrast"], ["saturation", "brightness", "contrast", "hue"],
+               ["contrast", "hue", "brightness", "saturation"], ["hue", "saturation", "contrast", "brightness"]])
+    for i in range(4):
+        x = images[i:i + 1]
+        for name in orders[i * order_count // 4]:
+            op, column = ops[name]
+            x = op(x, params.color[i:i + 1, column])
+        torch.testing.assert_close(out[i:i + 1], x.clamp(0, 1), atol=1e-6, rtol=0)
 
 
 def _linear_color_loop(image, brightness, saturation, hue, contrast, order):

@@ -149,3 +149,27 @@ def test_embed_takes_any_file_name_and_lists_it_so_that_it_reads_back(tmp_path):
     model = load_encoder(encoder)
     expected = embed(model, [os.fsdecode(row) for row in rows])
     np.testing.assert_allclose(np.load(tmp_path / "emb.npy"), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_embed_takes_a_random_encoder_and_names_a_truncated_jpeg_it_skips(tmp_path):
+    """`vivi embed --checkpoint random:NAME` (as `vivi eval` takes it) embeds with a randomly initialised
+    encoder; a JPEG cut short by an interrupted copy is skipped and named on stderr, the others embedded."""
+    import cv2
+    import numpy as np
+    rng = np.random.default_rng(0)
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for i in range(2):
+        cv2.imwrite(str(folder / f"{i}.jpg"), rng.integers(0, 255, (48, 48, 3), np.uint8))
+    whole = cv2.imencode(".jpg", rng.integers(0, 255, (200, 200, 3), np.uint8))[1].tobytes()
+    (folder / "cut.jpg").write_bytes(whole[: int(len(whole) * 0.9)])
+    result = vivi("embed", "--checkpoint", "random:resnet_tiny_v2", folder, "--out", tmp_path / "emb")
+    assert result.returncode == 0 and "2 embeddings of size 512" in result.stdout, result.stderr
+    assert "skipped 1 file" in result.stderr and str(folder / "cut.jpg") in result.stderr
+    assert np.load(tmp_path / "emb.npy").shape == (2, 512)
+
+
+def test_version():
+    from vivi import __version__
+    result = vivi("--version")
+    assert result.returncode == 0 and result.stdout.strip() == f"vivi {__version__}"

@@ -42,6 +42,7 @@ def test_every_stage_leaves_its_outputs(demo):
     report = (out / "report" / "report.md").read_text()
     assert "VIVI-Ex(4) + objects" in report and "The papers' ordering" in report
     assert "One seed: a difference" in report and "`vivi demo --full` (8000 steps, 5 seeds)" in report
+    assert "real photos*" in report and "*real photos: which way up a piece of a real photograph" in report
 
 
 def test_each_evaluation_probes_its_own_runs_final_encoder(demo):
@@ -54,6 +55,9 @@ def test_each_evaluation_probes_its_own_runs_final_encoder(demo):
     for name in result["methods"]:
         evaluated = json.loads((out / "evals" / f"{name}-seed0" / "results.json").read_text())
         digests[name] = evaluated["encoder_sha256"]
+        photos = json.loads((out / "evals" / f"{name}-seed0" / "photos" / "results.json").read_text())
+        assert photos["encoder_sha256"] == digests[name] and list(photos["tasks"]) == ["photo-orientation"]
+        assert result["methods"][name]["photos"] == [photos["mean"]]
         if name == "random":
             assert evaluated["checkpoint"] == "random:resnet_tiny_v2"
             continue
@@ -76,8 +80,8 @@ def test_rerun_redoes_nothing(demo):
     """Catches a re-run that makes the world again, retrains or re-evaluates finished jobs."""
     out, result = demo
     kept = [out / "world" / "world.json", *out.glob("runs/*/checkpoints/*.safetensors"),
-            *out.glob("evals/*-seed0/results.json")]
-    assert len(kept) == 1 + 4 + 5
+            *out.glob("evals/*-seed0/results.json"), *out.glob("evals/*-seed0/photos/results.json")]
+    assert len(kept) == 1 + 4 + 5 + 5
     written = {path: path.stat().st_mtime_ns for path in kept}
     start = time.perf_counter()
     again = run_demo(out, **TINY)

@@ -452,7 +452,10 @@ def test_video_robustness_and_object_metric_on_an_ingested_world(dataset, tmp_pa
     # a zero head always predicts class 0: anchors are right exactly where the largest object is
     # class 0, and so are their same-label neighbours: pm-k = anchor accuracy, delta = 0
     constant = vtab.Classifier(encoder, 12)
-    result = video_robustness(constant, data, k=2, resolution=32)
+    result = video_robustness(constant, data, k=2, resolution=32, neighbours="sampled")
+    native = video_robustness(constant, data, k=2, resolution=32)       # the world's videos are at hand
+    assert native["neighbours"] == "native" and native["delta"] == pytest.approx(0.0)
+    assert (native["anchors"], native["anchor_accuracy"]) == (result["anchors"], result["anchor_accuracy"])
     from vivi.data.boxes import load_detections
     from vivi.data.reader import VideoDataset
     detections, videos = load_detections(data, "groundtruth"), VideoDataset(data).videos
@@ -486,8 +489,9 @@ def test_video_robustness_and_object_metric_on_an_ingested_world(dataset, tmp_pa
 
 def test_objects_command_compares_two_checkpoints(world, dataset, tmp_path, capsys):
     """Both checkpoints are measured on the same objects and Fisher's test is of their two hit counts
-    (catches a test of the wrong counts, a sample that differs between checkpoints); one video, or one
-    checkpoint twice, is refused with a message."""
+    (catches a test of the wrong counts, a sample that differs between checkpoints); with
+    --exclude-same-video, one video (no neighbour from another video), or one checkpoint twice, is
+    refused with a message."""
     import shutil
 
     from conftest import TINY_INGEST
@@ -499,7 +503,7 @@ def test_objects_command_compares_two_checkpoints(world, dataset, tmp_path, caps
     detect_dataset(data, build_detector("groundtruth"), progress=False)
     out = tmp_path / "objects.json"
     assert main(["objects", "--checkpoint", "random:resnet_tiny_v2", "--checkpoint", "random:resnet_small_v2",
-                 "--data", str(data), "--batches", "2", "--out", str(out)]) == 0
+                 "--data", str(data), "--batches", "2", "--size", "64", "--exclude-same-video", "--out", str(out)]) == 0
     result = json.loads(out.read_text())
     assert set(result["checkpoints"]) == {"random:resnet_tiny_v2", "random:resnet_small_v2"}
     tiny, small = result["checkpoints"]["random:resnet_tiny_v2"], result["checkpoints"]["random:resnet_small_v2"]
@@ -511,15 +515,18 @@ def test_objects_command_compares_two_checkpoints(world, dataset, tmp_path, caps
     one = tmp_path / "one"
     ingest([sorted((world / "videos").glob("*.mp4"))[0]], one, TINY_INGEST, progress=False)
     detect_dataset(one, build_detector("groundtruth"), progress=False)
-    _bad(tmp_path, capsys, ["objects", "--checkpoint", "random:resnet_tiny_v2", "--data", str(one)], "--same-video")
+    _bad(tmp_path, capsys, ["objects", "--checkpoint", "random:resnet_tiny_v2", "--data", str(one), "--size", "64",
+                            "--exclude-same-video"], "leave out --exclude-same-video")
     _bad(tmp_path, capsys, ["objects", "--checkpoint", "random:resnet_tiny_v2", "--checkpoint", "random:resnet_tiny_v2",
                             "--data", str(data)], "twice")
 
 
-def test_robustness_command_on_the_world(tmp_path):
-    """Every sampled frame is classified and every frame with a box is an anchor (catches frames or
-    anchors left out); pm-k never exceeds anchor accuracy; a task whose classes are not the
-    detector's, k = 0 and detections without a box are refused."""
+def test_robustness_command_on_the_world(tmp_path, capsys):
+    """With sampled neighbours every sampled frame is classified and every frame with a box is an
+    anchor (catches frames or anchors left out); pm-k never exceeds anchor accuracy; the default
+    decodes native neighbours where the videos are readable and otherwise falls back, saying so,
+    while --neighbours native then stops; a task whose classes are not the detector's, k = 0 and
+    detections without a box are refused."""
     from vivi.cli import main
     from vivi.data import VideoDataset, load_detections
     from vivi.detect import build_detector, detect_dataset
@@ -532,8 +539,9 @@ def test_robustness_command_on_the_world(tmp_path):
     out = tmp_path / "r.json"
     assert main(["robustness", "--checkpoint", "random:resnet_tiny_v2",
                  "--task", str(tmp_path / "w/tasks/object_class"), "--data", str(tmp_path / "d"),
-                 "--steps", "2", "--resolution", "32", "--k", "1", "--out", str(out)]) == 0
+                 "--steps", "2", "--resolution", "32", "--k", "1", "--neighbours", "sampled", "--out", str(out)]) == 0
     r = json.loads(out.read_text())
+    assert r["neighbours"] == "sampled"
     detections, videos = load_detections(tmp_path / "d", "groundtruth"), VideoDataset(tmp_path / "d").videos
     boxed = [len(detections.frame_boxes(v.key, f)) > 0 for v in videos for f in range(v.num_frames)]
     assert (r["frames"], r["anchors"]) == (len(boxed), sum(boxed)) and 0 < sum(boxed)
@@ -546,7 +554,16 @@ def test_robustness_command_on_the_world(tmp_path):
     shutil.copytree(tmp_path / "w/tasks/object_class", tmp_path / "solo" / "oc")
     args = ["robustness", "--checkpoint", "random:resnet_tiny_v2", "--task", str(tmp_path / "solo" / "oc"),
             "--data", str(tmp_path / "d"), "--steps", "2", "--resolution", "32", "--k", "1"]
-    assert main(args) == 0
+    assert main(args + ["--out", str(out)]) == 0
+    assert json.loads(out.read_text())["neighbours"] == "native"
+    shutil.move(tmp_path / "w" / "videos", tmp_path / "elsewhere")
+    capsys.readouterr()
+    assert main(args + ["--out", str(out)]) == 0
+    assert "neighbours: +-1 sampled frames (the source video " in capsys.readouterr().out
+    assert json.loads(out.read_text())["neighbours"] == "sampled"
+    assert main(args + ["--neighbours", "native"]) == 2
+    assert "use --neighbours sampled" in capsys.readouterr().err
+    shutil.move(tmp_path / "elsewhere", tmp_path / "w" / "videos")
     assert main(args[:-1] + ["0"]) == 2
     shutil.copytree(tmp_path / "d", tmp_path / "d2", ignore=shutil.ignore_patterns("detections"))
     detect_dataset(tmp_path / "d2", build_detector("groundtruth"), progress=False)

@@ -210,12 +210,21 @@ def test_contact_sheet(dataset, tmp_path):
     image = cv2.imread(str(path))
     stats = dataset_stats(dataset)
     rows = sum(v["shots"] for v in stats["per_video"][:2])
-    assert image.shape[0] == rows * (64 + 2) + 6       # a 64-px row (and a 2-px gap) per shot, a rule between videos
+    assert image.shape[0] == rows * (96 + 2) + 6       # a 96-px row (and a 2-px gap) per shot, a rule between videos
+    # chosen videos, in the order asked: by key, and by a part of the source's file name
+    last = stats["per_video"][-1]
+    name = Path(last["source"]).name
+    path = render_contact_sheet(dataset, tmp_path / "chosen.png", select=[last["key"], name[-8:]], tile=40)
+    assert cv2.imread(str(path)).shape[0] == last["shots"] * (40 + 2)
+    with pytest.raises(ValueError, match="no video of the dataset is 'nothing-like-it'"):
+        render_contact_sheet(dataset, tmp_path / "none.png", select=["nothing-like-it"])
     with pytest.raises(ValueError, match="image extension"):
         render_contact_sheet(dataset, tmp_path / "sheet")
     with pytest.raises(ValueError, match="at least one video"):
         render_contact_sheet(dataset, tmp_path / "none.png", videos=0)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["sheet.png"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["chosen.png", "sheet.png"]
+    table = format_stats(stats)                        # one line per video: key, file name, duration, fps, shots
+    assert all(v["key"] in table and Path(v["source"]).name in table for v in stats["per_video"])
 
 
 def test_bad_inputs_are_reported_and_the_rest_ingested(world, tmp_path):

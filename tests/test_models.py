@@ -348,3 +348,45 @@ def test_bf16_autocast_forward_and_backward(norm):
     pre_logits.square().mean().backward()
     for p in model.parameters():
         assert p.grad is not None and p.grad.dtype == torch.float32 and torch.isfinite(p.grad).all()
+
+
+# --------------------------------------------------------------------------------------
+# The LSTM predictor's output layer (VIVI app. A)
+# --------------------------------------------------------------------------------------
+
+
+def test_lstm_predictor_ends_in_one_linear_layer_by_default():
+    """VIVI app. A's K = 4 predictor: a 2-layer LSTM and "another linear layer" 256 -> 512. By default
+    (and in every preset) one layer maps the state after shot l to every later shot's prediction, so
+    the three predictions from shot 0 are the same vector; ``per_offset`` has a layer per offset m,
+    whose three predictions differ."""
+    from vivi.models.heads import LSTMPredictor
+    from vivi.train.config import ModelConfig, list_presets, load_config
+    assert ModelConfig().lstm_output == "linear" and len(LSTMPredictor(8).heads) == 1
+    assert {load_config(name, validate=False).model.lstm_output for name in list_presets()} == {"linear"}
+    torch.manual_seed(0)
+    shots = torch.randn(2, 4, 8)
+    for output, layers in (("linear", 1), ("per_offset", 3)):
+        predictor = LSTMPredictor(8, hidden=6, max_offset=3, output=output)
+        assert len(predictor.heads) == layers
+        queries = predictor(shots).queries                     # pairs (0,1) (0,2) (0,3) (1,2) (1,3) (2,3)
+        same = torch.equal(queries[:, 0], queries[:, 1]) and torch.equal(queries[:, 0], queries[:, 2])
+        assert same == (output == "linear")
+    with pytest.raises(ValueError, match="per_offset"):
+        LSTMPredictor(8, output="per_shot")
+
+
+def test_a_checkpoint_with_per_offset_layers_loads_into_the_default_model():
+    """A model saved with one layer per offset (``model.lstm_output=per_offset``, vivi's only kind in
+    earlier versions, whose configs do not name it) loads into a model built with the default, strictly,
+    and predicts what the saved one predicts."""
+    from vivi.train.config import load_config
+    from vivi.train.model import VIVIModel
+    torch.manual_seed(0)
+    saved = VIVIModel(load_config("tiny-vivi-ex4", ["model.lstm_output=per_offset"], validate=False))
+    loaded = VIVIModel(load_config("tiny-vivi-ex4", validate=False))
+    assert len(loaded.predictor.heads) == 1
+    loaded.load_state_dict(saved.state_dict())
+    assert loaded.predictor.output == "per_offset" and len(loaded.predictor.heads) == 3
+    shots = torch.randn(2, 4, saved.predictor.lstm.input_size)
+    torch.testing.assert_close(loaded.predictor(shots).queries, saved.predictor(shots).queries)

@@ -4,13 +4,16 @@ from __future__ import annotations
 import pytest
 import torch
 
-from vivi.train.config import TrainConfig, list_presets, load_config
+from vivi.train.config import TrainConfig, config_to_dict, list_presets, load_config, preset_rows
 from vivi.train.model import VIVIModel
 
 PAPER_ROWS = ["ex-yt-f", "ex-yt-s", "vivi-ex2", "vivi-ex4", "vivi-ex2-ord", "rot-yt-f", "vivi-rot2", "vivi-rot4",
               "vivi-ex4-big", "vivi-ex4-aa", "vivi-ex4-co10", "vivi-ex4-co100", "vivi-ex4-co100-big",
               "objcentric-vivi", "objcentric", "objcentric-random-boxes", "objcentric-random-boxes-labels",
-              "objcentric-extra-class-head", "objcentric-class-head-only", "objcentric-co100"]
+              "objcentric-extra-class-head", "objcentric-class-head-only", "objcentric-co100",
+              "ex-yt-f-aa", "ex-yt-s-aa", "rot-yt-f-aa", "vivi-ex4-big-aa", "vivi-rot4-aa",
+              "objcentric-vivi-co100", "objcentric-co100-wide", "objcentric-vivi-co100-wide",
+              "ex-imagenet", "rot-imagenet", "sup-100", "sup-rot-100"]
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -87,7 +90,8 @@ HEAD_KEYS = {
 
 
 @pytest.mark.parametrize("name, overrides", [(name, []) for name in sorted(list_presets())] + [
-    ("tiny-vivi-ex4", ["loss.predictor=bilinear"]), ("tiny-vivi-ex2", ["loss.predictor=lstm"])])
+    ("tiny-vivi-ex4", ["loss.predictor=bilinear"]), ("tiny-vivi-ex2", ["loss.predictor=lstm"]),
+    ("tiny-vivi-ex4", ["model.lstm_output=per_offset"])])
 def test_checkpoint_keys_keep_their_names(name, overrides):
     """The state_dict keys of every preset's model: ``encoder.`` + the encoder's own, and the heads'
     names of HEAD_KEYS. Catches a renamed or re-nested head attribute, or a loss module that gained
@@ -104,7 +108,9 @@ def test_checkpoint_keys_keep_their_names(name, overrides):
     if loss.video == "infonce":
         expected += HEAD_KEYS[loss.predictor]
     if loss.video == "infonce" and loss.predictor == "lstm":
-        expected += [key for m in range(config.data.shots - 1) for key in _linear(f"predictor.heads.{m}")]
+        # one output layer (VIVI app. A), or one per offset with model.lstm_output=per_offset
+        heads = config.data.shots - 1 if config.model.lstm_output == "per_offset" else 1
+        expected += [key for m in range(heads) for key in _linear(f"predictor.heads.{m}")]
     expected += HEAD_KEYS["shot_order"] if loss.video == "shot_order" else []
     if loss.object_weight > 0 and "classification" in loss.object_terms:
         expected += HEAD_KEYS["object_class_head"]
@@ -170,3 +176,50 @@ def test_yaml_file_round_trip(tmp_path):
     path.write_text(dump_config(config))
     again = load_config(path)
     assert again == config and isinstance(again, TrainConfig)
+
+
+def test_every_paper_preset_names_its_row_and_the_mean_the_reference_page_lists():
+    """Each paper preset's row (paper, table, VTAB-1k mean) is printed by --list-presets; its mean must be
+    the one docs/reference.md quotes from the paper (a typo in either shows here)."""
+    from pathlib import Path
+    reference = (Path(__file__).parents[1] / "docs" / "reference.md").read_text()
+    rows = preset_rows()
+    for name in PAPER_ROWS:
+        row = rows[name]
+        assert row is not None and row.paper in ("VIVI", "Object-centric") and row.vtab is not None, name
+        assert f"{row.vtab:.1f}" in reference, (name, row.vtab)
+    assert all(rows[name] is None for name in rows if name.startswith("tiny-"))
+
+
+@pytest.mark.parametrize("name, base, changed", [
+    ("ex-yt-f-aa", "ex-yt-f", {"augment.preset": "autoaugment"}),
+    ("vivi-ex4-big-aa", "vivi-ex4-big", {"augment.preset": "autoaugment", "loss.video_weight": 0.02}),
+    ("vivi-rot4-aa", "vivi-rot4", {"augment.preset": "autoaugment", "loss.video_weight": 0.02}),
+    ("objcentric-vivi-co100", "objcentric-co100", {"loss.object_weight": 0.0, "data.detector": None}),
+    ("objcentric-co100-wide", "objcentric-co100", {"model.encoder": "resnet50x3_v2"}),
+])
+def test_a_preset_with_a_base_is_its_base_with_only_its_own_fields_changed(name, base, changed):
+    """A derived preset (``base:``) differs from its base in exactly the fields it lists (a merge that
+    replaced a whole section would reset the base's other fields of that section to the defaults)."""
+    def flat(config):
+        return {f"{section}.{key}": value for section, values in config_to_dict(config).items()
+                if isinstance(values, dict) for key, value in values.items()}
+    derived, original = flat(load_config(name, validate=False)), flat(load_config(base, validate=False))
+    assert {key for key in derived if derived[key] != original[key]} == set(changed)
+    assert all(derived[key] == value for key, value in changed.items())
+
+
+def test_a_config_file_may_start_from_a_preset_or_another_file(tmp_path):
+    """`base:` in a user's YAML: a preset name, or a file beside it; a loop of bases is one error."""
+    (tmp_path / "mine.yaml").write_text("base: tiny-vivi-ex4\noptim:\n  steps: 7\n")
+    (tmp_path / "more.yaml").write_text("base: mine.yaml\nloss:\n  video_weight: 0.5\n")
+    config = load_config(tmp_path / "more.yaml")
+    reference = load_config("tiny-vivi-ex4", ["optim.steps=7", "loss.video_weight=0.5"])
+    assert config_to_dict(config) == {**config_to_dict(reference), "name": "custom", "description": ""}
+    (tmp_path / "a.yaml").write_text("base: b.yaml\n")
+    (tmp_path / "b.yaml").write_text("base: a.yaml\n")
+    with pytest.raises(ValueError, match="leads back to itself"):
+        load_config(tmp_path / "a.yaml")
+    (tmp_path / "c.yaml").write_text("base: no-such-preset\n")
+    with pytest.raises(ValueError, match="unknown preset 'no-such-preset'"):
+        load_config(tmp_path / "c.yaml")

@@ -291,3 +291,24 @@ def test_frame_mode_streams_the_fixed_frame_of_each_video(local):
     assert fixed == {i: {clips.fixed_frame(clips.videos[i])} for i in range(clips.num_videos)}
     each, _ = frames_seen("each_draw")
     assert any(len(frames) > 1 for frames in each.values())
+
+
+def test_streamed_crops_are_seeded_by_the_clip_and_resume_exactly(local):
+    """With the loader's crop every streamed frame is S x S and keeps only the boxes centred in its
+    crop (fewer than the whole frame's), and a stream that skips the samples before a resumed step
+    gives the same pixels and boxes as one that never stopped (catches crops drawn from a generator
+    that the replay does not restore)."""
+    from itertools import islice
+
+    from vivi.train.augment import AugmentConfig
+    crop = AugmentConfig(size=16, area=(0.1, 0.5))
+    stream = VideoStream(local, CONFIG, seed=3, buffer=2, rank=0, world_size=1, crop=crop)
+    whole = list(islice(stream.samples(0), 5))
+    assert whole[0]["frames"].shape == (2, 3, 3, 16, 16)
+    resumed = list(islice(stream.samples(0, skip=3), 2))
+    for a, b in zip(whole[3:], resumed):
+        for key in ("frames", "boxes", "box_labels"):
+            assert torch.equal(a[key], b[key]), key
+    plain = list(islice(VideoStream(local, CONFIG, seed=3, buffer=2, rank=0, world_size=1).samples(0), 5))
+    kept = sum(int((s["box_labels"] >= 0).sum()) for s in whole)
+    assert kept < sum(int((s["box_labels"] >= 0).sum()) for s in plain)     # crops of 10-50 % lose boxes

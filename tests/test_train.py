@@ -297,6 +297,17 @@ def test_empty_detections_error_before_compute(data, tmp_path):
         train("tiny-vivi-ex4-obj", data, tmp_path / "e", overrides=FAST + ["data.detector=nope"], progress=False)
 
 
+@pytest.mark.parametrize("setting", ["loss.object_terms=triplet+classification",
+                                     "loss.object_mode=random_boxes_and_labels"])
+def test_a_box_classifier_of_another_size_than_the_detectors_classes_is_refused(data, tmp_path, setting):
+    """A COCO detector's 80 classes went into a 10-way box classifier (labels past 9 out of range) and
+    the label ablation drew from 10 classes instead of 80; the triplet alone takes any labels."""
+    over = FAST + ["model.object_classes=7", "optim.steps=1"]
+    with pytest.raises(ValueError, match="have 10 classes but model.object_classes=7: pass model.object_classes=10"):
+        train("tiny-vivi-ex4-obj", data, tmp_path / "refused", overrides=[*over, setting], progress=False)
+    assert train("tiny-vivi-ex4-obj", data, tmp_path / "triplet", overrides=over, progress=False)["step"] == 1
+
+
 # ---------------------------------------------------------------- export / load / embed
 def test_export_load_embed_round_trip(data, tmp_path):
     run = tmp_path / "run"
@@ -387,8 +398,10 @@ def test_two_process_step_matches_single_process(data, tmp_path):
     import subprocess
     import sys
     repo = Path(__file__).resolve().parents[1]
+    # fp32: bf16 autocast rounds each convolution of a 2-video rank and of the 4-video process in
+    # its own way (8 significant bits), far beyond the 1e-4 that the equality is checked to
     over = ["data.videos=4", "data.workers=0", "optim.steps=1", "optim.warmup_steps=1", "model.norm=gnws",
-            "augment.preset=eval", "optim.lr=0.5"]
+            "augment.preset=eval", "optim.lr=0.5", "run.precision=fp32"]
     args = ["--config", "tiny-vivi-rot4", "--data", str(data)]
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR",
                                                                 "MASTER_PORT")}

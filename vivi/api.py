@@ -37,10 +37,12 @@ def load_encoder(path: str | Path, device: str | torch.device = "cpu") -> nn.Mod
     return encoder.to(device).eval()
 
 
-def export(source: str | Path, out: str | Path) -> Path:
-    """Write the encoder of a run folder or checkpoint alone (``.safetensors`` or ``.pt``)."""
+def export(source: str | Path, out: str | Path, format: str = "vivi") -> Path:
+    """Write the encoder of a run folder or checkpoint alone (``.safetensors`` or ``.pt``):
+    ``format="vivi"`` for :func:`load_encoder`, ``"timm"`` for timm's ResNetV2 (the state dict
+    under timm's names; docs/models.md, "Use the backbone elsewhere")."""
     from vivi.train.checkpoint import export_encoder
-    return export_encoder(source, out)
+    return export_encoder(source, out, format)
 
 
 def image_files(inputs: list[str | Path]) -> list[Path]:

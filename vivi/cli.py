@@ -26,6 +26,7 @@ def _ingest(args: argparse.Namespace) -> None:
     part = parse_part(args.part)
     config = IngestConfig(
         sampling=SamplingConfig(sample_fps=args.fps, short_side=args.short_side, jpeg_quality=args.jpeg_quality,
+                                keep_borders=args.keep_borders,
                                 cuts=CutDetectorConfig(threshold=args.cut_threshold,
                                                        min_shot_frames=args.min_shot_frames)),
         videos_per_shard=args.videos_per_shard)
@@ -72,7 +73,8 @@ def _inspect(args: argparse.Namespace) -> int | None:
     stats = dataset_stats(args.data)
     print(json.dumps(stats, indent=1) if args.json else format_stats(stats))
     if args.render:
-        path = render_contact_sheet(args.data, args.render, videos=args.render_videos, detector=args.detector)
+        path = render_contact_sheet(args.data, args.render, videos=args.render_videos, detector=args.detector,
+                                    tile=args.tile, select=args.videos)
         print(f"contact sheet written to {path}", file=sys.stderr if args.json else sys.stdout)
 
 
@@ -126,12 +128,8 @@ def _demo(args: argparse.Namespace) -> None:
 
 
 def _train(args: argparse.Namespace) -> None:
-    from .train.config import list_presets
     if args.list_presets:
-        presets = list_presets()
-        width = max(map(len, presets))
-        for name, description in presets.items():
-            print(f"{name:<{width}}  {description}")
+        _list_presets()
         return
     if not ((args.config or args.resume) and args.data and args.out):
         raise ValueError("vivi train needs --config PRESET_OR_FILE --data DATA --out RUN (--config may be left out "
@@ -143,20 +141,39 @@ def _train(args: argparse.Namespace) -> None:
         print(f"trained {result['step']} steps; run folder {result['run']}")
 
 
+def _list_presets() -> None:
+    """One line per preset: the paper row it reproduces, the VTAB-1k mean the paper reports, what it trains."""
+    from .train.config import list_presets, preset_rows
+    descriptions, rows = list_presets(), preset_rows()
+    sources = {name: f"{row.paper} {row.table}: {row.name}" if row else "small preset (CPU, synthetic world)"
+               for name, row in rows.items()}
+    width, source_width = max(map(len, rows)), max(map(len, sources.values()))
+    print(f"{'preset':<{width}}  {'paper row':<{source_width}}  VTAB-1k  description")
+    for name, row in rows.items():
+        vtab = f"{row.vtab:.1f}" if row and row.vtab is not None else "-"
+        print(f"{name:<{width}}  {sources[name]:<{source_width}}  {vtab:>7}  {descriptions[name]}")
+
+
 def _export(args: argparse.Namespace) -> None:
     from .api import export
-    print(f"encoder written to {export(args.run, args.out)}")
+    path = export(args.run, args.out, args.format)
+    if args.format == "timm":
+        from .models.timm_keys import timm_load_hint
+        print(f"timm state dict written to {path}; {timm_load_hint(path)}")
+    else:
+        print(f"encoder written to {path}")
 
 
 def _embed(args: argparse.Namespace) -> None:
     import numpy as np
 
-    from .api import embed_files, load_encoder
+    from .api import embed_files
+    from .eval.transfer import load_eval_encoder
     from .files import replacing, writer_lock
     out = args.out if args.out.suffix == ".npy" else args.out.with_name(args.out.name + ".npy")
     listing = out.with_suffix(".files.jsonl")
     with writer_lock(out.parent, "embed", key=out.name):     # the output file, not the whole folder
-        features, files, skipped = embed_files(load_encoder(args.checkpoint), args.images, size=args.size,
+        features, files, skipped = embed_files(load_eval_encoder(args.checkpoint), args.images, size=args.size,
                                                batch_size=args.batch_size, skip_unreadable=True)
         with replacing(out) as tmp, open(tmp, "wb") as f:
             np.save(f, features)
@@ -188,17 +205,19 @@ def _eval(args: argparse.Namespace) -> None:
                         eval_batch_size=min(defaults.eval_batch_size, max(args.batch_size, 1)))
     result = evaluate(args.checkpoint, args.suite, args.out, config, progress=not args.no_progress)
     groups = ", ".join(f"{g} {100 * v:.1f}" for g, v in result["groups"].items())
+    used = result["config"]
     print(f"{config.protocol}: mean top-1 {100 * result['mean']:.1f} % over {len(result['tasks'])} tasks "
-          f"({groups}); results in {args.out}/results.md")
+          f"({groups}) at {used['resolution']} px on {used['device']}; results in {args.out}/results.md")
 
 
 def _objects(args: argparse.Namespace) -> None:
     from .eval import compare_object_metric
     result = compare_object_metric(args.checkpoint, args.data, args.detector,
-                                   exclude_same_video=not args.same_video, batches=args.batches)
+                                   exclude_same_video=args.exclude_same_video, batches=args.batches, size=args.size)
+    pool = "from other videos" if args.exclude_same_video else "from all sampled objects"
     for name, r in result["checkpoints"].items():
         print(f"{name}: {100 * r['rate']:.1f} % of {r['objects']} objects have a same-class nearest neighbour "
-              f"({r['videos']} videos in {r['batches']} batch(es)"
+              f"{pool} ({r['videos']} videos in {r['batches']} batch(es) at {r['size']} px"
               + (f"; the data holds no more for the {args.batches} asked)" if r["batches"] < args.batches else ")"))
     if "fisher" in result:
         fisher = result["fisher"]
@@ -211,12 +230,35 @@ def _objects(args: argparse.Namespace) -> None:
 def _robustness(args: argparse.Namespace) -> None:
     from .eval import robustness_from_task
     r = robustness_from_task(args.checkpoint, args.task, args.data, args.detector, k=args.k, lr=args.lr,
-                             steps=args.steps, resolution=args.resolution, batch_size=args.batch_size)
+                             steps=args.steps, resolution=args.resolution, batch_size=args.batch_size,
+                             neighbours=args.neighbours)
+    print(f"neighbours: +-{args.k} {r['neighbours']} frames ({r['neighbours_reason']})")
     print(f"{args.checkpoint}: anchor accuracy {100 * r['anchor_accuracy']:.1f} %, pm-{args.k} "
           f"{100 * r['pm_k_accuracy']:.1f} %, delta {100 * r['delta']:.1f} points over {r['anchors']} anchor frames")
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(r, indent=1))
+
+
+def _ood(args: argparse.Namespace) -> None:
+    from .eval.ood import evaluate_ood
+    result = evaluate_ood(args.checkpoint, imagenet_v2=args.imagenet_v2, imagenet_c=args.imagenet_c,
+                          imagenet_a=args.imagenet_a, classes=args.classes, size=args.size, batch_size=args.batch_size,
+                          workers=args.workers, device=args.device)
+    print(f"{args.checkpoint} at {result['size']} px; the head's classes from {result['classes']['source']}")
+    for key, name in (("imagenet_v2", "ImageNet-V2"), ("imagenet_c", "ImageNet-C"), ("imagenet_a", "ImageNet-A")):
+        if key not in result:
+            continue
+        r = result[key]
+        if key == "imagenet_c":
+            detail = (f"mean over {len(r['corruptions'])} corruptions of the mean over severities; "
+                      + (f"mCE {100 * r['mce']:.1f} %" if r["mce"] is not None else r["mce_note"]))
+        else:
+            detail = f"{r['images']} images of {r['classes']} classes"
+        print(f"{name}: top-1 accuracy {100 * r['accuracy']:.1f} % ({detail})")
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(result, indent=1))
 
 
 def _report(args: argparse.Namespace) -> None:
@@ -257,6 +299,12 @@ def build_parser() -> argparse.ArgumentParser:
         "(videos -> shots -> frames -> objects): VIVI and its object-centric extension.",
         epilog="Pipeline: synth (or your videos) -> ingest -> detect -> train -> export / embed -> eval -> report. "
                "`vivi demo` runs it on the synthetic world; `vivi COMMAND --help` for each step.")
+    from . import __version__
+    parser.add_argument("--version", action="version", version=f"vivi {__version__}")
+    parser.add_argument("--threads", type=int, default=None, metavar="N",
+                        help="PyTorch intra-op threads per process (default: the idle cores this process may use, "
+                             "divided by the processes computing at once; OMP_NUM_THREADS where set)")
+    parser.add_argument("-v", "--verbose", action="store_true", help="say what was chosen (threads)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("synth", help="write the synthetic video world (videos, ground truth, downstream tasks)")
@@ -280,6 +328,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--short-side", type=int, default=256,
                    help="stored frames' shorter side in pixels (default 256, never upscaled)")
     p.add_argument("--jpeg-quality", type=int, default=90, help="JPEG quality of stored frames (default 90)")
+    p.add_argument("--keep-borders", action="store_true",
+                   help="store frames with their letterbox/pillarbox bars (default: the bars found are cut off; "
+                        "cut detection ignores them either way)")
     _add_cut_options(p)
     p.add_argument("--videos-per-shard", type=int, default=32, help="videos per tar shard (default 32)")
     p.add_argument("--workers", type=int, default=default_workers(),
@@ -299,8 +350,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("data", type=_dataset, help="dataset folder (or URL) written by `vivi ingest`")
     p.add_argument("--detector", required=True,
                    help="detector spec: " + "; ".join(f"{k} ({v})" for k, v in DETECTORS.items()))
-    p.add_argument("--max-per-frame", type=int, default=5, help="boxes kept per frame, highest score first (default 5)")
-    p.add_argument("--min-score", type=float, default=0.05, help="boxes below this score are dropped (default 0.05)")
+    p.add_argument("--max-per-frame", type=int, default=5,
+                   help="boxes kept per frame, highest score first (default 5, Object-centric §4.1)")
+    p.add_argument("--min-score", type=float, default=0.05,
+                   help="boxes below this score are dropped (default 0.05, Object-centric §4.1). A detector "
+                        "usually has 5 candidates above 0.05 in almost every frame, so most frames get 5 boxes, "
+                        "many of them weak guesses; raise it (e.g. 0.3) to keep only confident boxes")
     p.add_argument("--workers", type=int, default=default_workers(),
                    help="threads of ONNX detectors (onnxruntime intra-op threads; default: one per core)")
     p.add_argument("--ray", nargs="?", const="local", default=None, metavar="ADDRESS", help=RAY_HELP)
@@ -330,7 +385,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="decode every stored frame and check every planned shard; list what is damaged (exit "
                         "status 1) for `vivi ingest ... --repair`")
     p.add_argument("--render", type=Path, metavar="OUT.png", help="draw a contact sheet (a row per shot)")
-    p.add_argument("--render-videos", type=int, default=6, help="videos on the contact sheet (default 6)")
+    p.add_argument("--render-videos", type=int, default=6, help="videos on the contact sheet (default: the first 6)")
+    p.add_argument("--videos", nargs="+", metavar="NAME",
+                   help="the videos on the contact sheet: keys, or parts of their file names")
+    p.add_argument("--tile", type=int, default=96, metavar="PX", help="contact sheet tile size (default 96)")
     p.add_argument("--detector", default=None, help="draw the boxes of these detections on the contact sheet")
     p.add_argument("--cuts", nargs="+", metavar="VIDEO",
                    help="instead of a dataset: decode these videos and write every frame's histogram distance "
@@ -376,7 +434,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="continue exactly from the newest intact checkpoint in --out (overrides may change only "
                         "optim.steps and run-time settings); with no checkpoint yet, start the run (one command "
                         "for a job's first start and its requeued ones)")
-    p.add_argument("--list-presets", action="store_true", help="list the presets with a one-line description")
+    p.add_argument("--list-presets", action="store_true",
+                   help="list the presets: the paper, table and row each reproduces, the VTAB-1k mean the paper "
+                        "reports, and a one-line description")
     p.add_argument("overrides", nargs="*", metavar="section.field=value",
                    help="config overrides, e.g. optim.steps=1000 data.workers=8 (type-checked)")
     p.set_defaults(func=_train)
@@ -389,11 +449,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("export", help="write the encoder of a run or checkpoint alone (.safetensors or .pt)")
     p.add_argument("run", type=Path, help="run folder or checkpoint file")
     p.add_argument("--out", type=Path, required=True, help="encoder.safetensors or encoder.pt")
+    p.add_argument("--format", choices=("vivi", "timm"), default="vivi",
+                   help="vivi: for vivi.load_encoder (default); timm: the state dict under timm's ResNetV2 names, "
+                        "loaded with strict=True by the timm model the command prints (docs/models.md)")
     p.set_defaults(func=_export)
 
     p = sub.add_parser("embed", help="pre-logit embeddings of images with a trained encoder -> .npy")
     p.add_argument("images", nargs="+", help="image files or folders (searched recursively)")
-    p.add_argument("--checkpoint", type=Path, required=True, help="run folder, checkpoint or exported encoder")
+    p.add_argument("--checkpoint", required=True,
+                   help="run folder, checkpoint, exported encoder, or random:ENCODER (e.g. random:resnet_tiny_v2)")
     p.add_argument("--out", type=Path, required=True,
                    help="output .npy file (n, D); OUT.files.jsonl beside it lists the images in row order, one "
                         "JSON string per line (any file name round-trips: read it with json.loads)")
@@ -411,7 +475,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--protocol", default="vtab1k", choices=("vtab1k", "linear", "knn"),
                    help="vtab1k: fine-tuning sweep (default); linear: frozen linear probe; knn: frozen cosine kNN")
     p.add_argument("--reps", type=int, default=3, help="vtab1k repetitions with different seeds (default 3)")
-    p.add_argument("--resolution", type=int, default=224, help="images resized to r x r (default 224)")
+    p.add_argument("--resolution", type=int,
+                   help="images resized to r x r (default: 224 for vtab1k, the protocol's size; the encoder's "
+                        "training size for linear and knn)")
     p.add_argument("--steps-scale", type=float, default=1.0,
                    help="multiply the sweep's 2500/10000 steps (default 1; e.g. 0.01 for a CPU smoke run)")
     p.add_argument("--batch-size", type=int, default=512, help="fine-tuning batch size (default 512)")
@@ -420,7 +486,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "or per task (Object-centric §4.2); auto (default): by the paper of the checkpoint's preset")
     p.add_argument("--knn-k", type=int, default=20, help="neighbours of the kNN protocol (default 20)")
     p.add_argument("--seed", type=int, default=0, help="base seed of the fine-tuning runs (default 0)")
-    p.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    p.add_argument("--device", default="auto", help="torch device (default auto: the GPU where there is one)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_eval)
 
@@ -430,10 +496,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", type=_dataset, required=True, help="ingested dataset with detections")
     p.add_argument("--detector", default="groundtruth", help="detections to use (default groundtruth)")
     p.add_argument("--batches", type=int, default=50, help="batches of 8 videos sampled (default 50, as the paper)")
-    p.add_argument("--same-video", action="store_true",
-                   help="let an object's neighbour come from its own video (trivial on small worlds)")
+    pool = p.add_mutually_exclusive_group()
+    pool.add_argument("--same-video", action="store_false", dest="exclude_same_video",
+                      help="neighbours from every sampled object, the object's own video included: the default, "
+                           "the paper's protocol (Table 2: \"all objects in 50 batches of 8 videos\")")
+    pool.add_argument("--exclude-same-video", action="store_true", dest="exclude_same_video",
+                      help="neighbours only from other videos (a harder question than the paper's; on a small "
+                           "world an object's nearest neighbour is otherwise itself in the next frame)")
+    p.add_argument("--size", type=int, default=None, metavar="PX",
+                   help="frames resized and centre-cropped to PX (default: the encoder's training size; 224 for "
+                        "random:NAME)")
     p.add_argument("--out", type=Path, default=None, help="write the result as JSON")
-    p.set_defaults(func=_objects)
+    p.set_defaults(func=_objects, exclude_same_video=False)
 
     p = sub.add_parser("robustness", help="pm-k robustness on video frames (VIVI §5.2, Object-centric §5.2; "
                        "docs/eval.md) of a classifier fine-tuned on a task")
@@ -442,13 +516,41 @@ def build_parser() -> argparse.ArgumentParser:
                    help="task folder whose classes are the detector's, e.g. WORLD/tasks/object_class")
     p.add_argument("--data", type=_dataset, required=True, help="ingested dataset with detections (frame labels)")
     p.add_argument("--detector", default="groundtruth", help="detections that label the frames (largest box)")
-    p.add_argument("--k", type=int, default=10, help="neighbourhood in sampled frames (default 10)")
+    p.add_argument("--k", type=int, default=10,
+                   help="neighbours on each side of an anchor, in frames at the video's native rate (default 10, as "
+                        "ImageNet-Vid-Robust), or in sampled frames with --neighbours sampled")
+    p.add_argument("--neighbours", choices=("native", "sampled"), default=None,
+                   help="native: the +-k frames at the native rate, decoded from the source videos; sampled: the "
+                        "dataset's sampled (1 Hz) frames; default: native where every source video is readable, "
+                        "else sampled (the output says which and why)")
     p.add_argument("--lr", type=float, default=0.01, help="fine-tuning learning rate (default 0.01)")
     p.add_argument("--steps", type=int, default=500, help="fine-tuning steps (default 500)")
     p.add_argument("--resolution", type=int, default=64, help="image size (default 64)")
     p.add_argument("--batch-size", type=int, default=64, help="batch size (default 64)")
     p.add_argument("--out", type=Path, default=None, help="write the result as JSON")
     p.set_defaults(func=_robustness)
+
+    p = sub.add_parser("ood", help="accuracy of a co-trained model on ImageNet-V2, -C and -A (Object-centric "
+                       "Table 5; docs/eval.md)")
+    p.add_argument("--checkpoint", required=True, help="run folder or checkpoint of a co-trained (*-co) preset")
+    p.add_argument("--imagenet-v2", type=Path, default=None, metavar="DIR",
+                   help="ImageNet-V2: DIR/<class index 0..999>/<image>")
+    p.add_argument("--imagenet-c", type=Path, default=None, metavar="DIR",
+                   help="ImageNet-C: DIR/<corruption>/<severity 1..5>/<wnid>/<image>; accuracy per corruption is "
+                        "the mean over severities; mCE (AlexNet-normalised) when all 15 corruptions x 5 severities "
+                        "are there")
+    p.add_argument("--imagenet-a", type=Path, default=None, metavar="DIR",
+                   help="ImageNet-A: DIR/<wnid>/<image>; logits restricted to the folder's wnids")
+    p.add_argument("--classes", type=Path, default=None, metavar="FILE",
+                   help="the head's classes in output order: one wnid per line (LOC_synset_mapping.txt) or "
+                        "imagenet_class_index.json (default: the sorted class folders of the run's co-training source)")
+    p.add_argument("--size", type=int, default=None, metavar="PX",
+                   help="images resized (shorter side) and centre-cropped to PX (default: the training size)")
+    p.add_argument("--batch-size", type=int, default=64, help="images per forward pass (default 64)")
+    p.add_argument("--workers", type=int, default=default_workers(), help="image-reading processes")
+    p.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    p.add_argument("--out", type=Path, default=None, help="write the result as JSON")
+    p.set_defaults(func=_ood)
 
     p = sub.add_parser("report", help="compare evaluation outputs: table with Welch t-tests, PNG plots")
     p.add_argument("runs", nargs="+", type=Path, help="output folders of `vivi eval` (the first is the baseline)")
@@ -473,16 +575,48 @@ def _file_system_error(error: OSError) -> str:
     return f"{error.strerror or error}" + (f": {path}" if path is not None else "")
 
 
+# Commands whose work is PyTorch's: they set its intra-op threads (vivi/threads.py)
+TORCH_COMMANDS = ("train", "eval", "embed", "objects", "robustness", "ood")
+
+
+def _set_threads(args: argparse.Namespace) -> None:
+    """Intra-op threads of a command that computes with PyTorch: ``--threads``, else OMP_NUM_THREADS
+    where the caller set it, else the idle usable cores over the processes computing at once
+    (torchrun's ranks on this machine)."""
+    if args.command not in TORCH_COMMANDS:
+        return
+    import torch
+
+    from .threads import choose_threads
+    if args.threads:
+        threads, reason = args.threads, "--threads"
+    elif os.environ.get("OMP_NUM_THREADS", "").isdigit():
+        threads, reason = int(os.environ["OMP_NUM_THREADS"]), "OMP_NUM_THREADS"
+    else:
+        ranks = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+        # torchrun's ranks start together: each would count the others' start-up as another program's load
+        threads, reason = choose_threads(ranks, busy=0.0 if ranks > 1 else None)
+    torch.set_num_threads(threads)
+    if args.verbose:
+        print(f"vivi {args.command}: {threads} intra-op thread(s) per process ({reason})", file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
+    """The ``vivi`` command. Run from the command line (``argv`` None), a command that computes
+    with PyTorch chooses its threads (:func:`_set_threads`); called from Python with ``argv``, it
+    keeps the caller's unless ``--threads`` is given."""
     import signal
 
     from .signals import exit_status, raise_on_sigterm
+    from_command_line = argv is None
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["torchrun"] and not {"-h", "--help"} & set(argv[1:2]):
         # torchrun's own options follow: torchrun's parser reads them
         from .launch import main as torchrun
         return torchrun(argv[1:])
     args = build_parser().parse_args(argv)
+    if from_command_line or args.threads:
+        _set_threads(args)
     # SIGTERM (a scheduler's, docker's or systemd's stop) ends a command as Ctrl-C does: every
     # clean-up runs, what is complete stays, and the exit status is 143
     previous = signal.getsignal(signal.SIGTERM)

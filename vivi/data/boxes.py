@@ -78,12 +78,13 @@ class Detections:
         row = self._rows.get(key)
         return np.zeros((0, 6), np.float32) if row is None else self.frame_boxes_of(row, frame)
 
-    def boxes(self, row: int, frames: list[list[int]], crop: tuple[float, float, float, float],
-              max_boxes: int) -> dict[str, torch.Tensor]:
+    def boxes(self, row: int, frames: list[list[int]], crop, max_boxes: int) -> dict[str, torch.Tensor]:
         """Padded boxes of a clip's frames of video ``row``, mapped into the ``crop`` (normalised
-        x0, y0, x1, y1).
+        x0, y0, x1, y1): one tuple for every frame, or a (K, F, 4) array of each frame's own crop
+        (the loader's inception crops).
 
-        Boxes are clipped to the crop; a box whose centre falls outside the crop is dropped.
+        Boxes are clipped to the crop; a box whose centre falls outside the crop is dropped, and of
+        the others the ``max_boxes`` highest scores are kept (Object-centric §4.1: at most 5).
         Returns ``boxes`` (K, F, B, 4) float32, ``box_labels`` (K, F, B) int64 (-1 = padding) and
         ``box_scores`` (K, F, B) float32, B = ``max_boxes``.
         """
@@ -91,12 +92,13 @@ class Detections:
         out_boxes = np.zeros((K, F, max_boxes, 4), np.float32)
         out_labels = np.full((K, F, max_boxes), -1, np.int64)
         out_scores = np.zeros((K, F, max_boxes), np.float32)
-        cx0, cy0, cx1, cy1 = crop
+        crops = np.broadcast_to(np.asarray(crop, np.float64), (K, F, 4))
         for k, shot in enumerate(frames):
             for f, frame in enumerate(shot):
                 b = self.frame_boxes_of(row, frame)
                 if not len(b):
                     continue
+                cx0, cy0, cx1, cy1 = crops[k, f]
                 xy = b[:, :4].copy()
                 xy[:, [0, 2]] = (xy[:, [0, 2]] - cx0) / (cx1 - cx0)
                 xy[:, [1, 3]] = (xy[:, [1, 3]] - cy0) / (cy1 - cy0)
@@ -142,6 +144,11 @@ def _fill(sink: ColumnSink, folder: Path | str, dataset: DatasetIndex) -> list[l
         end += len(boxes)
         start = stop
     return sidecars
+
+
+def detector_classes(root: Path | str, detector: str) -> list[str]:
+    """The class names of the detections ``detector`` of the dataset at ``root`` (its labels index them)."""
+    return list(_meta(root, detector)[1]["class_names"])
 
 
 def _meta(root: Path | str, detector: str) -> tuple[Path | str, dict]:

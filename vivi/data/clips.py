@@ -18,9 +18,19 @@ A shot with fewer than F sampled frames gives its frames in order, each repeated
 (index ``floor(j * n / F)`` for j < F), so order inside a shot is kept and no frame of another
 shot leaks in.
 
+Frames keep their aspect ratio. A training loader is given the augmentation's crop rules
+(``crop=``, an :class:`~vivi.train.augment.AugmentConfig`): every frame of a clip takes its own
+crop, drawn on the *whole* frame (VIVI §4 and app. A, "the augmentation mechanism from" GoogLeNet;
+Object-centric §4.1: "random cropping ... The coordinates of object bounding boxes are
+recalculated accordingly"), resized to S x S here in the worker, its boxes mapped into it
+(:func:`~vivi.data.images.take_crops`); so videos of any aspect ratio batch, and the device only
+flips and distorts colour (docs/reference.md, "Augmentation"). Without ``crop`` (evaluation,
+inspection) frames are resized and centre-cropped to ``size`` x ``size`` as a batch needs one
+shape.
+
 Determinism: the :class:`VideoSampler` yields ``(video, draw)`` pairs, where ``draw`` is the
-position in the global sample stream; every random choice for that sample (shots, frames) comes
-from a generator seeded with ``(seed, draw)``. The batches are therefore the same for any number
+position in the global sample stream; every random choice for that sample (shots, frames, crops)
+comes from generators seeded with ``(seed, draw)``. The batches are therefore the same for any number
 of DataLoader workers, and a resumed run continues the stream where it stopped.
 
 This loader reads any frame of any video by its offset: random access, which a local folder
@@ -44,7 +54,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from ..ingest.decode import decode_jpeg
 from .boxes import load_detections
-from .images import fit_square
+from .images import crop_generator, fit_short_side, fit_square, take_crops
 from .reader import Video, VideoDataset, VideoList, require_complete
 
 MODES = ("shots", "frame")
@@ -61,8 +71,9 @@ class ClipConfig:
     mode: str = "shots"            # "shots" (K x F frames) or "frame" (Ex-YT-F / Rot-YT-F: one frame, F copies)
     frame_choice: str = "fixed"    # mode "frame": "fixed" = one frame per video for the whole run (the papers'
                                    # "YT8M frames" data set, VIVI §4), "each_draw" = a new random frame each draw
-    size: int | None = None        # frames are resized (shorter side) and centre-cropped to size x size, so
-                                   # videos of any aspect batch; None keeps the stored size (all must share it)
+    size: int | None = None        # frames' shorter side is resized to size (None: as stored); without the
+                                   # loader's crop they are also centre-cropped to size x size, so videos of any
+                                   # aspect batch (with None all must share one size)
     detector: str | None = None    # read boxes from the detections of this detector (DATA/detections/NAME);
                                    # needed by the object loss
     max_boxes: int = 5             # boxes kept per frame (Object-centric §4.1: at most 5)
@@ -95,8 +106,9 @@ class VideoClipDataset(Dataset):
       returned frame, ``box_labels`` int64 (K, F, B) with -1 for padding, ``box_scores`` float32.
     """
 
-    def __init__(self, root: str | Path, config: ClipConfig = ClipConfig()):
+    def __init__(self, root: str | Path, config: ClipConfig = ClipConfig(), crop=None):
         self.config = config
+        self.crop = crop           # AugmentConfig whose crop every frame takes (see the module docstring)
         self.dataset = VideoDataset(root)
         table = self.dataset.index
         need = config.shots if config.mode == "shots" else 1
@@ -116,7 +128,8 @@ class VideoClipDataset(Dataset):
             raise ValueError(f"no video in {root} has {need} shots (videos: {len(table)}, "
                              f"shot counts seen: {counts or 'none'}); lower the number of shots per clip "
                              "or ingest longer, multi-shot videos")
-        if config.size is None and len(np.unique(np.asarray(table.video_frame_size)[self.rows], axis=0)) > 1:
+        if config.size is None and crop is None and \
+                len(np.unique(np.asarray(table.video_frame_size)[self.rows], axis=0)) > 1:
             raise ValueError("videos of different frame sizes need ClipConfig.size to batch them")
         self.detections = load_detections(root, config.detector, table) if config.detector else None
         if self.detections is not None:
@@ -147,7 +160,8 @@ class VideoClipDataset(Dataset):
         index, draw = item
         video, shots, frames = self.clip(index, draw)
         clip, crop = clip_tensors(functools.partial(self.dataset.read_jpeg, video), shots, frames, index,
-                                  self.config.size, functools.partial(frame_name, video))
+                                  self.config.size, functools.partial(frame_name, video), self.crop,
+                                  [self.seed, draw])
         if self.detections is not None:
             clip.update(self.detections.boxes(int(self.rows[index]), frames, crop, self.config.max_boxes))
         return clip
@@ -203,12 +217,16 @@ class DamagedFrame(ValueError):
 
 
 def clip_tensors(read_jpeg: Callable[[int], bytes], shots: list[int], frames: list[list[int]], index: int,
-                 size: int | None, where: Callable[[int], str] | None = None
-                 ) -> tuple[dict[str, torch.Tensor], tuple[float, float, float, float]]:
+                 size: int | None, where: Callable[[int], str] | None = None, crop=None,
+                 seed: list[int] | None = None) -> tuple[dict[str, torch.Tensor], tuple | np.ndarray]:
     """A clip's tensors (``frames``, ``video`` = ``index``, ``shots``, ``frame_index``, ``damaged``;
     see :class:`VideoClipDataset`) from the JPEG bytes of its frames (``read_jpeg(frame)``), each
-    decoded once, and the crop of the frames (normalised x0, y0, x1, y1) that their boxes follow:
-    resized and centre-cropped to ``size`` x ``size`` (:func:`fit_square`), or as stored for None.
+    decoded once (shorter side resized to ``size``), and the crops of the frames (normalised x0,
+    y0, x1, y1) that their boxes follow. With ``crop`` (an AugmentConfig) each of the K x F
+    places takes its own crop of the whole frame, drawn by :func:`crop_generator` of ``seed``,
+    resized to S x S (:func:`take_crops`); the crops are then a (K, F, 4) array. Without, frames
+    are centre-cropped to ``size`` x ``size`` (:func:`fit_square`), or kept as stored for None,
+    and the crop is one tuple.
 
     A frame that does not decode is replaced by the nearest frame of the clip in the same shot that
     does (a positive of the same exemplar, so the losses stay well defined), else by the clip's
@@ -218,15 +236,17 @@ def clip_tensors(read_jpeg: Callable[[int], bytes], shots: list[int], frames: li
     """
     decoded: dict[int, np.ndarray] = {}
     damaged: list[int] = []
-    crop = (0.0, 0.0, 1.0, 1.0)
+    square = (0.0, 0.0, 1.0, 1.0)
     for frame in sorted({f for shot in frames for f in shot}):
         try:
             image = decode_jpeg(read_jpeg(frame))
         except ValueError:
             damaged.append(frame)
             continue
-        if size is not None:
-            image, crop = fit_square(image, size)
+        if size is not None and crop is not None:
+            image = fit_short_side(image, size)
+        elif size is not None:
+            image, square = fit_square(image, size)
         decoded[frame] = image
     named = where or (lambda frame: f"frame {frame} of video {index}")
     for frame in damaged:
@@ -239,10 +259,15 @@ def clip_tensors(read_jpeg: Callable[[int], bytes], shots: list[int], frames: li
         shot = next(s for s in frames if frame in s)
         nearby = [f for f in shot if f in decoded] or list(decoded)
         decoded[frame] = decoded[min(nearby, key=lambda f: (abs(f - frame), f))]
-    stack = np.stack([[decoded[f] for f in shot] for shot in frames])          # K, F, H, W, 3
+    K, F = len(frames), len(frames[0])
+    if crop is not None:
+        stack, rects = take_crops([decoded[f] for shot in frames for f in shot], crop, crop_generator(seed or [0]))
+        stack, square = stack.reshape(K, F, *stack.shape[1:]), rects.reshape(K, F, 4)
+    else:
+        stack = np.stack([[decoded[f] for f in shot] for shot in frames])          # K, F, H, W, 3
     return {"frames": torch.from_numpy(stack).permute(0, 1, 4, 2, 3).contiguous(), "video": torch.tensor(index),
             "shots": torch.tensor(shots), "frame_index": torch.tensor(frames),
-            "damaged": torch.tensor(len(damaged))}, crop
+            "damaged": torch.tensor(len(damaged))}, square
 
 
 _reported: set[str] = set()
@@ -320,12 +345,14 @@ class VideoSampler(Sampler):
 
 def make_loader(root: str | Path, config: ClipConfig, *, batch_size: int, seed: int = 0, workers: int = 2,
                 infinite: bool = True, shuffle: bool = True, start_batch: int = 0, rank: int | None = None,
-                world_size: int | None = None, drop_last: bool | None = None) -> DataLoader:
+                world_size: int | None = None, drop_last: bool | None = None, crop=None) -> DataLoader:
     """A DataLoader of clip batches for this rank (``batch_size`` videos per rank and step).
 
     ``start_batch`` skips that many batches of this rank's stream (to resume training exactly).
+    ``crop``: the AugmentConfig whose crop every frame takes in the workers (training; frames
+    come out S x S), None for frames centre-cropped to ``config.size`` (see the module docstring).
     """
-    dataset = VideoClipDataset(root, config)
+    dataset = VideoClipDataset(root, config, crop)
     if not config.allow_incomplete:
         require_complete(root, dataset.dataset.index.shards)
     dataset.seed = seed

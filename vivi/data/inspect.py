@@ -147,6 +147,9 @@ def _summary(values: list[int]) -> dict:
             "max": int(a.max())}
 
 
+PER_VIDEO_ROWS = 20        # videos listed one per line by format_stats; --json lists all
+
+
 def format_stats(stats: dict) -> str:
     """A human-readable summary of :func:`dataset_stats`."""
     at_least = ", ".join(f"≥{k}: {n}" for k, n in stats["videos_with_at_least_k_shots"].items())
@@ -170,6 +173,17 @@ def format_stats(stats: dict) -> str:
         if d["videos_covered"] < d["videos"]:
             lines.append(f"    incomplete: these detections cover {d['videos_covered']} of the {d['videos']} videos; "
                          f"run `vivi detect` with the same detector again to finish them")
+    shown = stats["per_video"][:PER_VIDEO_ROWS]
+    if shown:
+        width = min(40, max(len(posixpath.basename(v["source"].rstrip("/"))) for v in shown))
+        lines.append(f"  {'video':<12} {'source':<{width}} {'duration':>9} {'fps':>6} {'shots':>6} {'frames':>7}")
+        for v in shown:
+            name = _shorten(posixpath.basename(v["source"].rstrip("/")), width)
+            lines.append(f"  {v['key']:<12} {name:<{width}} {v['duration_s']:>8.1f}s {v['fps']:>6.2f} "
+                         f"{v['shots']:>6} {v['frames']:>7}")
+        if len(stats["per_video"]) > PER_VIDEO_ROWS:
+            lines.append(f"  ... {len(stats['per_video']) - PER_VIDEO_ROWS} more videos (`vivi inspect DATA --json` "
+                         "lists every one)")
     for failure in stats["failures"][:10]:
         lines.append(f"  failed: {failure['source']}: {failure['reason']}")
     if len(stats["failures"]) > 10:
@@ -178,31 +192,41 @@ def format_stats(stats: dict) -> str:
 
 
 def render_contact_sheet(root: str | Path, out: str | Path, *, videos: int = 6, max_frames: int = 12,
-                         tile: int = 64, detector: str | None = None) -> Path:
-    """Draw the first ``videos`` videos, one row per shot, to the PNG ``out``.
+                         tile: int = 96, detector: str | None = None, select: list[str] | None = None) -> Path:
+    """Draw videos, one row per shot (its sampled frames left to right, ``tile`` pixels on their
+    longer side), to the image ``out``; each row is labelled with the source's file name, the shot
+    and its start time.
 
-    With ``detector``, the boxes of those detections are drawn with their class names.
+    ``select``: the videos to draw, each a video key or (a part of) its source's file name, in
+    that order; else the first ``videos``. With ``detector``, the boxes of those detections are
+    drawn with their class names.
     """
     out = Path(out)
     if out.suffix.lower() not in (".png", ".jpg", ".jpeg", ".webp", ".bmp"):
         raise ValueError(f"contact sheet {out}: give it an image extension (.png, .jpg, .webp or .bmp)")
-    if videos < 1:
-        raise ValueError(f"the contact sheet draws at least one video (got {videos})")
+    if videos < 1 or tile < 16:
+        raise ValueError(f"the contact sheet draws at least one video, on tiles of at least 16 px (got {videos} "
+                         f"videos, --tile {tile})")
     dataset = VideoDataset(root)
     if not len(dataset):
         raise ValueError(f"{root} holds no ingested video to draw")
+    chosen = _select_videos(dataset.videos, select) if select else dataset.videos[:videos]
     detections = load_detections(root, detector) if detector else None
     if detections is not None:
         tile = max(tile, 128)   # room for the boxes' labels
-    label_w, gap, rule = 150, 2, 6
+    font = max(0.4, tile / 200)                      # label text grows with the tiles
+    label_w, gap, rule = round(330 * font), 2, 6
     rows: list[np.ndarray] = []
-    columns = min(max_frames, max(len(f) for v in dataset.videos[:videos] for f in v.shot_frames()))
+    columns = min(max_frames, max(len(f) for v in chosen for f in v.shot_frames()))
     width = label_w + columns * (tile + gap)
-    for video in dataset.videos[:videos]:
+    for video in chosen:
+        name = posixpath.basename(video.source.rstrip("/")) or video.key
         for shot, frames in enumerate(video.shot_frames()):
             row = np.full((tile + gap, width, 3), 255, np.uint8)
-            text = f"{video.key} shot {shot} @{video.shot_starts_s[shot]:.1f}s"
-            cv2.putText(row, text, (4, tile // 2 + 4), cv2.FONT_HERSHEY_SIMPLEX, 0.38, (0, 0, 0), 1, cv2.LINE_AA)
+            lines = [_shorten(name, 28), f"shot {shot} at {video.shot_starts_s[shot]:.1f} s"]
+            for i, text in enumerate(lines):
+                cv2.putText(row, text, (4, round(tile / 2 + (i - 0.3) * 24 * font)), cv2.FONT_HERSHEY_SIMPLEX,
+                            0.5 * font, (0, 0, 0), 1, cv2.LINE_AA)
             for col, frame in enumerate(frames[:max_frames]):
                 image = _fit(dataset.read_frame(video, frame), tile)
                 if detections is not None:
@@ -218,6 +242,23 @@ def render_contact_sheet(root: str | Path, out: str | Path, *, videos: int = 6, 
             raise ValueError(f"OpenCV could not encode the contact sheet as {out.suffix}")
         tmp.write_bytes(data.tobytes())
     return out
+
+
+def _select_videos(videos: list[Video], select: list[str]) -> list[Video]:
+    """The videos named in ``select`` (a key, or a part of the source's file name), in that order."""
+    chosen = []
+    for wanted in select:
+        found = [v for v in videos if v.key == wanted] or \
+                [v for v in videos if wanted in posixpath.basename(v.source.rstrip("/"))]
+        if not found:
+            raise ValueError(f"no video of the dataset is {wanted!r} (a video key, or a part of a source's file "
+                             "name): `vivi inspect DATA` lists them")
+        chosen += [v for v in found if v not in chosen]
+    return chosen
+
+
+def _shorten(text: str, length: int) -> str:
+    return text if len(text) <= length else text[:length // 2 - 1] + "…" + text[-(length - length // 2):]
 
 
 def _draw_boxes(image: np.ndarray, boxes: np.ndarray, class_names: list[str]) -> None:

@@ -16,7 +16,9 @@ through their epochs independently.
 **Clips.** A video's clip (which K shots, which F frames) is chosen when the video enters its
 stream, by a generator seeded with (seed, e, video key), under the clip dataset's rules
 (:func:`~vivi.data.clips.choose_clip`: the same eligible videos, consecutive shots with frames,
-frame mode). Only the clip's JPEG bytes and boxes are kept.
+frame mode). Only the clip's JPEG bytes and boxes are kept. With ``crop`` every frame takes its
+own crop of the whole frame when the clip is decoded, as in :mod:`vivi.data.clips`, drawn from
+(seed, e, video key) too.
 
 **Shuffle buffer.** A stream holds ``buffer`` videos; once it is full, each entering video takes
 the place of a buffered one, drawn by the stream's own generator (seeded with (seed, s)), which is
@@ -80,6 +82,7 @@ class _Clip:
     members: dict[int, tuple[int, int]]         # frame -> (offset, size) of its JPEG in the tar
     boxes: dict[int, np.ndarray] | None         # frame -> (n, 6) boxes, highest score first
     source: Video                               # the video, to name a damaged frame
+    seed: list[int]                             # seed words of its crops
     jpegs: dict[int, bytes] | None = None
 
 
@@ -123,11 +126,12 @@ class VideoStream(IterableDataset):
     run skips the samples of the batches before). ``infinite=False`` gives one epoch (every
     eligible video once over all streams), the buffer emptied at its end. ``cache``: a folder
     that keeps the shards read (their tars and indices), so a later epoch or run reads them there.
+    ``crop``: the AugmentConfig whose crop every frame takes (as :func:`~vivi.data.clips.make_loader`).
     """
 
     def __init__(self, root: str | Path, config: ClipConfig = ClipConfig(), *, seed: int = 0, buffer: int = 256,
                  cache: str | Path | None = None, batch_size: int = 1, workers: int = 0, start_batch: int = 0,
-                 rank: int | None = None, world_size: int | None = None, infinite: bool = True):
+                 rank: int | None = None, world_size: int | None = None, infinite: bool = True, crop=None):
         if rank is None or world_size is None:
             initialized = dist.is_available() and dist.is_initialized()
             rank = dist.get_rank() if initialized else 0
@@ -138,12 +142,14 @@ class VideoStream(IterableDataset):
             raise ValueError("start_batch resumes an infinite stream; a one-epoch stream starts at its beginning")
         self.root = location(root)
         self.config, self.seed, self.buffer, self.infinite = config, seed, buffer, infinite
+        self.crop = crop
         self.cache = Path(cache) if cache is not None else None
         self.batch_size, self.start_batch, self.rank = batch_size, start_batch, rank
         self.lanes = max(1, workers)
         self.num_streams = world_size * self.lanes
 
-        self.shards, video_shard, video_run, frame_size = _read_index(self.root, sizes=config.size is None)
+        self.shards, video_shard, video_run, frame_size = _read_index(self.root,
+                                                                      sizes=config.size is None and crop is None)
         need = config.shots if config.mode == "shots" else 1
         self.rows = np.flatnonzero(video_run >= need)          # the eligible videos, as in VideoClipDataset
         if not len(video_run):
@@ -284,12 +290,12 @@ class VideoStream(IterableDataset):
         for video_position, epoch in requests:
             record = records[int(self.rows[video_position]) - int(self.row_start[shard])]
             video = _video(record, tar)
-            rng = np.random.default_rng([self.seed, epoch, zlib.crc32(video.key.encode())])
-            shots, frames = choose_clip(video, self.config, rng, self.seed)
+            words = [self.seed, epoch, zlib.crc32(video.key.encode())]
+            shots, frames = choose_clip(video, self.config, np.random.default_rng(words), self.seed)
             wanted = sorted({f for shot in frames for f in shot})
             boxes = None if found is None else _frame_boxes(found, video, wanted, self._missing_boxes)
             clips.append(_Clip(video_position, epoch, shots, frames,
-                               {f: video.frame_members[f] for f in wanted}, boxes, video))
+                               {f: video.frame_members[f] for f in wanted}, boxes, video, words))
         url = join(self.root, tar)
         chunks = read_sequentially(url, size, self._cache_path(url), rebuild=f"vivi index {self.root}")
         yield from _collect(chunks, clips, url)
@@ -360,7 +366,7 @@ class VideoStream(IterableDataset):
 
     def _sample(self, clip: _Clip) -> dict[str, torch.Tensor]:
         sample, crop = clip_tensors(clip.jpegs.__getitem__, clip.shots, clip.frames, clip.video, self.config.size,
-                                    functools.partial(frame_name, clip.source))
+                                    functools.partial(frame_name, clip.source), self.crop, clip.seed)
         if clip.boxes is not None:
             sample.update(_ClipBoxes(clip.boxes).boxes(0, clip.frames, crop, self.config.max_boxes))
         return sample
@@ -529,17 +535,18 @@ class StreamLoader(DataLoader):
 def make_stream_loader(root: str | Path, config: ClipConfig, *, batch_size: int, seed: int = 0, workers: int = 2,
                        buffer: int = 256, cache: str | Path | None = None, infinite: bool = True,
                        start_batch: int = 0, rank: int | None = None, world_size: int | None = None,
-                       drop_last: bool | None = None) -> StreamLoader:
+                       drop_last: bool | None = None, crop=None) -> StreamLoader:
     """A DataLoader of clip batches for this rank (``batch_size`` videos per rank and step) streamed
     from whole shards of the dataset at ``root`` (a URL or a folder), ``workers`` streams.
 
     ``start_batch`` continues the batches of a run at that batch (to resume training exactly, with
     the same ``workers`` and world size); ``buffer``: videos per stream's shuffle buffer;
-    ``cache``: a folder keeping the shards read.
+    ``cache``: a folder keeping the shards read; ``crop``: the AugmentConfig whose crop every frame
+    takes (frames come out S x S, see :mod:`vivi.data.clips`).
     """
     dataset = VideoStream(root, config, seed=seed, buffer=buffer, cache=cache, batch_size=batch_size,
                           workers=workers, start_batch=start_batch, rank=rank, world_size=world_size,
-                          infinite=infinite)
+                          infinite=infinite, crop=crop)
     if not config.allow_incomplete:
         require_complete(dataset.root, [shard[0] for shard in dataset.shards])
     return StreamLoader(dataset, batch_size=batch_size, num_workers=workers,

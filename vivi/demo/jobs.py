@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import multiprocessing
-import os
 import shutil
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
@@ -20,6 +19,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from ..threads import usable_cores
 from .methods import RANDOM_ENCODER, Method, Scale
 
 # What an evaluation costs, in training frames of the tiny encoder at 32 px (the bar's unit):
@@ -85,8 +85,14 @@ def train_job(method: Method, scale: Scale, seed: int, data: str, run: str, thre
             "last": {k: v for k, v in result["last"].items() if isinstance(v, (int, float))}}
 
 
+# The out-of-world check: which way up a piece of a real photograph is (vivi.eval.photos)
+PHOTO_SUITE = {"tasks": [{"name": "photo-orientation", "source": "photos"}]}
+PHOTO_IMAGES = 2000
+
+
 def eval_job(checkpoint: str, world: str, out: str, seed: int, resolution: int, threads: int) -> dict:
-    """Linear probe of one encoder on every task of the world (in a worker process)."""
+    """Linear probe of one encoder on every task of the world, then on the real photographs
+    (``OUT/photos``), in a worker process."""
     import torch
 
     from vivi.eval.transfer import EvalConfig, evaluate
@@ -94,9 +100,12 @@ def eval_job(checkpoint: str, world: str, out: str, seed: int, resolution: int, 
     raise_on_sigterm()
     torch.set_num_threads(threads)
     start = time.perf_counter()
-    result = evaluate(checkpoint, world, out, EvalConfig(protocol="linear", resolution=resolution, seed=seed),
-                      progress=False)
-    return {"seconds": time.perf_counter() - start, "mean": result["mean"]}
+    config = EvalConfig(protocol="linear", resolution=resolution, seed=seed)
+    result = evaluate(checkpoint, world, out, config, progress=False)
+    suite = Path(out) / "photos.json"
+    suite.write_text(json.dumps(PHOTO_SUITE))
+    photos = evaluate(checkpoint, suite, Path(out) / "photos", config, progress=False)
+    return {"seconds": time.perf_counter() - start, "mean": result["mean"], "photos": photos["mean"]}
 
 
 def plan_jobs(out: Path, data: Path, world: Path, methods: list[Method], scale: Scale,
@@ -112,14 +121,14 @@ def plan_jobs(out: Path, data: Path, world: Path, methods: list[Method], scale: 
                             total=float(scale.steps * d.videos * d.shots * d.frames))
                 jobs.append(train)
             jobs.append(Job("eval", method, seed, eval_folder(out, method, seed),
-                            total=eval_images * EVAL_FRAMES_PER_IMAGE, after=train))
+                            total=(eval_images + PHOTO_IMAGES) * EVAL_FRAMES_PER_IMAGE, after=train))
     return jobs
 
 
 def _is_done(job: Job, scale: Scale) -> bool:
     if job.stage == "train":
         return _final_step(job.folder) >= scale.steps
-    return (job.folder / "results.json").exists()
+    return (job.folder / "photos" / "results.json").exists()      # the world's results come first
 
 
 def _progress(job: Job, scale: Scale, tasks: int) -> float:
@@ -169,7 +178,7 @@ def run_jobs(jobs: list[Job], *, scale: Scale, data: Path, world: Path, tasks: i
     for job in jobs:
         job.done = _is_done(job, scale)
     todo = [j for j in jobs if not j.done]
-    threads = max(1, (os.cpu_count() or 1) // workers)
+    threads = max(1, usable_cores() // workers)     # the cores this process may use (vivi/threads.py)
     waiting = sorted(todo, key=lambda j: -j.total)
     running: dict[Future, Job] = {}
     total = sum(j.total for j in jobs)

@@ -20,7 +20,7 @@ from vivi.files import as_json, refuse_other_settings, writer_lock
 
 from .jobs import eval_folder, plan_jobs, run_jobs
 from .methods import SCALES, Scale, select_methods
-from .summary import collect, format_ordering, format_table, one_seed_caveat, table, write_report
+from .summary import PHOTOS_NOTE, collect, format_ordering, format_table, one_seed_caveat, table, write_report
 
 STAGES = 6
 
@@ -178,6 +178,7 @@ def run_demo(out: str | Path = "demo", *, mode: str = "default", workers: int = 
         results = collect({m: [eval_folder(out, m, s) for s in range(scale.seeds)] for m in chosen})
         summary = write_report(results, report, settings=settings, timings=timings)
         print(format_table(*table(results)))
+        print(PHOTOS_NOTE)
         print()
         for line in format_ordering(summary["ordering"], results):
             print(line)

@@ -28,7 +28,9 @@ def collect(evals: dict[Method, list[Path]]) -> dict:
                  for name, t in runs[0]["tasks"].items()}
         groups = {g: [r["groups"][g] for r in runs] for g in runs[0]["groups"]}
         methods[method.name] = {"label": method.label, "tasks": tasks, "groups": groups,
-                                "mean": [r["mean"] for r in runs]}
+                                "mean": [r["mean"] for r in runs],
+                                "photos": [json.loads((f / "photos" / "results.json").read_text())["mean"]
+                                           for f in folders]}
     return methods
 
 
@@ -61,10 +63,16 @@ def table(methods: dict) -> tuple[list[str], list[list[str]]]:
     groups = [g for g in GROUPS if g in first["groups"]]
     tasks = sorted(first["tasks"], key=lambda n: (GROUPS.index(first["tasks"][n]["group"])
                                                   if first["tasks"][n]["group"] in GROUPS else len(GROUPS)))
-    header = ["method", "mean", *groups, *tasks]
+    header = ["method", "mean", *groups, *tasks, PHOTOS_COLUMN]
     rows = [[m["label"], _cell(m["mean"]), *(_cell(m["groups"][g]) for g in groups),
-             *(_cell(m["tasks"][t]["seeds"]) for t in tasks)] for m in methods.values()]
+             *(_cell(m["tasks"][t]["seeds"]) for t in tasks), _cell(m["photos"])] for m in methods.values()]
     return header, rows
+
+
+# The real-photograph check's column: not one of the world's tasks, so not in the mean
+PHOTOS_COLUMN = "real photos*"
+PHOTOS_NOTE = ("*real photos: which way up a piece of a real photograph is (4 classes, chance 25 %; docs/eval.md, "
+               "\"Task sources\"), a check outside the synthetic world, not in the mean.")
 
 
 def format_table(header: list[str], rows: list[list[str]]) -> str:
@@ -171,6 +179,7 @@ def write_report(methods: dict, out: Path, *, settings: dict, timings: dict) -> 
           "Top-1 accuracy (%)" + (", mean ± std over seeds" if seeds > 1 else "") + ":", "",
           "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     md += ["| " + " | ".join(r) + " |" for r in rows]
+    md += ["", PHOTOS_NOTE]
     caveat = one_seed_caveat(checks)
     md += ["", "## The papers' ordering", "", *[f"- {line}" for line in format_ordering(checks, methods)], "",
            *([caveat, ""] if caveat else []), "## Where the time went", "", "| stage | seconds |", "|---|---|"]

@@ -6,10 +6,14 @@ a fixed sample of batches (Object-centric Table 2: 50 batches of 8 videos) -- ha
 representation is the feature-grid column at its box centre (``forward_features(x)["grid"]`` +
 :func:`vivi.losses.object.extract_box_features`, boxes normalised x0, y0, x1, y1), the same
 feature the object loss trains. Nearest = largest cosine similarity, the object itself excluded.
-The paper does not say whether the same object seen in another frame may be the neighbour; by
-default it may (``exclude_same_video=False``), the literal reading of "for all objects in 50
-batches of 8 videos"; ``exclude_same_video=True`` asks the harder question across videos
-(docs/reference.md, "Choices the papers leave open").
+Frames are read at the encoder's input size (the training frame size of its checkpoint, as
+``vivi embed`` and :func:`vivi.api.embed` use; 224, the papers' size, for a ``random:NAME``
+encoder), so boxes are seen at the scale the encoder learned them.
+
+Neighbours come from the whole pool, the object's own video included (``exclude_same_video=False``,
+the default of the library and of ``vivi objects``): Object-centric Table 2 counts "all objects in
+50 batches of 8 videos" and names no exclusion. ``exclude_same_video=True`` (``--exclude-same-video``)
+asks the harder question across videos (docs/reference.md, "Choices the papers leave open").
 
 Every object counts once: a shot with fewer sampled frames than a clip takes repeats its frames
 (``vivi.data.clips``), and a repeated frame's boxes are the same objects, so objects are kept
@@ -27,7 +31,8 @@ import numpy as np
 import torch
 from torch import nn
 
-__all__ = ["collect_object_features", "fisher_test", "nearest_neighbour_hits", "object_nn_metric"]
+__all__ = ["collect_object_features", "compare_object_metric", "fisher_test", "input_size", "nearest_neighbour_hits",
+           "object_nn_metric"]
 
 
 def nearest_neighbour_hits(features: np.ndarray, labels: np.ndarray,
@@ -60,13 +65,15 @@ def fisher_test(hits_a: int, total_a: int, hits_b: int, total_b: int) -> dict:
 
 @torch.no_grad()
 def collect_object_features(encoder: nn.Module, data: str | Path, detector: str, *, batches: int = 50,
-                            videos_per_batch: int = 8, shots: int = 4, frames: int = 8, size: int = 64,
+                            videos_per_batch: int = 8, shots: int = 4, frames: int = 8, size: int | None = None,
                             seed: int = 0, device: str = "cpu") -> dict[str, np.ndarray]:
     """Box features, labels and video ids of the objects in a fixed sample of clip batches, each
     object once (see the module docstring); ``batches`` and ``videos`` say how many were sampled
-    (fewer than asked when the dataset has fewer videos with ``shots`` shots: one pass at most)."""
+    (fewer than asked when the dataset has fewer videos with ``shots`` shots: one pass at most).
+    ``size``: frames are resized and centre-cropped to it; None, the encoder's :func:`input_size`."""
     from vivi.data.clips import ClipConfig, make_loader
     from vivi.losses.object import extract_box_features
+    size = size or input_size(encoder)
     config = ClipConfig(shots=shots, frames=frames, size=size, detector=detector)
     loader = make_loader(data, config, batch_size=videos_per_batch, seed=seed, workers=0, infinite=False,
                          shuffle=True, drop_last=False)
@@ -97,7 +104,14 @@ def collect_object_features(encoder: nn.Module, data: str | Path, detector: str,
     if len(keep) < 2:
         raise ValueError(f"{data}: fewer than two objects with detections {detector!r} in the sampled batches")
     return {"features": np.concatenate(feats)[keep], "labels": np.concatenate(labels)[keep],
-            "videos": ids_all[keep, 0], "batches": used, "sampled_videos": len(np.unique(ids_all[:, 0]))}
+            "videos": ids_all[keep, 0], "batches": used, "sampled_videos": len(np.unique(ids_all[:, 0])),
+            "size": size}
+
+
+def input_size(encoder: nn.Module) -> int:
+    """The side the encoder was trained at (``input_size``, set by :func:`vivi.api.load_encoder`
+    from the checkpoint's ``augment.size``); 224, the papers' size, for an encoder without one."""
+    return int(getattr(encoder, "input_size", 224))
 
 
 def object_nn_metric(encoder: nn.Module, data: str | Path, detector: str = "groundtruth",
@@ -109,20 +123,21 @@ def object_nn_metric(encoder: nn.Module, data: str | Path, detector: str = "grou
                                          found["videos"] if exclude_same_video else None)
     if total == 0:
         raise ValueError(f"{data}: the {found['sampled_videos']} sampled video(s) leave no object a neighbour "
-                         "from another video; ingest more videos, or allow same-video neighbours (--same-video)")
+                         "from another video; ingest more videos, or allow same-video neighbours (leave out "
+                         "--exclude-same-video)")
     return {"hits": hits, "objects": total, "rate": hits / total, "exclude_same_video": exclude_same_video,
-            "batches": found["batches"], "videos": found["sampled_videos"]}
+            "batches": found["batches"], "videos": found["sampled_videos"], "size": found["size"]}
 
 
 def compare_object_metric(checkpoints: list[str | Path], data: str | Path, detector: str = "groundtruth",
-                          exclude_same_video: bool = True, seed: int = 0, **sample) -> dict:
+                          exclude_same_video: bool = False, seed: int = 0, **sample) -> dict:
     """The object metric of each checkpoint on the same sample of objects, and, for two, Fisher's
     exact test between their hit rates (Object-centric Table 2). ``random:NAME`` is a random-init encoder."""
     from vivi.eval.transfer import check_setting, load_eval_encoder
+    flags = {"batches": "--batches", "size": "--size"}
     for name in ("batches", "videos_per_batch", "shots", "frames", "size"):
-        if name in sample:
-            check_setting(name, sample[name], flag="--batches" if name == "batches" else None, integer=True,
-                          at_least=1)
+        if sample.get(name) is not None:
+            check_setting(name, sample[name], flag=flags.get(name), integer=True, at_least=1)
     if len(set(map(str, checkpoints))) < len(checkpoints):
         raise ValueError(f"the same checkpoint is given twice ({', '.join(map(str, checkpoints))}): "
                          "pass different ones to compare")

@@ -14,6 +14,9 @@ Sources (the ``source`` field of a suite entry):
 * ``digits`` -- scikit-learn's bundled 8x8 digits (1797 images, 10 classes), shuffled with a fixed
   seed; the first 800 are ``train800``, the next 200 ``val200``, the remaining 797 ``test``.
   The 8x8 images (values 0..16) become grey RGB uint8; the protocol's resize upsamples them.
+* ``photos`` -- which way up is a piece of a photograph (4 classes): pieces of the photographs
+  that matplotlib and scikit-learn install, turned by 0-270 degrees (:mod:`vivi.eval.photos`); a
+  real-image task that needs no download.
 * ``tfds`` -- a TensorFlow Datasets builder, imported only when used (``tensorflow_datasets`` is
   optional). Splits are TFDS split strings, by default ``train[:800]``, ``train[800:1000]`` and
   ``test``; VTAB's own per-dataset choices (e.g. val200 from a validation split) must be written
@@ -36,7 +39,8 @@ Suite file (JSON, or YAML for ``.yaml``/``.yml``)::
 
 ``source`` defaults to ``folder`` and ``path`` to the task's name, relative to the suite file's
 folder: the synthetic world's ``WORLD/tasks/suite.json`` is a valid suite file as it is.
-``num_classes`` defaults to ``task.json``'s value (folder), 10 (digits) or the TFDS label count.
+``num_classes`` defaults to ``task.json``'s value (folder), 10 (digits), 4 (photos) or the TFDS
+label count.
 """
 from __future__ import annotations
 
@@ -55,10 +59,10 @@ __all__ = ["GROUPS", "SOURCES", "SPLITS", "VTAB1K", "Split", "Task", "load_split
 
 SPLITS = ("train800", "val200", "train800val200", "test")
 # The keys a suite entry may have besides name, group and source.
-ENTRY_KEYS = {"folder": {"path", "num_classes"}, "digits": {"num_classes"},
+ENTRY_KEYS = {"folder": {"path", "num_classes"}, "digits": {"num_classes"}, "photos": {"num_classes"},
               "tfds": {"num_classes", "tfds_name", "splits", "image_key", "label_key", "data_dir"}}
 GROUPS = ("natural", "specialized", "structured")
-SOURCES = ("folder", "digits", "tfds")
+SOURCES = ("folder", "digits", "photos", "tfds")
 DIGITS_SEED = 0                  # shuffle of sklearn's digits before the 800/200/rest split
 
 # The 19 tasks of VTAB-1k (Zhai et al. 2019; VIVI §4; Object-centric §4.2; docs/reference.md,
@@ -191,7 +195,7 @@ def load_suite(path: str | Path) -> list[Task]:
             raise ValueError(f"{path}: every task entry needs a 'name', got {entry!r}")
         entry = dict(entry)
         name, source = str(entry.pop("name")), entry.pop("source", "folder")
-        group = entry.pop("group", "natural" if source == "digits" else None)
+        group = entry.pop("group", "natural" if source in ("digits", "photos") else None)
         if source not in SOURCES:
             raise ValueError(f"{path}: task {name!r} has unknown source {source!r}; valid: {', '.join(SOURCES)}")
         if group not in GROUPS:
@@ -205,8 +209,8 @@ def load_suite(path: str | Path) -> list[Task]:
             raise FileNotFoundError(f"{path}: the folder {folder} of task {name!r} does not exist "
                                     "(its 'path' is relative to the suite file)")
         num_classes = entry.pop("num_classes", None)
-        if source == "digits":
-            num_classes = num_classes or 10
+        if source in ("digits", "photos"):
+            num_classes = num_classes or (10 if source == "digits" else 4)
         elif source == "folder" and num_classes is None and (folder / "task.json").exists():
             num_classes = json.loads((folder / "task.json").read_text()).get("num_classes")
         if num_classes is not None and (isinstance(num_classes, bool) or not isinstance(num_classes, int)
@@ -270,6 +274,13 @@ def _digits_split(task: Task, split: str) -> Split:
     return Split(task.name, split, images, labels, [f"digits:{i}" for i in index])
 
 
+def _photos_split(task: Task, split: str) -> Split:
+    from .photos import photo_split
+    images, labels, ids = photo_split(split)
+    _check_labels(labels, task.num_classes, f"photos ({task.name})")
+    return Split(task.name, split, images, labels, ids)
+
+
 def _tfds_split(task: Task, split: str) -> Split:  # pragma: no cover - needs tensorflow_datasets
     try:
         import tensorflow_datasets as tfds
@@ -299,7 +310,8 @@ def load_split(task: Task, split: str) -> Split:
     """Read one split of a task (decoded uint8 images + labels); errors name the offending file."""
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; valid: {', '.join(SPLITS)}")
-    reader = {"folder": _folder_split, "digits": _digits_split, "tfds": _tfds_split}[task.source]
+    reader = {"folder": _folder_split, "digits": _digits_split, "photos": _photos_split,
+              "tfds": _tfds_split}[task.source]
     return reader(task, split)
 
 

@@ -52,7 +52,10 @@ class EvalConfig:
     protocol: str = "vtab1k"                          # vtab1k (fine-tune sweep) | linear (probe) | knn
     repetitions: int = 3                              # vtab1k runs per task with different seeds
                                                       # (VIVI §4: 3, median; Object-centric §4.2: 12)
-    resolution: int = 224                             # bilinear resize to r x r (VTAB: 224; 32-64 for CPU runs)
+    resolution: int | None = None                     # bilinear resize to r x r; None: 224 for vtab1k (the
+                                                      # protocol's size), the encoder's training size for linear
+                                                      # and knn (a probe of a 32 px model at 224 px is slower
+                                                      # and scores lower)
     batch_size: int = 512                             # fine-tuning batch (VTAB: 512)
     learning_rates: tuple[float, ...] = (0.1, 0.01)   # sweep learning rates (VTAB lightweight sweep)
     steps: tuple[int, ...] = (2500, 10000)            # sweep step counts, before steps_scale
@@ -63,7 +66,7 @@ class EvalConfig:
     eval_batch_size: int = 256                        # images per forward pass for accuracy and features
     knn_k: int = 20                                   # neighbours of the kNN proxy
     probe_cs: tuple[float, ...] = (0.01, 0.1, 1.0, 10.0)   # inverse L2 strengths swept by the linear probe
-    device: str = "cpu"                               # torch device
+    device: str = "auto"                              # torch device; "auto": the GPU where there is one
     select: str = "auto"                              # vtab1k: the sweep setting chosen per "task" (Object-centric
                                                       # §4.2) or one for the whole "suite" by the val200 accuracy
                                                       # averaged over its tasks (VIVI §4); "auto": by the paper of
@@ -73,8 +76,11 @@ class EvalConfig:
     def __post_init__(self):
         if self.protocol not in PROTOCOLS:
             raise ValueError(f"unknown protocol {self.protocol!r}; valid: {', '.join(PROTOCOLS)}")
+        if self.device == "auto":
+            object.__setattr__(self, "device", "cuda" if torch.cuda.is_available() else "cpu")
+        if self.resolution is not None:
+            check_setting("resolution", self.resolution, flag="--resolution", integer=True, at_least=8)
         for name, flag, rule in (("repetitions", "--reps", dict(integer=True, at_least=1)),
-                                 ("resolution", "--resolution", dict(integer=True, at_least=8)),
                                  ("batch_size", "--batch-size", dict(integer=True, at_least=1)),
                                  ("learning_rates", None, dict(above=0)),
                                  ("steps", None, dict(integer=True, at_least=1)),
@@ -148,7 +154,8 @@ def check_device(device: str) -> None:
     except RuntimeError:
         raise ValueError(f"unknown device {device!r}; use cpu, cuda, cuda:N or mps") from None
     if kind == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {device!r}: this machine (or this torch build) has no CUDA GPU; use --device cpu")
+        raise ValueError(f"device {device!r}: this machine (or this torch build) has no CUDA GPU; use --device cpu, "
+                         "or install a CUDA build of PyTorch (pytorch.org/get-started/locally)")
     if kind == "mps" and not torch.backends.mps.is_available():
         raise ValueError(f"device {device!r}: MPS is not available here; use --device cpu")
 
@@ -336,6 +343,9 @@ def evaluate(checkpoint: str | Path, suite: str | Path, out: str | Path, config:
     tasks = load_suite(suite)
     config = resolve_selection(config, checkpoint)
     encoder = load_eval_encoder(checkpoint, config.seed, config.device)
+    if config.resolution is None:
+        resolution = 224 if config.protocol == "vtab1k" else getattr(encoder, "input_size", 224)
+        config = dataclasses.replace(config, resolution=resolution)
     header = json.loads(json.dumps({
         "checkpoint": str(checkpoint), "encoder_sha256": encoder_digest(encoder), "suite": str(Path(suite).resolve()),
         "tasks": [_task_record(t) for t in tasks], "result_settings": config.result_settings(),

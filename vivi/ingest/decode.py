@@ -15,7 +15,6 @@ import math
 import os
 import queue
 import threading
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +24,8 @@ import cv2
 import numpy as np
 from av.video.reformatter import VideoReformatter
 
+from ..threads import OtherProcesses
+from .borders import HOLD_BYTES, HOLD_FRAMES, PROBE_AFTER_S, BorderFinder, FrameCrop, frame_luma, probe_key_frames
 from .cut_detector import ColourSamples, CutDetectorConfig, HistogramCutDetector, batch_size
 from .display import Display, frame_display
 
@@ -43,6 +44,7 @@ class SamplingConfig:
     short_side: int = 256          # stored frames are resized so the shorter side is this (never upscaled)
     jpeg_quality: int = 90         # JPEG quality of stored frames
     histogram_width: int = 32      # about this many chroma columns sampled for the cut detector (few are enough)
+    keep_borders: bool = False     # store frames with their letterbox/pillarbox bars (default: cropped, borders.py)
     cuts: CutDetectorConfig = field(default_factory=CutDetectorConfig)
 
     def __post_init__(self):
@@ -74,6 +76,7 @@ class DecodedVideo:
     damaged_packets: int             # packets the decoder rejected (skipped)
     unclean_frames: int              # frames after a damaged packet until the next key frame, or flagged corrupt
     jpegs: list[bytes]
+    crop: tuple[int, int, int, int] | None = None   # (x, y, w, h) of the decoded frame stored; None: all of it
 
 
 def stored_size(width: int, height: int, short_side: int) -> tuple[int, int]:
@@ -94,6 +97,9 @@ def decode_video(path: str | Path, config: SamplingConfig = SamplingConfig(), th
     every core: one thread, nothing aside.
     """
     container, stream, fps, width, height = open_video(path)
+    finder = None if config.keep_borders else BorderFinder()
+    if finder is not None and container.duration and container.duration / av.time_base > PROBE_AFTER_S:
+        probe_key_frames(str(path), finder)
     with container:
         threads, encode_aside = threading_plan(width, height, threads)
         set_decoder_threads(stream, threads)
@@ -104,7 +110,7 @@ def decode_video(path: str | Path, config: SamplingConfig = SamplingConfig(), th
         # geometry on one rebuilds it); the detector's samples keep theirs for other formats.
         # (Made just before the ``try`` whose ``finally`` ends its encoding thread, if any.)
         sampler = _Sampler(stream, config.short_side, 1.0 / config.sample_fps, config.jpeg_quality,
-                           stream_time_base(stream), fps, encode_aside)
+                           stream_time_base(stream), fps, encode_aside, finder)
         try:
             for batch, unclean in frames:
                 sampler.add(batch, _shot_starts(samples, detector, batch), unclean)
@@ -127,7 +133,7 @@ def decode_video(path: str | Path, config: SamplingConfig = SamplingConfig(), th
         shot_starts=list(detector.shot_starts), shot_starts_s=[round(s, 6) for s in sampler.shot_starts_s],
         frame_times_s=sampler.times, frame_native_index=sampler.native, frame_shot=sampler.shots,
         frame_size=sampler.frame_size, display=sampler.display, damaged_packets=frames.damaged,
-        unclean_frames=frames.unclean, jpegs=jpegs)
+        unclean_frames=frames.unclean, jpegs=jpegs, crop=sampler.crop)
 
 
 def open_video(path: str | Path) -> tuple[av.container.InputContainer, av.video.stream.VideoStream, float, int, int]:
@@ -269,41 +275,7 @@ def threading_plan(width: int, height: int, threads: int = 0) -> tuple[int, bool
     return (0 if idle else 1), False
 
 
-class _OtherProcesses:
-    """CPU cores used by all other processes, averaged since the previous reading (over at least
-    ``WINDOW`` seconds: a shorter one keeps the previous value). Linux (/proc/stat); None elsewhere
-    and until a first window has passed."""
-
-    WINDOW = 0.2
-
-    def __init__(self):
-        self._last = self._read()
-        self._cores: float | None = None
-
-    @staticmethod
-    def _read() -> tuple[float, float] | None:
-        """(monotonic time, CPU seconds of the whole machine minus this process's) or None."""
-        try:
-            with open("/proc/stat") as f:
-                ticks = [int(x) for x in f.readline().split()[1:9]]
-        except (OSError, ValueError):
-            return None
-        # user nice system idle iowait irq softirq steal: busy is all but idle and iowait
-        busy = (sum(ticks) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")
-        own = os.times()
-        return time.monotonic(), busy - own.user - own.system
-
-    def cores(self) -> float | None:
-        now = self._read()
-        if now is None or self._last is None:
-            return None
-        if now[0] - self._last[0] >= self.WINDOW:
-            self._cores = max(0.0, (now[1] - self._last[1]) / (now[0] - self._last[0]))
-            self._last = now
-        return self._cores
-
-
-_OTHERS = _OtherProcesses()
+_OTHERS = OtherProcesses()
 
 
 def frame_times(batch: list[av.VideoFrame], first: int, time_base: float | None, fps: float) -> list[float]:
@@ -325,14 +297,17 @@ class _Sampler:
     ``add(batch, starts, unclean)`` takes the next decoded frames, which of them start a shot and
     which are not to be stored (a damaged packet's aftermath: the next clean frame is kept). Only
     the kept frames are converted (one swscale call to the stored size and BGR), turned as shown
-    and encoded. The first frame (always kept) sets how the video is shown and the stored size.
-    With ``encode_aside`` the conversion and encoding run in a thread of their own, while this
+    and encoded. The first frame (always kept) sets how the video is shown. With a ``finder``
+    (:class:`~vivi.ingest.borders.BorderFinder`, maybe holding key frames already) the first kept
+    frames are held until their bars are known (``HOLD_FRAMES``, or ``HOLD_BYTES`` of them, or the
+    video's end), then all are stored without them (:attr:`crop`); the crop and the display set
+    the stored size. With ``encode_aside`` the conversion and encoding run in a thread of their own, while this
     one goes on decoding (:func:`threading_plan`); :meth:`finish` gives the JPEGs in order,
     :meth:`close` ends the thread.
     """
 
     def __init__(self, stream, short_side: int, period: float, quality: int, time_base: float | None, fps: float,
-                 encode_aside: bool = False):
+                 encode_aside: bool = False, finder: BorderFinder | None = None):
         self.stream, self.short_side = stream, short_side
         self.period, self.time_base, self.fps = period, time_base, fps
         self.display = Display()
@@ -350,6 +325,12 @@ class _Sampler:
         self.shots: list[int] = []
         self.jpegs: list[bytes] = []
         self._encoder = _Encoder(self._jpeg) if encode_aside else None
+        self.finder = finder
+        self.crop: tuple[int, int, int, int] | None = None
+        self._held: list[tuple[av.VideoFrame, int]] = []
+        self._held_bytes = 0
+        self._uncropped: tuple[int, int] | None = None    # (width, height) of the frames the crop applies to
+        self._cropper: FrameCrop | None = None           # cuts it out (in the thread that encodes)
 
     def add(self, batch: list[av.VideoFrame], starts: set[int], unclean: set[int] = frozenset()) -> None:
         times = self._times(batch)
@@ -368,7 +349,9 @@ class _Sampler:
 
     def _set_size(self, frame: av.VideoFrame) -> None:
         self.display = frame_display(frame, self.stream)
-        self.frame_size = stored_size(*self.display.shown_size(frame.width, frame.height), self.short_side)
+        cropped = self.crop is not None and (frame.width, frame.height) == self._uncropped
+        width, height = (self.crop[2], self.crop[3]) if cropped else (frame.width, frame.height)
+        self.frame_size = stored_size(*self.display.shown_size(width, height), self.short_side)
         out_h, out_w = self.frame_size
         self.out_w, self.out_h = (out_h, out_w) if self.display.transposes else (out_w, out_h)
 
@@ -381,17 +364,41 @@ class _Sampler:
         return [t - t0 for t in times]
 
     def _keep(self, frame: av.VideoFrame, index: int, t: float) -> None:
+        if self.finder is None:
+            self._store(frame, index)
+        else:
+            self._held.append((frame, index))
+            self._held_bytes += sum(plane.buffer_size for plane in frame.planes)
+            if len(self._held) >= HOLD_FRAMES or self._held_bytes >= HOLD_BYTES:
+                self._decide_crop()
+        self.times.append(round(t, 6))
+        self.native.append(index)
+        self.shots.append(len(self.shot_starts_s) - 1)
+
+    def _decide_crop(self) -> None:
+        """Fix the crop from the held frames' luma (taken all at once) and what the finder saw
+        before them (key frames), and store the held frames."""
+        if self.finder is not None:
+            self.finder.add_frames([frame_luma(frame) for frame, _ in self._held])
+            shape = self.finder.shape                    # (height, width) of the frames the crop is of
+            self.crop, self.finder = self.finder.crop(), None
+            self._cropper = None if self.crop is None else FrameCrop(self.crop)
+            self._uncropped = None if shape is None else (shape[1], shape[0])
+            held, self._held = self._held, []
+            for frame, index in held:
+                self._store(frame, index)
+
+    def _store(self, frame: av.VideoFrame, index: int) -> None:
         if not self.out_w:
             self._set_size(frame)
         if self._encoder is None:
             self.jpegs.append(self._jpeg(frame, index))
         else:
             self._encoder.submit(frame, index)
-        self.times.append(round(t, 6))
-        self.native.append(index)
-        self.shots.append(len(self.shot_starts_s) - 1)
 
     def _jpeg(self, frame: av.VideoFrame, index: int) -> bytes:
+        if self.crop is not None and (frame.width, frame.height) == self._uncropped:
+            frame = self._cropper(frame)
         bgr = self.display.apply(self.to_stored.reformat(frame, self.out_w, self.out_h, "bgr24",
                                                          interpolation="AREA", threads=1).to_ndarray())
         ok, data = cv2.imencode(".jpg", bgr, self.encode)
@@ -401,6 +408,7 @@ class _Sampler:
 
     def finish(self) -> list[bytes]:
         """The JPEG bytes of every kept frame, in order (waits for the encoding thread)."""
+        self._decide_crop()
         if self._encoder is not None:
             self.jpegs = self._encoder.finish()
         return self.jpegs

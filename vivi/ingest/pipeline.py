@@ -242,9 +242,19 @@ def _check_plan(out: Path | str, plan: dict) -> list[tuple[Path, bytes]]:
 
 
 def _refuse_other_plan(path: Path | str, plan: dict) -> dict | None:
-    return refuse_other_settings(path, plan, holds="a dataset", describe=lambda k, then, now: {
+    return refuse_other_settings(path, plan, holds="a dataset", read=_with_borders, describe=lambda k, then, now: {
         "inputs": "the input videos", "config": "the ingest settings"}.get(k, k),
         fix="pass a new --out folder (or delete this one) to ingest a different collection")
+
+
+def _with_borders(plan: dict) -> dict:
+    """A stored plan, with ``keep_borders: true`` where it predates the setting (its frames kept
+    their bars): such a dataset is resumed with ``--keep-borders``, not mixed with cropped frames."""
+    config = plan.get("config")
+    sampling = config.get("sampling") if isinstance(config, dict) else None
+    if isinstance(sampling, dict) and "keep_borders" not in sampling:
+        return {**plan, "config": {**config, "sampling": {**sampling, "keep_borders": True}}}
+    return plan
 
 
 @contextmanager
@@ -286,6 +296,8 @@ def _ingest_one(job: tuple[int, str, SamplingConfig, int]) -> tuple[int, dict | 
         "frame_times_s": video.frame_times_s, "frame_native_index": video.frame_native_index,
         "frame_shot": video.frame_shot,
     }
+    if video.crop is not None:      # the stored frames show this part of the decoded frame (bars cut off)
+        record["crop"] = [int(v) for v in video.crop]
     return index, record, video.jpegs, None
 
 

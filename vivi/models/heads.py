@@ -13,7 +13,7 @@ head                          what                                        paper
 :class:`ShotProjection`       mean over frames, linear -> 512             VIVI §3.1, app. A
 :class:`MLPCritic`            phi(u)^T psi(v), MLPs 256 hidden, 128 out   VIVI app. A (K = 2)
 :class:`BilinearCritic`       u^T W v                                     Object-centric §4.1
-:class:`LSTMPredictor`        2-layer LSTM 256, linear 256 -> 512         VIVI app. A (K = 4)
+:class:`LSTMPredictor`        2-layer LSTM 256, one linear 256 -> 512     VIVI app. A (K = 4)
 :class:`ShotOrderHead`        MLP 512 hidden on concatenated shots -> 2   VIVI §3.3, app. A
 :class:`ObjectClassHead`      linear grid column -> 600 classes           Object-centric §5.1
 ============================  ==========================================  ====================
@@ -35,6 +35,7 @@ from torch import nn
 __all__ = [
     "BilinearCritic",
     "ExemplarHead",
+    "LSTM_OUTPUTS",
     "LSTMPredictor",
     "MLPCritic",
     "ObjectClassHead",
@@ -162,6 +163,9 @@ class BilinearCritic(nn.Module):
         return ShotPredictions(self.weight(shots[:, ctx]), shots, ctx, tgt)
 
 
+LSTM_OUTPUTS = ("linear", "per_offset")
+
+
 class LSTMPredictor(nn.Module):
     """Predict every later shot embedding from the preceding ones with an LSTM.
 
@@ -172,19 +176,25 @@ class LSTMPredictor(nn.Module):
     and its eq. (1) sums over l and m: the LSTM state after reading shots 0..l predicts shot
     l + m for every m >= 1.
 
-    VIVI app. A names one linear layer and does not say how the offset m enters the prediction.
-    vivi uses one linear 256 -> 512 layer per offset m, as CPC (Oord et al. 2018, the InfoNCE
-    reference of VIVI §3.3) uses one W_m per step: with a single layer a context would predict
-    the same vector for all its later shots (docs/reference.md, "Choices the papers leave
-    open"). ``shared_head=True`` is that single layer. The score of a prediction and a candidate
-    shot is their dot product, i.e. a bilinear critic between the LSTM state and the candidate.
+    ``output="linear"`` (the default, the paper's): that one linear 256 -> 512 layer maps the
+    state after shot l to the prediction of every later shot l + m. ``output="per_offset"``: one
+    linear layer per offset m, as CPC (Oord et al. 2018, the InfoNCE reference of VIVI §3.3) has
+    one W_m per step, so a context can predict a different vector for each later shot
+    (docs/losses.md). The score of a prediction and a candidate shot is their dot product, i.e. a
+    bilinear critic between the LSTM state and the candidate.
+
+    The layers are ``heads.0`` (linear) or ``heads.0 .. heads.{max_offset - 1}`` (per offset), the
+    names checkpoints store. A state dict with one layer per offset, e.g. of a checkpoint written
+    when per-offset layers were vivi's only kind, loads into a ``"linear"`` predictor by turning it
+    into a per-offset one, so the trained weights are used as trained.
 
     Args:
         dim: shot-embedding size (512).
         hidden: LSTM hidden units (256).
         num_layers: LSTM layers (2).
         max_offset: largest m to predict; K - 1 = 3 for K = 4.
-        shared_head: one linear layer for every offset.
+        output: "linear" or "per_offset" (see above).
+        shared_head: the older spelling of ``output``: True = "linear", False = "per_offset".
 
     Shapes: shots (N, K, dim), K - 1 <= max_offset -> ShotPredictions(queries (N, P, dim),
     keys = shots (N, K, dim), context_shot (P,), target_shot (P,)), P = K (K - 1) / 2.
@@ -196,14 +206,33 @@ class LSTMPredictor(nn.Module):
         hidden: int = 256,
         num_layers: int = 2,
         max_offset: int = 3,
-        shared_head: bool = False,
+        output: str = "linear",
+        shared_head: bool | None = None,
     ) -> None:
         super().__init__()
+        if shared_head is not None:
+            output = "linear" if shared_head else "per_offset"
+        if output not in LSTM_OUTPUTS:
+            raise ValueError(f"unknown LSTM output {output!r}; valid: {', '.join(LSTM_OUTPUTS)}")
         self.max_offset = max_offset
-        self.shared_head = shared_head
+        self.output = output
         self.lstm = nn.LSTM(dim, hidden, num_layers=num_layers, batch_first=True)
-        num_heads = 1 if shared_head else max_offset
-        self.heads = nn.ModuleList(nn.Linear(hidden, dim) for _ in range(num_heads))
+        self.heads = self._layers(1 if output == "linear" else max_offset)
+
+    def _layers(self, count: int) -> nn.ModuleList:
+        lstm = self.lstm
+        return nn.ModuleList(nn.Linear(lstm.hidden_size, lstm.input_size, device=lstm.weight_hh_l0.device,
+                                       dtype=lstm.weight_hh_l0.dtype) for _ in range(count))
+
+    @property
+    def shared_head(self) -> bool:
+        return self.output == "linear"
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        if self.output == "linear" and f"{prefix}heads.1.weight" in state_dict:
+            self.output = "per_offset"
+            self.heads = self._layers(self.max_offset)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def forward(self, shots: torch.Tensor) -> ShotPredictions:
         n, k, _ = shots.shape
@@ -212,10 +241,9 @@ class LSTMPredictor(nn.Module):
         ctx, tgt = prediction_pairs(k, device=shots.device)
         # The LSTM is causal: its state after step l has read shots 0..l only.
         states, _ = self.lstm(shots[:, : k - 1])  # (N, K-1, hidden)
-        queries = []
-        for c, t in zip(ctx.tolist(), tgt.tolist()):
-            head = self.heads[0 if self.shared_head else t - c - 1]
-            queries.append(head(states[:, c]))
+        if self.output == "linear":
+            return ShotPredictions(self.heads[0](states[:, ctx]), shots, ctx, tgt)
+        queries = [self.heads[t - c - 1](states[:, c]) for c, t in zip(ctx.tolist(), tgt.tolist())]
         return ShotPredictions(torch.stack(queries, dim=1), shots, ctx, tgt)
 
 

@@ -75,6 +75,8 @@ class CrossRankBatchNorm2d(nn.BatchNorm2d):
         from vivi.distributed import all_reduce_sum_with_grad, get_world_size
         if not self.training or get_world_size() == 1:
             return super().forward(x)
+        # statistics in float32 whatever the input (bf16 autocast gives bf16 activations), as BatchNorm2d
+        dtype, x = x.dtype, x.float()
         dims = (0, 2, 3)
         count = torch.tensor([x.numel() // x.shape[1]], dtype=x.dtype, device=x.device)
         sums = all_reduce_sum_with_grad(torch.cat([x.sum(dims), count]))
@@ -91,7 +93,7 @@ class CrossRankBatchNorm2d(nn.BatchNorm2d):
         out = centred * torch.rsqrt(var + self.eps)[None, :, None, None]
         if self.affine:
             out = out * self.weight[None, :, None, None] + self.bias[None, :, None, None]
-        return out
+        return out.to(dtype)
 
 
 def convert_sync_batchnorm(module: nn.Module, device: torch.device) -> nn.Module:

@@ -1,4 +1,4 @@
-"""Frame augmentation on the device, batched: inception crop + flip, colour distortion, boxes.
+"""Frame augmentation: inception crop + flip, colour distortion, boxes; batched on the device.
 
 VIVI §4 and app. A ("the augmentation mechanism from [55]", the inception preprocessing of
 GoogLeNet, Szegedy et al. 2015; AutoAugment in its place; S4L's HSV randomisation for
@@ -8,30 +8,39 @@ The coordinates of object bounding boxes are recalculated accordingly"); docs/re
 crop, flip and colour parameters (the exemplar loss needs that: the frames of a shot are its
 exemplars).
 
-Pipeline, for a float batch (B, 3, H, W) in [0, 1] already on the device::
+Where it runs. In training the loader's workers take each frame's crop from the whole frame at
+its aspect ratio and resize it to S x S (:func:`vivi.data.images.take_crops`, which draws the
+rectangles with :func:`sample_crops` below), so frames of any aspect ratio batch; the training
+step then runs this module with ``crop="resize"`` at S, which only flips (exactly, without
+resampling) and distorts colour. Given whole frames, the module crops them itself:
 
     crop (x0, y0, w, h) + flip  ->  ONE bilinear grid_sample to S x S  ->  colour  ->  clamp [0, 1]
 
 Geometry. ``crop="inception"`` follows torchvision's ``RandomResizedCrop`` sampling (itself
 modelled on TF's ``sample_distorted_bounding_box`` as used by inception preprocessing): area
-fraction uniform in ``area``, aspect ratio w/h log-uniform in ``aspect``, w and h rounded to whole
-pixels, top-left corner uniform over the integer positions where the crop fits. ``attempts``
-candidates are drawn per image at once; the first that fits the frame is taken. **Fallback**
-(no candidate fits, e.g. a 5 % crop of a very wide frame): torchvision's, a centred crop of the
-whole frame whose aspect ratio is clamped into ``aspect`` (the whole frame when its own ratio is
-inside). ``crop="center"`` takes the largest centred square, ``crop="resize"`` the whole frame
-(aspect ratio ignored, as VTAB's evaluation preprocessing). The crop and the flip are folded into
-one affine sampling grid, so the frame is resampled once (bilinear, ``align_corners=False``, no
-antialiasing: TF's ``resize_images`` default, which the papers used). The output is square, so
+fraction uniform in ``area`` (8-100 % of the frame, GoogLeNet's range), aspect ratio w/h
+log-uniform in ``aspect``, w and h rounded to whole pixels, top-left corner uniform over the
+integer positions where the crop fits. ``attempts`` candidates are drawn per image at once; the
+first that fits the frame is taken. **Fallback** (no candidate fits, e.g. a 5 % crop of a very
+wide frame): torchvision's, a centred crop of the whole frame whose aspect ratio is clamped into
+``aspect`` (the whole frame when its own ratio is inside). ``crop="center"`` takes the largest
+centred square, ``crop="resize"`` the whole frame (aspect ratio ignored, as VTAB's evaluation
+preprocessing). The crop and the flip are folded into one affine sampling grid, so the frame is
+resampled once (bilinear, ``align_corners=False``, no antialiasing: TF's ``resize_images``
+default, which the papers used). The output is square, so
 :func:`vivi.losses.rotation.rotate_batch` applies to it: the rotation loss appends its rotated
 copies *after* this module, and all four copies share crop and colour (docs/reference.md, "Rotation").
 
 Colour (``color=``): ``"distort"`` is inception preprocessing's ``distort_color(fast_mode=True)``:
-brightness delta uniform in ±``brightness`` and HSV saturation factor uniform in ``saturation``, in
-one of the two orders chosen per image. ``"distort_strong"`` is its ``fast_mode=False``: adds hue
-(delta in turns, ±``hue``) and contrast (factor around the per-channel spatial mean), in one of
-TF's four fixed orders (not all 24 permutations), chosen per image. As in TF, intermediate values
-are not clamped; the result is clamped to [0, 1] once at the end. ``"autoaugment"`` replaces the
+brightness delta uniform in ±``brightness`` and HSV saturation factor uniform in ``saturation``.
+Its order (``color_order``): ``"fixed"``, brightness then saturation for every image, is TF-slim's
+``preprocess_for_train`` in its default fast mode (``num_distort_cases = 1 if fast_mode else 4``,
+also in S4L's copy of it), the papers' mechanism; ``"random"`` draws one of the two orders per
+image. ``"distort_strong"`` is its ``fast_mode=False``: adds hue (delta in turns, ±``hue``) and
+contrast (factor around the per-channel spatial mean), in one of TF's four fixed orders (not all
+24 permutations) drawn per image with ``"random"`` (TF's full mode, the ``inception_strong``
+preset), the first of them with ``"fixed"``. As in TF, intermediate values are not clamped; the
+result is clamped to [0, 1] once at the end. ``"autoaugment"`` replaces the
 colour distortion by kornia's ImageNet AutoAugment policy, one sub-policy drawn *per image* (TF's
 behaviour; kornia's own module draws one per batch). ``"linear"`` (vivi's, not the papers'; the
 synthetic world's preset) draws the four parameters of ``"distort_strong"`` and applies them as
@@ -68,12 +77,13 @@ from torch import nn
 
 from vivi.registry import from_registry
 
-__all__ = ["AUGMENTATIONS", "COLORS", "CROPS", "AugmentConfig", "AugmentParams", "FrameAugmentation",
+__all__ = ["AUGMENTATIONS", "COLORS", "COLOR_ORDERS", "CROPS", "AugmentConfig", "AugmentParams", "FrameAugmentation",
            "adjust_brightness", "adjust_contrast", "adjust_hue", "adjust_saturation", "augment_config",
            "build_augmentation", "hsv_noise", "linear_color", "sample_crops", "transform_boxes"]
 
 CROPS = ("inception", "center", "resize")
 COLORS = ("none", "distort", "distort_strong", "linear", "autoaugment")
+COLOR_ORDERS = ("fixed", "random")
 
 
 @dataclass(frozen=True)
@@ -90,13 +100,17 @@ class AugmentConfig:
     attempts: int = 10                    # inception crop: candidates per frame before the fallback
                                           # (torchvision's 10; TF's 100 changes the fallback rate only)
     flip: bool = True                     # random left-right flip with probability 1/2 (the papers' flip)
-    color: str = "distort"                # "none", "distort" (brightness + saturation, random order),
+    color: str = "distort"                # "none", "distort" (brightness + saturation, see color_order),
                                           # "distort_strong" (+ hue, contrast), "linear" (the same four as
                                           # one affine colour map) or "autoaugment" (ImageNet policy)
     brightness: float = 32 / 255          # distort: delta added to every channel, uniform in [-b, b]; this and
                                           # the three below are TF's distort_color values (docs/reference.md,
                                           # "Augmentation")
     saturation: tuple[float, float] = (0.5, 1.5)  # distort: HSV saturation factor range
+    color_order: str = "fixed"            # distort, distort_strong: "fixed" = TF's ordering 0 for every image
+                                          # (brightness then saturation: the fast mode as TF-slim's
+                                          # preprocess_for_train runs it), "random" = one of the mode's
+                                          # orders per image (TF's full mode draws one of four)
     hue: float = 0.2                      # distort_strong, linear: hue delta in turns, uniform in [-h, h]
     contrast: tuple[float, float] = (0.5, 1.5)    # distort_strong, linear: contrast factor range
     hsv_noise: bool = False               # S4L's HSV randomisation after the colour (VIVI co-training images)
@@ -106,6 +120,8 @@ class AugmentConfig:
             raise ValueError(f"unknown crop {self.crop!r}; valid: {', '.join(CROPS)}")
         if self.color not in COLORS:
             raise ValueError(f"unknown color mode {self.color!r}; valid: {', '.join(COLORS)}")
+        if self.color_order not in COLOR_ORDERS:
+            raise ValueError(f"unknown color order {self.color_order!r}; valid: {', '.join(COLOR_ORDERS)}")
         if self.size < 1 or self.attempts < 1:
             raise ValueError(f"size and attempts must be positive, got {self.size}, {self.attempts}")
         if not (0 < self.area[0] <= self.area[1] <= 1):
@@ -117,7 +133,7 @@ class AugmentConfig:
 # Named configurations (big_vision style: chosen by name, an unknown name lists the valid ones).
 AUGMENTATIONS: dict[str, AugmentConfig] = {
     "inception": AugmentConfig(),                                   # VIVI / object-centric training frames
-    "inception_strong": AugmentConfig(color="distort_strong"),      # the stronger colour mode
+    "inception_strong": AugmentConfig(color="distort_strong", color_order="random"),  # TF's full mode
     "autoaugment": AugmentConfig(color="autoaugment"),              # VIVI Table 2: AA in place of the colour
     "cotrain_images": AugmentConfig(hsv_noise=True),                # co-training's labelled images (VIVI §4)
     "eval": AugmentConfig(crop="resize", flip=False, color="none"),  # evaluation: plain resize to S x S
@@ -311,14 +327,21 @@ _ORDERS = {
 }
 
 
-def _distort_color(images: torch.Tensor, params: torch.Tensor, mode: str) -> torch.Tensor:
-    """Colour distortion in a per-image random order.
+def _distort_color(images: torch.Tensor, params: torch.Tensor, mode: str, order: str = "random") -> torch.Tensor:
+    """Colour distortion, every image in TF's ordering 0 (``order="fixed"``) or in one of the
+    mode's orders drawn per image (``"random"``).
 
     ``"distort"``: brightness, saturation, brightness, with the delta zeroed in the place the
     image's order does not use (adding 0 is exact), so one saturation pass serves both orders.
     ``"distort_strong"``: the batch is split by order (four index groups), each group in its order.
     """
     orders = _ORDERS[mode]
+    if order == "fixed":
+        x = images
+        for name in orders[0]:
+            op, column = _COLOR_OPS[name]
+            x = op(x, params[:, column])
+        return x.clamp_(0, 1)
     choice = torch.floor(params[:, 0] * len(orders)).long().clamp_(max=len(orders) - 1)
     if mode == "distort":
         brightness_first = choice == 0
@@ -456,15 +479,17 @@ class FrameAugmentation(nn.Module):
             raise ValueError("boxes cannot follow AutoAugment's rotate/shear operations; use color='distort' "
                              "(the object-centric paper's augmentation) when training with boxes")
         H, W = images.shape[-2:]
-        identity = c.crop == "resize" and (H, W) == (c.size, c.size) and not c.flip
-        if identity:
+        if c.crop == "resize" and (H, W) == (c.size, c.size):
+            # frames the loader has cropped already: flipping is exact without resampling
             out = images * scale if scale != 1.0 else images
+            if c.flip:
+                out = torch.where(params.flip[:, None, None, None], out.flip(-1), out)
         else:
             out = _crop_resize_flip(images, params.crop, params.flip, c.size)
             if scale != 1.0:
                 out.mul_(scale)
         if c.color in _ORDERS:
-            out = _distort_color(out, params.color, c.color)
+            out = _distort_color(out, params.color, c.color, c.color_order)
         elif c.color == "linear":
             out = linear_color(out, params.color)
         elif c.color == "autoaugment":

@@ -36,7 +36,7 @@ from safetensors.torch import save
 
 from ..files import replacing
 
-__all__ = ["CHECKPOINT_DIR", "CHECKPOINT_KIND", "ENCODER_KIND", "checkpoint_path", "export_encoder",
+__all__ = ["CHECKPOINT_DIR", "CHECKPOINT_KIND", "ENCODER_KIND", "EXPORT_FORMATS", "checkpoint_path", "export_encoder",
            "latest_checkpoint", "load_momentum", "newest_intact_checkpoint", "read_checkpoint", "read_encoder_file",
            "tensors_digest", "write_checkpoint"]
 
@@ -184,19 +184,52 @@ def read_encoder_file(path: str | Path) -> dict:
     raise ValueError(f"{path}: expected a run folder, a .safetensors checkpoint/encoder or an encoder .pt")
 
 
-def export_encoder(source: str | Path, out: str | Path) -> Path:
-    """Write the encoder of a run folder or checkpoint alone to ``out`` (.safetensors or .pt)."""
+EXPORT_FORMATS = ("vivi", "timm")
+
+
+def export_encoder(source: str | Path, out: str | Path, format: str = "vivi") -> Path:
+    """Write the encoder of a run folder or checkpoint alone to ``out`` (.safetensors or .pt).
+
+    ``format="vivi"``: vivi's state dict and how to rebuild the encoder (``vivi.load_encoder``
+    reads it). ``format="timm"``: the state dict under timm's names, which the timm model of
+    :func:`vivi.models.timm_keys.timm_target` loads with ``strict=True`` (no ``head.fc``: build it
+    with ``num_classes=0``); a .pt file is the plain state dict, a .safetensors file also names
+    that model in its metadata. An encoder with no timm counterpart (the small CPU encoders) is
+    refused in one line naming the difference.
+    """
+    if format not in EXPORT_FORMATS:
+        raise ValueError(f"unknown export format {format!r}; valid: {', '.join(EXPORT_FORMATS)}")
     out = Path(out)
+    if out.suffix not in (".safetensors", ".pt", ".pth"):
+        raise ValueError(f"export to .safetensors or .pt, got {out}")
     blob = read_encoder_file(source)
     encoder, config = json.dumps(blob["encoder"]), json.dumps(blob["config"])
+    state, metadata = blob["state_dict"], {"kind": ENCODER_KIND, "encoder": encoder, "config": config}
+    if format == "timm":
+        state, metadata = _timm_export(blob)
     if out.suffix == ".safetensors":
-        _atomic_save(blob["state_dict"], {"kind": ENCODER_KIND, "encoder": encoder, "config": config}, out)
-    elif out.suffix in (".pt", ".pth"):
-        buffer = io.BytesIO()        # serialised in memory: a full disk is then an OSError naming the file
-        torch.save({"kind": ENCODER_KIND, "encoder": encoder, "config": config,
-                    "state_dict": {k: v.contiguous() for k, v in blob["state_dict"].items()}}, buffer)
-        with replacing(out) as tmp:
-            tmp.write_bytes(buffer.getvalue())
-    else:
-        raise ValueError(f"export to .safetensors or .pt, got {out}")
+        _atomic_save(state, metadata, out)
+        return out
+    payload = {k: v.contiguous() for k, v in state.items()}
+    if format == "vivi":
+        payload = {**metadata, "state_dict": payload}
+    buffer = io.BytesIO()        # serialised in memory: a full disk is then an OSError naming the file
+    torch.save(payload, buffer)
+    with replacing(out) as tmp:
+        tmp.write_bytes(buffer.getvalue())
     return out
+
+
+def _timm_export(blob: dict) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """The state dict of an encoder blob (:func:`read_encoder_file`) under timm's names, and the
+    metadata naming the timm model that loads it."""
+    from vivi.models import ENCODERS
+    from vivi.models.timm_keys import timm_target, to_timm
+    from vivi.registry import from_registry
+    spec = blob["encoder"]
+    overrides = {k: tuple(v) if isinstance(v, list) else v for k, v in spec["overrides"].items()}
+    target = timm_target(from_registry(ENCODERS, spec["name"], "encoder", **overrides), f"encoder {spec['name']}")
+    metadata = {"format": "timm", "timm_model": target.to_json(), "timm_code": target.code(),
+                "input": "RGB float images in [0, 1] mapped to (x - 0.5) / 0.5, i.e. [-1, 1] (timm's default_cfg "
+                         "mean = std = 0.5 does exactly this)", "vivi_encoder": json.dumps(spec)}
+    return to_timm(blob["state_dict"]), metadata

@@ -2,7 +2,8 @@
 
 A run is described by a :class:`TrainConfig`. Presets live as YAML files in
 ``vivi/train/presets/``, one per row of the papers' tables (plus tiny CPU versions); a preset
-only lists the fields that differ from the defaults below. Command-line overrides
+only lists the fields that differ from the defaults below, or from its ``base:`` preset, and names
+the paper row it reproduces in ``row:`` (``vivi train --list-presets``). Command-line overrides
 ``section.field=value`` are parsed as YAML scalars and type-checked against the field.
 
 Defaults are the recipe of VIVI-Ex(4), the VIVI paper's main model (VIVI §4, app. A-B, Table 5;
@@ -26,8 +27,8 @@ from vivi.losses.object import OBJECT_ABLATIONS
 from vivi.registry import typed_value
 
 __all__ = ["AugmentSection", "DataConfig", "LossConfig", "ModelConfig", "OptimConfig", "PRESET_DIR",
-           "RunConfig", "TrainConfig", "UnknownKeyError", "apply_overrides", "config_from_dict", "config_to_dict",
-           "list_presets", "load_config", "preset_path"]
+           "PaperRow", "RunConfig", "TrainConfig", "UnknownKeyError", "apply_overrides", "config_from_dict",
+           "config_to_dict", "list_presets", "load_config", "preset_path", "preset_rows"]
 
 PRESET_DIR = Path(__file__).parent / "presets"
 
@@ -35,15 +36,18 @@ FRAME_LOSSES = ("exemplar", "rotation", "none")
 VIDEO_LOSSES = ("infonce", "shot_order", "none")
 PREDICTORS = ("mlp", "bilinear", "lstm")
 OBJECT_TERMS = ("triplet", "triplet+classification", "classification")
-PRECISIONS = ("bf16", "fp32")
+SOURCES = ("videos", "images")
+PRECISIONS = ("auto", "bf16", "fp32")
+MONITOR_PROBES = ("knn", "linear", "knn+linear")
 
 
 @dataclass
 class DataConfig(ClipConfig):
     """The clips (``ClipConfig``: shots K, frames F, mode, frame_choice, detector, max_boxes) and
     how many of them a step takes."""
-    size: int | None = 256           # loader's short-side resize + centre crop; 256 = ingest's default short
-                                     # side, so frames ingested with the defaults are not resampled again
+    size: int | None = 256           # the loader resizes the frames' shorter side to this (aspect kept), then
+                                     # takes each frame's augment crop from the whole frame; 256 = ingest's
+                                     # default short side, so such frames are not resampled twice (None: as stored)
     videos: int = 512                # N: videos per step over all ranks, split over them (N·K = 2048, VIVI §4)
     workers: int = 4                 # DataLoader worker processes per rank, decoding JPEGs while the step
                                      # runs (the batches do not depend on it, except when streaming: one
@@ -56,6 +60,9 @@ class DataConfig(ClipConfig):
                                      # (~20 KB a 456 x 256 frame: ~160 MB a worker at K x F = 32)
     cache: str | None = None         # streaming: a folder that keeps the shards read, so later epochs and
                                      # runs read them there; None reads them from the store every time
+    source: str = "videos"           # "videos": --data is an ingested dataset; "images": --data is a folder of
+                                     # images (or of class folders, or .npz/.npy), each image a one-shot clip of
+                                     # F crops (VIVI Table 4's Ex-ImageNet, Rot-ImageNet; vivi.data.stills)
 
 
 @dataclass
@@ -67,6 +74,10 @@ class ModelConfig:
     exemplar_dim: int = 1000         # exemplar head outputs (VIVI app. A)
     shot_dim: int = 512              # shot projection size for the video-level losses (VIVI app. A)
     predictor_hidden: int = 256      # LSTM units / MLP-critic hidden units (VIVI app. A: 256)
+    lstm_output: str = "linear"      # LSTM predictor's output: "linear" = one linear layer 256 -> 512 for every
+                                     # predicted shot (VIVI app. A: "another linear layer"), "per_offset" = one
+                                     # per shot offset m (CPC's W_m); a checkpoint with per-offset layers loads
+                                     # as per_offset
     order_hidden: int = 512          # hidden units of the shot-order MLP (VIVI app. A: 512)
     object_classes: int = 600        # detector classes (OpenImages V4: 600, Object-centric §4.1); random
                                      # labels of the ablation are drawn from these
@@ -78,7 +89,8 @@ class ModelConfig:
 @dataclass
 class AugmentSection:
     preset: str = "inception"        # frame augmentation, name in vivi.train.augment.AUGMENTATIONS: inception
-                                     # crop + colour distortion (VIVI §4; docs/reference.md, "Augmentation")
+                                     # crop + colour distortion (VIVI §4; docs/reference.md, "Augmentation");
+                                     # the loader's workers take its crop, the device flips and colours
     size: int = 224                  # output frames are size x size (the papers' ResNet input, 224)
     cotrain_preset: str = "cotrain_images"  # augmentation of the co-training images (VIVI §4: + HSV noise)
 
@@ -107,7 +119,9 @@ class LossConfig:
     object_terms: str = "triplet"    # "triplet" (Object-centric eq. (2)), "triplet+classification" (an extra
                                      # 600-way BCE head) or "classification" (the head replacing the triplet)
     cotrain_weight: float = 0.0      # γ: weight of the supervised image loss; 0, the unsupervised rows, disables it
-    cotrain_source: str | None = None  # labelled images: a folder with one sub-folder per class, or .npz/.npy
+    cotrain_source: str | None = None  # labelled images: a folder with one sub-folder per class, or .npz/.npy;
+                                       # "data": the classes of the training images themselves (data.source:
+                                       # images; the supervised rows Sup-100%, Sup-Rot-100%)
     cotrain_images: int = 2048       # labelled images per step over all ranks (VIVI Table 5: 2048 or 256)
     cotrain_fraction: float = 1.0    # class-balanced fraction of the source used (Co(10%): 0.1)
 
@@ -131,11 +145,13 @@ class RunConfig:
     seed: int = 0                    # seeds the initialisation, the data stream and the augmentation: a run
                                      # is repeatable
     device: str = "auto"             # "auto" (cuda if available: one command for CPU and GPU), "cpu" or "cuda"
-    precision: str = "bf16"          # "bf16" autocast on CUDA (CPU always runs fp32) or "fp32"; the heads and
+    precision: str = "auto"          # "auto": bf16 autocast where the device computes bf16 natively (a CUDA GPU
+                                     # with bf16, a CPU with AVX512-BF16 or AMX), fp32 elsewhere; "bf16" or "fp32"
+                                     # force it (bf16 without native support: a warning and fp32). The heads and
                                      # losses run in fp32 either way
     channels_last: bool = True       # NHWC memory format for the encoder (faster convolutions on GPU)
-    compile: bool = False            # torch.compile the encoder; off: compiling delays the first steps, which
-                                     # short runs do not repay
+    compile: bool = False            # torch.compile the encoder (CPU or GPU; a compile failure: a note and eager
+                                     # steps); off: compiling delays the first steps, which short runs do not repay
     log_every: int = 10              # steps between metrics.jsonl / TensorBoard records (a record is a few
                                      # scalars: cheap enough for a curve with every tenth step)
     ckpt_every: int = 5000           # steps between checkpoints (one is always written at the end); a crash
@@ -145,6 +161,12 @@ class RunConfig:
     timeout_s: float = 600.0         # under torchrun, seconds a collective operation waits for the other ranks
                                      # before the run stops with an error: a rank that stops responding blocks
                                      # the others this long (a step, or rank 0's checkpoint, must take less)
+    monitor_every: int = 0           # steps between probes of the encoder on monitor_suite, logged as monitor/*
+                                     # (rank 0; 0: off, since there is no suite to default to)
+    monitor_suite: str | None = None  # a suite as `vivi eval --suite` takes (a suite file, or a world's tasks/)
+    monitor_probe: str = "knn"       # "knn" (cosine, k=20: cheap), "linear" (L-BFGS probe) or "knn+linear"
+    monitor_images: int = 200        # labelled images per task for each of the bank (from train800val200) and
+                                     # the queries (from test): few, so that a probe costs well under a second
 
 
 @dataclass
@@ -198,10 +220,21 @@ class TrainConfig:
         one_of(self.loss.frame, FRAME_LOSSES, "loss.frame")
         one_of(self.loss.video, VIDEO_LOSSES, "loss.video")
         one_of(self.loss.predictor, PREDICTORS, "loss.predictor")
+        from vivi.models.heads import LSTM_OUTPUTS
+        one_of(self.model.lstm_output, LSTM_OUTPUTS, "model.lstm_output")
         one_of(self.loss.object_mode, OBJECT_ABLATIONS, "loss.object_mode")
         one_of(self.loss.object_terms, OBJECT_TERMS, "loss.object_terms")
         one_of(self.run.precision, PRECISIONS, "run.precision")
         one_of(self.run.device, ("auto", "cpu", "cuda"), "run.device")
+        one_of(self.run.monitor_probe, MONITOR_PROBES, "run.monitor_probe")
+        if self.run.monitor_every < 0 or self.run.monitor_images < 10:
+            raise ValueError(f"run.monitor_every must be >= 0 and run.monitor_images >= 10, got "
+                             f"{self.run.monitor_every}, {self.run.monitor_images}")
+        if self.run.monitor_every and not self.run.monitor_suite:
+            raise ValueError("run.monitor_every > 0 needs run.monitor_suite (a suite file, or a world's tasks/ folder)")
+        if self.run.monitor_every and not Path(self.run.monitor_suite).exists():
+            raise FileNotFoundError(f"run.monitor_suite {self.run.monitor_suite} does not exist: pass a suite file, "
+                                    "or the tasks/ folder of `vivi synth` (or set run.monitor_every=0)")
         from vivi.models import ENCODERS
         from vivi.train.augment import AUGMENTATIONS
         one_of(self.model.encoder, tuple(ENCODERS), "model.encoder")
@@ -215,13 +248,24 @@ class TrainConfig:
         one_of(self.loss.infonce_scope, SCOPES, "loss.infonce_scope")
         one_of(self.loss.infonce_pairs, PAIR_REDUCTIONS, "loss.infonce_pairs")
         self._check_loss_groups()
-        if self.loss.frame == "none" and self.loss.video == "none" and self.loss.object_weight == 0:
-            raise ValueError("no loss is enabled: set loss.frame, loss.video or loss.object_weight")
+        one_of(self.data.source, SOURCES, "data.source")
+        if self.data.source == "images" and (self.data.shots != 1 or self.loss.video != "none"
+                                             or self.loss.object_weight > 0 or self.data.stream):
+            raise ValueError("data.source=images makes each image a clip of one shot: it needs data.shots=1, "
+                             "loss.video=none, loss.object_weight=0 and data.stream=false")
+        if self.loss.cotrain_source == "data" and self.data.source != "images":
+            raise ValueError("loss.cotrain_source=data takes the classes of the training images: it needs "
+                             "data.source=images (or name a folder of labelled images)")
+        if (self.loss.frame == "none" and self.loss.video == "none" and self.loss.object_weight == 0
+                and self.loss.cotrain_weight == 0):
+            raise ValueError("no loss is enabled: set loss.frame, loss.video, loss.object_weight or "
+                             "loss.cotrain_weight")
         if self.loss.object_weight > 0 and not self.data.detector:
             raise ValueError("loss.object_weight > 0 needs data.detector (the detections to read boxes from)")
         if self.loss.cotrain_weight > 0 and not self.loss.cotrain_source:
             raise ValueError("loss.cotrain_weight > 0 needs loss.cotrain_source (an image folder or .npz/.npy)")
-        if self.loss.cotrain_weight > 0 and not Path(self.loss.cotrain_source).exists():
+        if self.loss.cotrain_weight > 0 and self.loss.cotrain_source != "data" \
+                and not Path(self.loss.cotrain_source).exists():
             raise FileNotFoundError(f"co-training source {self.loss.cotrain_source} does not exist")
         if sorted(self.optim.decay_steps) != list(self.optim.decay_steps):
             raise ValueError(f"optim.decay_steps must be increasing, got {self.optim.decay_steps}")
@@ -330,13 +374,62 @@ def apply_overrides(config: TrainConfig, overrides: list[str] | dict | None) -> 
     return config_from_dict(nested, config)
 
 
+@dataclass(frozen=True)
+class PaperRow:
+    """The table row of a paper that a preset reproduces (a preset file's ``row:``)."""
+    paper: str                       # "VIVI" (Tschannen et al. 2020) or "Object-centric" (Romijnders et al.)
+    table: str                       # where the row is printed, e.g. "Table 4"
+    name: str                        # the row's name in that table, e.g. "VIVI-Ex(4)"
+    vtab: float | None = None        # the VTAB-1k mean (%) the paper reports for it
+
+
 def list_presets() -> dict[str, str]:
     """{preset name: one-line description} of the YAML files in :data:`PRESET_DIR`."""
-    out = {}
-    for path in sorted(PRESET_DIR.glob("*.yaml")):
-        raw = yaml.safe_load(path.read_text()) or {}
-        out[path.stem] = raw.get("description", "")
-    return out
+    return {path.stem: (yaml.safe_load(path.read_text()) or {}).get("description", "")
+            for path in sorted(PRESET_DIR.glob("*.yaml"), key=lambda path: path.stem)}
+
+
+def preset_rows() -> dict[str, PaperRow | None]:
+    """{preset name: the paper row it reproduces, or None for the small CPU presets}."""
+    rows = {}
+    for path in sorted(PRESET_DIR.glob("*.yaml"), key=lambda path: path.stem):
+        row = (yaml.safe_load(path.read_text()) or {}).get("row")
+        rows[path.stem] = PaperRow(**row) if row else None
+    return rows
+
+
+def _read_yaml(path: Path, reading: tuple[Path, ...] = ()) -> dict:
+    """The sections of the config file ``path``, with those of its ``base:`` preset (or file)
+    under them: a file lists only what differs from its base, section by section."""
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as error:
+        raise ValueError(f"{path}: not valid YAML ({' '.join(str(error).split())})") from None
+    if raw is None:
+        raise ValueError(f"{path} is empty: a config file holds sections (data:, model:, augment:, loss:, optim:, "
+                         "run:) with the fields that differ from the defaults; or pass a preset name")
+    if not isinstance(raw, dict):
+        raise ValueError(f"{path}: a config file holds sections (data:, model:, augment:, loss:, optim:, run:) "
+                         f"with fields, got {type(raw).__name__}")
+    raw.pop("row", None)              # what the file reproduces; not a setting, and not inherited
+    base = raw.pop("base", None)
+    if base is None:
+        return raw
+    if not isinstance(base, str):
+        raise ValueError(f"{path}: base must be a preset name or a YAML file, got {base!r}")
+    base_path = path.parent / base if base.endswith((".yaml", ".yml")) else preset_path(base)
+    reading = (*reading, path.resolve())
+    if base_path.resolve() in reading:
+        raise ValueError(f"{path}: its base {base!r} leads back to itself")
+    merged = _read_yaml(base_path, reading)
+    merged.pop("description", None)
+    for section, values in raw.items():
+        if isinstance(values, dict) and isinstance(merged.get(section), dict):
+            merged[section] = {**merged[section], **values}
+        else:
+            merged[section] = values
+    return merged
+
 
 
 def preset_path(name: str) -> Path:
@@ -360,17 +453,7 @@ def load_config(preset_or_file: str | Path | TrainConfig, overrides: list[str] |
                                         f"{', '.join(list_presets())})")
         else:
             path = preset_path(str(preset_or_file))
-        try:
-            raw = yaml.safe_load(path.read_text())
-        except yaml.YAMLError as error:
-            raise ValueError(f"{path}: not valid YAML ({' '.join(str(error).split())})") from None
-        if raw is None:
-            raise ValueError(f"{path} is empty: a config file holds sections (data:, model:, augment:, loss:, optim:, "
-                             "run:) with the fields that differ from the defaults; or pass a preset name")
-        if not isinstance(raw, dict):
-            raise ValueError(f"{path}: a config file holds sections (data:, model:, augment:, loss:, optim:, run:) "
-                             f"with fields, got {type(raw).__name__}")
-        config = config_from_dict(raw)
+        config = config_from_dict(_read_yaml(path))
         if config.name == "custom" and path.parent == PRESET_DIR:
             config.name = path.stem
     config = apply_overrides(config, overrides)

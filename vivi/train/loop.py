@@ -1,10 +1,11 @@
 """The training entry point: ``train(config, data, out, resume=False)``.
 
 Reads top to bottom in the sections of DINO's ``main_dino.py``: run and device, data, model,
-optimizer, schedule, resume, loop. The same function runs as one CPU process, on one GPU
-(bf16 autocast, channels_last, optional torch.compile) and under ``torchrun`` (DDP; gloo on
-CPU, NCCL on GPU; each rank reads its own shard of the video stream; the InfoNCE negatives are
-gathered from all ranks inside the loss).
+optimizer, schedule, resume, loop. The same function runs as one CPU process, on one GPU and
+under ``torchrun`` (DDP; gloo on CPU, NCCL on GPU; each rank reads its own shard of the video
+stream; the InfoNCE negatives are gathered from all ranks inside the loss), in bf16 autocast where
+the device computes bf16 natively (``run.precision=auto``), with channels_last and optional
+torch.compile.
 
 The data is a folder, read by random access to its frames (``vivi.data.clips``), or a URL (or a
 folder with ``data.stream``), streamed from whole shards (``vivi.data.stream``).
@@ -16,9 +17,10 @@ shot reversal, random boxes and co-training images are drawn from seeds derived 
 (seed, step, rank). So k steps + resume + (n - k) steps == n steps.
 
 The run folder ``out`` holds ``config.yaml`` (resolved), ``metrics.jsonl`` (one JSON record per
-``log_every`` steps: every weighted loss term, the total, the learning rate, the gradient norm,
-the diagnostics, frames/s), TensorBoard events (when ``tensorboard`` is installed) and
-``checkpoints/step-XXXXXXX.safetensors``.
+``log_every`` steps: every loss term weighted and unweighted, the total, the learning rate, the
+gradient norm, the diagnostics with the terms' chance levels, frames/s, the precision the steps
+ran in, and the probes of ``run.monitor_every``), TensorBoard events (when ``tensorboard`` is
+installed) and ``checkpoints/step-XXXXXXX.safetensors``.
 """
 from __future__ import annotations
 
@@ -47,15 +49,17 @@ from vivi.files import writer_lock
 from vivi.models.norm import convert_sync_batchnorm
 from vivi.signals import Terminated
 from vivi.storage import is_url
-from vivi.train.augment import build_augmentation
+from vivi.train.augment import augment_config, build_augmentation
 from vivi.train.checkpoint import latest_checkpoint, load_momentum, write_checkpoint
 from vivi.train.config import TrainConfig, config_json
 from vivi.train.log import RunLog
 from vivi.train.model import VIVIModel, encoder_spec, weighted_terms
+from vivi.train.monitor import Monitor
 from vivi.train.resume import RESUME_OVERRIDES, open_run
 
 __all__ = ["RESUME_OVERRIDES", "NonFiniteLossError", "StepContext", "build_model", "build_optimizer",
-           "learning_rate_schedule", "step_seed", "train", "train_step", "training_device"]
+           "cpu_computes_bf16", "learning_rate_schedule", "resolve_precision", "step_seed", "train", "train_step",
+           "training_device"]
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -105,6 +109,41 @@ def training_device(config: TrainConfig, process_device: torch.device) -> torch.
     return process_device if process_device.type == "cuda" else torch.device("cuda", 0)
 
 
+def cpu_computes_bf16() -> bool:
+    """Whether this CPU has bf16 instructions (AVX512-BF16 or AMX), so that bf16 autocast runs faster
+    than fp32 rather than converting every operand in software.
+
+    ``torch.backends.cpu.get_cpu_capability()`` names the vector ISA torch dispatches to ("AVX512"
+    on AVX512-BF16 CPUs too, in torch 2.13); the bf16 instructions themselves come from torch's CPU
+    probe, or from the ``avx512_bf16`` / ``amx_bf16`` flags of ``/proc/cpuinfo`` where torch lacks it.
+    """
+    capability = torch.backends.cpu.get_cpu_capability()
+    if "AMX" in capability or "BF16" in capability:
+        return True
+    if not capability.startswith("AVX512"):
+        return False
+    probes = [getattr(torch.cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
+    if all(probe is not None for probe in probes):
+        return any(probe() for probe in probes)
+    try:
+        flags = set(Path("/proc/cpuinfo").read_text().split())
+    except OSError:
+        return False
+    return bool(flags & {"avx512_bf16", "amx_bf16"})
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """``run.precision`` on ``device``: "bf16" where the device computes bf16 natively (a CUDA GPU
+    with bf16, :func:`cpu_computes_bf16`), else "fp32"; "fp32" stays. A forced "bf16" on a device
+    without native bf16 also gives "fp32" (the run says so once): emulated bf16 is slower than fp32
+    and rounds like bf16, so it buys nothing."""
+    if precision == "fp32":
+        return "fp32"
+    native = (torch.cuda.is_bf16_supported(including_emulation=False) if device.type == "cuda"
+              else device.type == "cpu" and cpu_computes_bf16())
+    return "bf16" if native else "fp32"
+
+
 def build_model(config: TrainConfig, device: torch.device, state: dict[str, torch.Tensor] | None = None) -> VIVIModel:
     """The model on ``device`` in the memory format and compilation that ``run`` asks for, with the
     parameters and buffers of ``state`` (a checkpoint's ``model``) when given."""
@@ -125,17 +164,27 @@ class StepContext:
     augment: nn.Module                 # the frames (and their boxes), on the device
     cotrain_augment: nn.Module | None  # the labelled images; None without co-training
     device: torch.device
-    autocast: bool                     # bf16 autocast: CUDA with run.precision = "bf16" (CPU runs fp32)
+    autocast: bool                     # bf16 autocast: run.precision resolved to "bf16" (resolve_precision)
     rank: int                          # enters every seed: each rank draws its own augmentation
 
     @classmethod
-    def create(cls, config: TrainConfig, device: torch.device, rank: int = 0) -> StepContext:
-        """The context of ``config``'s steps on ``device``: its augmentations built and moved there."""
+    def create(cls, config: TrainConfig, device: torch.device, rank: int = 0,
+               precision: str | None = None) -> StepContext:
+        """The context of ``config``'s steps on ``device``: its augmentations built and moved there;
+        ``precision``: "bf16" or "fp32" as the run resolved it (default: :func:`resolve_precision`)."""
+        precision = precision or resolve_precision(config.run.precision, device)
         a = config.augment
         cotrain = config.loss.cotrain_weight > 0
-        return cls(config=config, augment=build_augmentation(a.preset, size=a.size).to(device),
-                   cotrain_augment=build_augmentation(a.cotrain_preset, size=a.size).to(device) if cotrain else None,
-                   device=device, autocast=device.type == "cuda" and config.run.precision == "bf16", rank=rank)
+        # the loader has taken each frame's and image's crop (S x S): the device flips and distorts colour
+        return cls(config=config, augment=build_augmentation(a.preset, size=a.size, crop="resize").to(device),
+                   cotrain_augment=build_augmentation(a.cotrain_preset, size=a.size, crop="resize").to(device)
+                   if cotrain else None,
+                   device=device, autocast=precision == "bf16", rank=rank)
+
+    @property
+    def precision(self) -> str:
+        """What the steps compute the encoder in: "bf16" (autocast) or "fp32"."""
+        return "bf16" if self.autocast else "fp32"
 
     def seed(self, step: int, stream: int) -> int:
         """The seed of one random stream of ``step`` on this rank (:func:`step_seed`)."""
@@ -161,6 +210,7 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, batch: dict, 
     else:
         frames, _, _ = context.augment(frames, seed=context.seed(step, 0))
     images = image_labels = None
+    frame_labels = batch["frame_labels"].to(device) if "frame_labels" in batch else None    # still images' classes
     if "images" in batch:
         images, _, _ = context.cotrain_augment(batch["images"].to(device), seed=context.seed(step, 1))
         image_labels = batch["image_labels"].to(device)
@@ -169,14 +219,16 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, batch: dict, 
     for group in optimizer.param_groups:
         group["lr"] = lr
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=context.autocast):
-        terms, diagnostics = model(frames, boxes, labels, images, image_labels, generator=generator)
-    terms = weighted_terms(context.config, terms)
+        raw, diagnostics = model(frames, boxes, labels, images, image_labels, generator=generator,
+                                 frame_labels=frame_labels)
+    terms = weighted_terms(context.config, raw)
     total = sum(terms.values())
     # averaged over ranks (one small all-reduce): the log shows the global batch, and every rank
     # sees the same values, so all stop together on a non-finite term instead of hanging
-    values = all_reduce_mean(torch.stack([total.detach().float()] + [t.detach().float() for t in terms.values()]))
+    values = all_reduce_mean(torch.stack([total.detach().float()] + [t.detach().float() for t in terms.values()]
+                                         + [t.detach().float() for t in raw.values()]))
     values = values.cpu()
-    named = dict(zip(terms, values[1:].tolist()))
+    named = dict(zip(terms, values[1:1 + len(terms)].tolist()))
     if not torch.isfinite(values).all():
         bad = next((name for name, value in named.items() if not math.isfinite(value)), "total")
         all_terms = ", ".join(f"{name}={value:.4g}" for name, value in named.items())
@@ -188,6 +240,7 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, batch: dict, 
     optimizer.step()
     out = {"loss": values[0].item(), "lr": lr, "grad_norm": grad_norm.item()}
     out.update({f"loss/{name}": value for name, value in named.items()})
+    out.update({f"raw/{name}": value for name, value in zip(raw, values[1 + len(terms):].tolist())})
     out.update({name: float(v) for name, v in diagnostics.items()})
     return out
 
@@ -218,10 +271,45 @@ def _video_loader(config: TrainConfig, data: str | Path, start_step: int, rank: 
     (``vivi.data.stream``)."""
     d = config.data
     common = dict(batch_size=d.videos // world_size, seed=config.run.seed, workers=d.workers, start_batch=start_step,
-                  rank=rank, world_size=world_size)
+                  rank=rank, world_size=world_size,
+                  crop=augment_config(config.augment.preset, size=config.augment.size))
     if _streaming(config, data):
         return make_stream_loader(data, d, buffer=d.buffer, cache=d.cache, **common)
     return make_loader(data, d, **common)
+
+
+def _still_loader(config: TrainConfig, data: str | Path, start_step: int, rank: int, world_size: int):
+    """This rank's DataLoader of still images (``data.source: images``): each image a one-shot clip
+    of F crops, its class as ``frame_labels`` (``vivi.data.stills``)."""
+    from vivi.data.stills import make_still_loader
+    d, loss = config.data, config.loss
+    if is_url(data):
+        raise ValueError(f"data.source=images reads a local folder of images (or .npz/.npy), got {data}")
+    supervised = loss.cotrain_weight > 0 and loss.cotrain_source == "data"
+    loader = make_still_loader(data, d.frames, d.size, batch_size=d.videos // world_size, seed=config.run.seed,
+                               workers=d.workers, start_batch=start_step, rank=rank, world_size=world_size,
+                               crop=augment_config(config.augment.preset, size=config.augment.size),
+                               fraction=loss.cotrain_fraction if supervised else 1.0)
+    classes = loader.dataset.num_classes
+    if supervised and not classes:
+        raise ValueError(f"loss.cotrain_source=data trains on the classes of the images of {data}, which has "
+                         "none: give a folder of class folders (or .npz/.npy with labels)")
+    if supervised and classes > config.model.image_classes:
+        raise ValueError(f"the images of {data} have {classes} classes but model.image_classes="
+                         f"{config.model.image_classes}")
+    return loader
+
+
+def _check_object_classes(config: TrainConfig, data: str | Path) -> None:
+    """The detections' classes against ``model.object_classes``, where the object loss uses that
+    number: the box classifier's outputs and the random labels of the label ablation. The triplet
+    alone takes the labels as they are (same class = positive), for any number of classes."""
+    from vivi.data.boxes import detector_classes
+    loss, classes = config.loss, len(detector_classes(data, config.data.detector))
+    used = "classification" in loss.object_terms or loss.object_mode == "random_boxes_and_labels"
+    if used and classes != config.model.object_classes:
+        raise ValueError(f"the detections {config.data.detector!r} have {classes} classes but "
+                         f"model.object_classes={config.model.object_classes}: pass model.object_classes={classes}")
 
 
 def _streaming(config: TrainConfig, data: str | Path) -> bool:
@@ -234,14 +322,19 @@ def _batches(config: TrainConfig, data: str | Path, start_step: int, rank: int, 
     added to each when co-training. Data that cannot give them raises before any compute."""
     d, loss = config.data, config.loss
     cotrain = None
-    if loss.cotrain_weight > 0:
+    if loss.cotrain_weight > 0 and loss.cotrain_source != "data":
         from vivi.data.images import LabeledImages
-        cotrain = LabeledImages(loss.cotrain_source, size=d.size or config.augment.size, fraction=loss.cotrain_fraction)
+        cotrain = LabeledImages(loss.cotrain_source, size=d.size or config.augment.size, fraction=loss.cotrain_fraction,
+                                crop=augment_config(config.augment.cotrain_preset, size=config.augment.size))
         if cotrain.num_classes > config.model.image_classes:
             raise ValueError(f"the co-training source has {cotrain.num_classes} classes but "
                              f"model.image_classes={config.model.image_classes}")
         if loss.cotrain_images % world_size:
             raise ValueError(f"loss.cotrain_images={loss.cotrain_images} must divide over {world_size} ranks")
+    if d.source == "images":
+        loader = _still_loader(config, data, start_step, rank, world_size)
+        return loader if cotrain is None else _CotrainBatches(loader, cotrain, loss.cotrain_images // world_size,
+                                                              config.run.seed, rank, start_step)
     loader = _video_loader(config, data, start_step, rank, world_size)
     videos = loader.dataset.num_videos
     if rank == 0 and _streaming(config, data) and d.videos * max(1, d.workers) > videos:
@@ -254,6 +347,8 @@ def _batches(config: TrainConfig, data: str | Path, start_step: int, rank: int, 
         print(f"note: data.videos={d.videos} but only {videos} videos of {data} have {d.shots} shots: "
               "every batch holds some videos twice, whose clips are then each other's negatives; lower "
               "data.videos or ingest more videos", file=sys.stderr)
+    if loss.object_weight > 0:
+        _check_object_classes(config, data)
     if loss.object_weight > 0 and loader.dataset.num_boxes == 0:
         raise ValueError(f"the detections {d.detector!r} in {data} hold no box for any video: the object loss "
                          "would be 0; re-run `vivi detect` (or set loss.object_weight=0)")
@@ -388,11 +483,20 @@ def _train(config: TrainConfig | str | Path | None, data: str | Path, out: Path,
     if config.data.videos % world_size:
         raise ValueError(f"data.videos={config.data.videos} must divide over {world_size} ranks")
     config.check_ranks(world_size)
+    precision = resolve_precision(config.run.precision, device)
+    if main_process and config.run.precision == "bf16" and precision == "fp32":
+        print(f"warning: run.precision=bf16, but this {device.type.upper()} does not compute bf16 natively (bf16 "
+              "autocast needs a GPU with bf16 or a CPU with AVX512-BF16 or AMX): the run computes in fp32",
+              file=sys.stderr)
+    # the probe's labelled images, read by rank 0 before any step, so that a suite it cannot read stops the run now
+    monitor = None
+    if main_process and config.run.monitor_every:
+        monitor = Monitor(config, device, autocast=precision == "bf16")
     torch.manual_seed(config.run.seed)                 # initialisation: identical on every rank
 
     # ============ data: this rank's shard of the video stream (+ labelled images), augmentation ============
     batches = _batches(config, data, start_step, rank, world_size)
-    context = StepContext.create(config, device, rank)
+    context = StepContext.create(config, device, rank, precision)
 
     # ============ model: encoder + heads and losses of the enabled terms (weighted in train_step) ============
     model = build_model(config, device, checkpoint["model"] if checkpoint else None)
@@ -418,7 +522,7 @@ def _train(config: TrainConfig | str | Path | None, data: str | Path, out: Path,
     # ============ loop: rank 0 logs and writes checkpoints ============
     steps, step, record = config.optim.steps, start_step, {}
     log = RunLog(out, config, start_step=start_step, resumed=checkpoint is not None, main_process=main_process,
-                 progress=progress)
+                 progress=progress, precision=context.precision)
     save = functools.partial(write_checkpoint, out, model=model, optimizer=optimizer, config_json=config_json(config),
                              encoder=encoder_spec(config), keep=config.run.keep_checkpoints, world_size=world_size)
     model.train()
@@ -437,7 +541,10 @@ def _train(config: TrainConfig | str | Path | None, data: str | Path, out: Path,
             if damaged:
                 record["damaged_frames"] = damaged
             step += 1
-            if step % config.run.log_every == 0 or step == steps:
+            probed = config.run.monitor_every and step % config.run.monitor_every == 0    # alike on every rank
+            if monitor is not None and probed:
+                record.update(monitor(model.encoder))
+            if step % config.run.log_every == 0 or step == steps or probed:
                 log.write(step, record)
             log.advance()
             if main_process and (step % config.run.ckpt_every == 0 or step == steps):
@@ -460,6 +567,8 @@ def _train(config: TrainConfig | str | Path | None, data: str | Path, out: Path,
                     f"add --resume to the same command to continue from {newest.name}" if newest is not None
                     else "no checkpoint yet: the same command starts over"))
             raise stop.interrupt()
+        if step == steps:
+            log.report_chance()
     except RuntimeError as error:
         failure = collective_failure(error, rank, config.run.timeout_s, f"at step {step + 1}")
         if failure is None:

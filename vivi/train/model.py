@@ -26,6 +26,9 @@ hierarchy and batch geometry"):
 """
 from __future__ import annotations
 
+import math
+import sys
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -44,7 +47,7 @@ from vivi.losses import (
 from vivi.models import create_encoder, heads
 from vivi.train.config import TrainConfig
 
-__all__ = ["VIVIModel", "build_encoder", "encoder_spec", "weighted_terms"]
+__all__ = ["CompiledOrEager", "VIVIModel", "build_encoder", "encoder_spec", "weighted_terms"]
 
 
 def encoder_spec(config: TrainConfig) -> dict:
@@ -59,6 +62,29 @@ def build_encoder(spec: dict) -> nn.Module:
     return create_encoder(spec["name"], **spec["overrides"])
 
 
+class CompiledOrEager:
+    """``torch.compile(function)``, which falls back to ``function`` itself for good when compiling
+    fails (a missing C++ compiler, an operation the compiler does not support). torch.compile
+    compiles at a call, so that is where the error comes: the call is repeated eagerly and the run
+    goes on with one line on stderr. Only compiler errors are caught; an error of the computation
+    itself comes again from the eager call."""
+
+    def __init__(self, function, name: str) -> None:
+        self.function, self.name = function, name
+        self.compiled = torch.compile(function)
+
+    def __call__(self, *args):
+        if self.compiled is not None:
+            try:
+                return self.compiled(*args)
+            except torch._dynamo.exc.TorchDynamoException as error:
+                reason = " ".join(str(error).split())[:200]
+                print(f"note: run.compile: torch.compile of {self.name} failed ({type(error).__name__}: {reason}); "
+                      "the run goes on without compiling", file=sys.stderr)
+                self.compiled = None
+        return self.function(*args)
+
+
 class VIVIModel(nn.Module):
     """Encoder + heads of the enabled losses (see the module docstring).
 
@@ -70,7 +96,8 @@ class VIVIModel(nn.Module):
     normalised in the augmented frames, box_labels (N, K, F, M) long with -1 = invalid; images
     (B, 3, S', S') and image_labels (B,) for co-training; ``generator`` drives the shot reversal
     and the random-box ablations. Returns ``(terms, diagnostics)``: dicts of scalar tensors,
-    terms unweighted and with gradients, diagnostics detached.
+    terms unweighted and with gradients, diagnostics detached (with ``NAME/chance``: each term's
+    chance level, :meth:`chance_levels`).
     """
 
     def __init__(self, config: TrainConfig) -> None:
@@ -96,7 +123,8 @@ class VIVIModel(nn.Module):
             self.predictor = {"mlp": lambda: heads.MLPCritic(model.shot_dim, hidden=model.predictor_hidden),
                               "bilinear": lambda: heads.BilinearCritic(model.shot_dim),
                               "lstm": lambda: heads.LSTMPredictor(model.shot_dim, hidden=model.predictor_hidden,
-                                                            max_offset=max(1, k - 1))}[loss.predictor]()
+                                                            max_offset=max(1, k - 1), output=model.lstm_output)
+                              }[loss.predictor]()
             self.video_loss = VideoInfoNCELoss(scope=loss.infonce_scope, group_videos=loss.infonce_group_videos,
                                                pair_reduction=loss.infonce_pairs)
         elif loss.video == "shot_order":
@@ -112,6 +140,7 @@ class VIVIModel(nn.Module):
         self.image_class_head = nn.Linear(dim, model.image_classes) if loss.cotrain_weight > 0 else None
         self.encoder_channels_last = False    # use_channels_last() (run.channels_last)
         self.compiled_features = None         # compile_encoder(): torch.compile'd encoder.forward_features
+        self.compiled_forward = None          # and encoder.forward (co-training images)
 
     @property
     def uses_boxes(self) -> bool:
@@ -129,14 +158,17 @@ class VIVIModel(nn.Module):
         self.encoder_channels_last = True
 
     def compile_encoder(self) -> None:
-        """torch.compile the encoder's ``forward_features`` (what the step calls); the parameters and
-        their names are unchanged, so checkpoints do not depend on the flag."""
-        self.compiled_features = torch.compile(self.encoder.forward_features)
-        self.encoder.compile()            # the plain forward too (co-training images)
+        """torch.compile the encoder's ``forward_features`` (what the step calls) and ``forward`` (the
+        co-training images), each falling back to eager if compiling fails (:class:`CompiledOrEager`).
+        The encoder module itself stays as it is: its parameter names, so the checkpoints, do not
+        depend on the flag, and calling it directly (a probe in eval mode) runs eagerly."""
+        self.compiled_features = CompiledOrEager(self.encoder.forward_features, "the encoder")
+        self.compiled_forward = CompiledOrEager(self.encoder.forward, "the encoder (co-training images)")
 
     def forward(self, frames: torch.Tensor, boxes: torch.Tensor | None = None,
                 box_labels: torch.Tensor | None = None, images: torch.Tensor | None = None,
-                image_labels: torch.Tensor | None = None, generator: torch.Generator | None = None):
+                image_labels: torch.Tensor | None = None, generator: torch.Generator | None = None,
+                frame_labels: torch.Tensor | None = None):
         cfg = self.config.loss
         n, k, f = frames.shape[:3]
         flat = frames.flatten(0, 2)                                           # (N·K·F, 3, S, S)
@@ -152,7 +184,8 @@ class VIVIModel(nn.Module):
         if self.uses_labelled_images and images is not None:
             if self.encoder_channels_last:
                 images = images.contiguous(memory_format=torch.channels_last)
-            image_pre_logits = self.encoder(images).float()     # same encoder, its own call (own BN batch)
+            # same encoder, its own call (own BN batch)
+            image_pre_logits = (self.compiled_forward or self.encoder)(images).float()
         # heads and losses in float32 even under bf16 autocast (triplet distances, LSTM, softmax)
         with torch.autocast(flat.device.type, enabled=False):
             terms: dict[str, torch.Tensor] = {}
@@ -174,6 +207,8 @@ class VIVIModel(nn.Module):
                 if cfg.video == "infonce":
                     pred = self.predictor(shots)
                     record("infonce", self.video_loss(pred.queries, pred.keys, pred.target_shot))
+                    predictions = pred.queries.shape[1] if cfg.infonce_pairs == "sum" else 1
+                    diagnostics["infonce/chance"] = predictions * diagnostics["infonce/num_candidates"].log()
                 else:
                     shots, order = reverse_shots_randomly(shots, generator=generator)
                     record("shot_order", self.video_loss(self.shot_order_head(shots), order))
@@ -198,12 +233,31 @@ class VIVIModel(nn.Module):
                 diagnostics["object/boxes"] = valid.sum().float().detach()
 
             if self.uses_labelled_images:
-                if images is None or image_labels is None:
+                if images is None and frame_labels is not None:
+                    # the training images' own classes (loss.cotrain_source=data): their first,
+                    # unrotated copies
+                    image_pre_logits, image_labels = pre_logits[:b], frame_labels.reshape(b)
+                if image_pre_logits is None or image_labels is None:
                     raise ValueError("co-training needs a batch of labelled images")
                 logits = self.image_class_head(image_pre_logits)
                 terms["supervised"] = F.cross_entropy(logits, image_labels)
                 diagnostics["supervised/accuracy"] = (logits.argmax(1) == image_labels).float().mean().detach()
+            diagnostics.update({f"{name}/chance": torch.tensor(float(level))
+                                for name, level in self.chance_levels().items() if name in terms})
             return terms, diagnostics
+
+    def chance_levels(self) -> dict[str, float]:
+        """The value of each unweighted term for an encoder that has learned nothing: equal triplet
+        distances (the margin), uniform softmaxes (ln of the number of classes). InfoNCE's, which
+        depends on the batch, comes with its diagnostics (ln of ``num_candidates``, times the
+        predictions per video with ``loss.infonce_pairs=sum``); the object loss has one only as a
+        triplet alone (its 600-way BCE has none comparable)."""
+        cfg, model = self.config.loss, self.config.model
+        levels = {"exemplar": cfg.margin, "rotation": math.log(4), "shot_order": math.log(2),
+                  "supervised": math.log(model.image_classes)}
+        if cfg.object_terms == "triplet":
+            levels["object"] = cfg.margin
+        return levels
 
 
 def weighted_terms(config: TrainConfig, terms: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

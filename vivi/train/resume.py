@@ -22,7 +22,8 @@ __all__ = ["RESUME_OVERRIDES", "open_run", "resumed_config"]
 # What ``--resume`` may change: how the run is carried out, and how long it goes on. Anything else
 # (the model, the data, the losses, the schedule) would no longer be the checkpoint's run.
 RESUME_OVERRIDES = ("optim.steps", "run.log_every", "run.ckpt_every", "run.keep_checkpoints", "run.device",
-                    "run.precision", "run.channels_last", "run.compile", "run.timeout_s", "data.workers", "data.cache",
+                    "run.precision", "run.channels_last", "run.compile", "run.timeout_s", "run.monitor_every",
+                    "run.monitor_suite", "run.monitor_probe", "run.monitor_images", "data.workers", "data.cache",
                     "data.max_damaged_frames")
 
 
