@@ -38,11 +38,17 @@ def test_every_stage_leaves_its_outputs(demo):
     for method in ("ex-yt-f", "ex-yt-s", "vivi-ex4", "vivi-ex4-obj"):
         assert (out / "runs" / f"{method}-seed0" / "checkpoints" / "step-0000030.safetensors").exists()
     assert set(result["methods"]) == {"random", "ex-yt-f", "ex-yt-s", "vivi-ex4", "vivi-ex4-obj"}
+    metrics = out / "runs" / "vivi-ex4-seed0" / "metrics.jsonl"
+    records = [json.loads(line) for line in metrics.read_text().splitlines()]
+    probed = [r["step"] for r in records if any(key.startswith("monitor/") for key in r)]
+    assert probed == [6, 12, 18, 24, 30]                 # the probe on the world's tasks, five times a run
     assert {"synth", "ingest", "train + eval (wall)"} <= set(result["timings"])
     report = (out / "report" / "report.md").read_text()
     assert "VIVI-Ex(4) + objects" in report and "The papers' ordering" in report
     assert "One seed: a difference" in report and "`vivi demo --full` (8000 steps, 5 seeds)" in report
     assert "real photos*" in report and "*real photos: which way up a piece of a real photograph" in report
+    rows = {line.split(" | ")[0]: line.split(" | ") for line in report.splitlines() if line.startswith("| ")}
+    assert len(rows["| chance"]) == len(rows["| method"])         # a floor for every column of the table
 
 
 def test_each_evaluation_probes_its_own_runs_final_encoder(demo):

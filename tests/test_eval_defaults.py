@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 from test_eval import write_colour_task
@@ -62,3 +63,22 @@ def test_cuda_on_a_machine_without_it_says_how_to_get_it():
         pytest.skip("this machine has a GPU")
     with pytest.raises(ValueError, match="install a CUDA build of PyTorch"):
         EvalConfig(device="cuda")
+
+
+def test_results_and_reports_show_each_tasks_chance(tmp_path):
+    """A number a user can read needs its floor: the test accuracy of always guessing the most frequent
+    class, in results.json, results.md and `vivi report` (catches a chance of 1/classes on an
+    unbalanced test set, or a column that shifts the runs' values)."""
+    from vivi.eval import compare
+    from vivi.eval.suite import load_split, load_suite
+    suite = write_colour_task(tmp_path)
+    labels = load_split(load_suite(suite)[0], "test").labels
+    expected = max(np.mean(labels == 0), np.mean(labels == 1))
+    for name in ("a", "b"):
+        result = evaluate(RANDOM, suite, tmp_path / name, EvalConfig(protocol="knn", resolution=8), progress=False)
+    assert result["tasks"]["colour"]["chance"] == pytest.approx(expected)
+    assert f"| colour | natural | {100 * expected:.1f} |" in (tmp_path / "b" / "results.md").read_text()
+    compare([tmp_path / "a", tmp_path / "b"], tmp_path / "report")
+    row = next(line for line in (tmp_path / "report" / "report.md").read_text().splitlines()
+               if line.startswith("| colour"))
+    assert row.split(" | ")[2] == f"{100 * expected:.1f}" and len(row.split(" | ")) == 5

@@ -65,8 +65,10 @@ def _final_step(run: Path) -> int:
     return int(found.stem.split("-")[1]) if found else 0
 
 
-def train_job(method: Method, scale: Scale, seed: int, data: str, run: str, threads: int) -> dict:
-    """Train one method (in a worker process); resumes from the run's newest checkpoint."""
+def train_job(method: Method, scale: Scale, seed: int, data: str, run: str, threads: int, world: str) -> dict:
+    """Train one method (in a worker process); resumes from the run's newest checkpoint. A kNN probe
+    on the world's tasks five times a run shows the encoder learning (``monitor/*`` in the run's
+    metrics and TensorBoard)."""
     import torch
 
     from vivi.signals import raise_on_sigterm
@@ -74,7 +76,8 @@ def train_job(method: Method, scale: Scale, seed: int, data: str, run: str, thre
     raise_on_sigterm()          # the parent ends its jobs with SIGTERM: they release their folders' locks
     torch.set_num_threads(threads)
     run_path = Path(run)
-    overrides = [*method.overrides, *scale.train_overrides(seed)]
+    overrides = [*method.overrides, *scale.train_overrides(seed), f"run.monitor_every={max(1, scale.steps // 5)}",
+                 f"run.monitor_suite={Path(world) / 'tasks'}"]
     start = time.perf_counter()
     if _final_step(run_path) > 0:
         result = train(method.preset, data, run_path, resume=True, overrides=overrides, progress=False)
@@ -154,7 +157,7 @@ def _progress(job: Job, scale: Scale, tasks: int) -> float:
 def _submit(pool: ProcessPoolExecutor, job: Job, scale: Scale, data: Path, world: Path, threads: int) -> Future:
     job.started = time.perf_counter()
     if job.stage == "train":
-        return pool.submit(train_job, job.method, scale, job.seed, str(data), str(job.folder), threads)
+        return pool.submit(train_job, job.method, scale, job.seed, str(data), str(job.folder), threads, str(world))
     checkpoint = str(job.after.folder) if job.after else f"random:{RANDOM_ENCODER}"
     return pool.submit(eval_job, checkpoint, str(world), str(job.folder), job.seed, scale.eval_resolution, threads)
 

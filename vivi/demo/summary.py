@@ -24,13 +24,13 @@ def collect(evals: dict[Method, list[Path]]) -> dict:
     methods = {}
     for method, folders in evals.items():
         runs = [json.loads((f / "results.json").read_text()) for f in folders]
-        tasks = {name: {"group": t["group"], "seeds": [r["tasks"][name]["median"] for r in runs]}
-                 for name, t in runs[0]["tasks"].items()}
+        tasks = {name: {"group": t["group"], "seeds": [r["tasks"][name]["median"] for r in runs],
+                        "chance": t.get("chance")} for name, t in runs[0]["tasks"].items()}
+        photos = [json.loads((f / "photos" / "results.json").read_text()) for f in folders]
         groups = {g: [r["groups"][g] for r in runs] for g in runs[0]["groups"]}
         methods[method.name] = {"label": method.label, "tasks": tasks, "groups": groups,
-                                "mean": [r["mean"] for r in runs],
-                                "photos": [json.loads((f / "photos" / "results.json").read_text())["mean"]
-                                           for f in folders]}
+                                "mean": [r["mean"] for r in runs], "photos": [p["mean"] for p in photos],
+                                "photos_chance": photos[0]["tasks"]["photo-orientation"].get("chance")}
     return methods
 
 
@@ -66,13 +66,20 @@ def table(methods: dict) -> tuple[list[str], list[list[str]]]:
     header = ["method", "mean", *groups, *tasks, PHOTOS_COLUMN]
     rows = [[m["label"], _cell(m["mean"]), *(_cell(m["groups"][g]) for g in groups),
              *(_cell(m["tasks"][t]["seeds"]) for t in tasks), _cell(m["photos"])] for m in methods.values()]
+    chance = [first["tasks"][t].get("chance") for t in tasks]
+    if None not in chance and first.get("photos_chance") is not None:
+        # what an encoder that learned nothing scores at best: the most frequent class of each test set
+        by_group = [[c for t, c in zip(tasks, chance) if first["tasks"][t]["group"] == g] for g in groups]
+        rows.append(["chance", _cell([np.mean(chance)]), *(_cell([np.mean(c)]) for c in by_group),
+                     *(_cell([c]) for c in chance), _cell([first["photos_chance"]])])
     return header, rows
 
 
 # The real-photograph check's column: not one of the world's tasks, so not in the mean
 PHOTOS_COLUMN = "real photos*"
-PHOTOS_NOTE = ("*real photos: which way up a piece of a real photograph is (4 classes, chance 25 %; docs/eval.md, "
-               "\"Task sources\"), a check outside the synthetic world, not in the mean.")
+PHOTOS_NOTE = ("*real photos: which way up a piece of a real photograph is (4 classes; docs/eval.md, \"Task "
+               "sources\"), a check outside the synthetic world, not in the mean. chance: always guessing a test "
+               "set's most frequent class.")
 
 
 def format_table(header: list[str], rows: list[list[str]]) -> str:

@@ -49,12 +49,13 @@ def write_results_markdown(results: dict, path: str | Path) -> Path:
     """``results.md`` of one evaluation (see the module docstring)."""
     tasks = results["tasks"]
     lines = [f"# {_protocol(results)} evaluation of `{results['checkpoint']}`", "",
-             "| task | group | median top-1 (%) | repetitions (%) | selected |", "|---|---|---|---|---|"]
+             "| task | group | chance (%) | median top-1 (%) | repetitions (%) | selected |",
+             "|---|---|---|---|---|---|"]
     for name in _ordered_tasks(tasks):
         t = tasks[name]
         reps = ", ".join(_pct(a) for a in t["test_accuracy"])
         selected = "; ".join(", ".join(f"{k}={v:g}" for k, v in s.items()) for s in t["selected"] if s)
-        lines.append(f"| {name} | {t['group']} | {_pct(t['median'])} | {reps} | {selected} |")
+        lines.append(f"| {name} | {t['group']} | {_pct(t.get('chance'))} | {_pct(t['median'])} | {reps} | {selected} |")
     lines += ["", "| group | mean of medians (%) |", "|---|---|"]
     lines += [f"| {g} | {_pct(v)} |" for g, v in results["groups"].items()]
     lines += [f"| **mean over tasks** | **{_pct(results['mean'])}** |", ""]
@@ -125,7 +126,8 @@ def compare(folders: list[str | Path], out: str | Path) -> dict:
     protocols = {label: _protocol(run) for label, run in zip(labels, runs)}
     table = []
     for name in names:
-        row = {"task": name, "group": base["tasks"][name]["group"], "runs": []}
+        row = {"task": name, "group": base["tasks"][name]["group"], "chance": base["tasks"][name].get("chance"),
+               "runs": []}
         for label, run in zip(labels, runs):
             values = run["tasks"][name]["test_accuracy"]
             p = welch_test(values, base["tasks"][name]["test_accuracy"]) if run is not base else None
@@ -153,14 +155,15 @@ def _write_report_markdown(report: dict, path: Path) -> None:
     lines = [f"# Comparison (baseline: {report['baseline']})", "",
              f"Median top-1 (%) over repetitions; `*` = differs from the baseline, two-sided Welch t-test "
              f"p < {report['alpha']} (p in brackets; n/a with fewer than two repetitions). Group means and "
-             "means are over the tasks of this table.", ""]
+             "means are over the tasks of this table. Chance: the test accuracy of always guessing the most "
+             "frequent class.", ""]
     if len(set(report["protocols"].values())) > 1:
         lines += ["**The runs were evaluated with different protocols** (" + ", ".join(
             f"{run}: {protocol}" for run, protocol in report["protocols"].items()) + "): their numbers are not "
             "comparable as the same measurement.", ""]
     for run, tasks in report["not_compared"].items():
         lines += [f"Not in the baseline, so not compared: {run}'s {', '.join(tasks)}.", ""]
-    lines += ["| task | group | " + " | ".join(runs) + " |", "|---|---|" + "---|" * len(runs)]
+    lines += ["| task | group | chance | " + " | ".join(runs) + " |", "|---|---|---|" + "---|" * len(runs)]
     for row in report["tasks"]:
         cells = []
         for r in row["runs"]:
@@ -169,11 +172,11 @@ def _write_report_markdown(report: dict, path: Path) -> None:
                 cell += "*" if r["significant"] else ""
                 cell += f" (p={r['p_value']:.3g})" if r["p_value"] is not None else " (n/a)"
             cells.append(cell)
-        lines.append(f"| {row['task']} | {row['group']} | " + " | ".join(cells) + " |")
+        lines.append(f"| {row['task']} | {row['group']} | {_pct(row['chance'])} | " + " | ".join(cells) + " |")
     groups = [g for g in GROUPS if any(g in report["groups"][r] for r in runs)]
     for g in groups:
-        lines.append(f"| *{g}* | | " + " | ".join(_pct(report["groups"][r].get(g)) for r in runs) + " |")
-    lines.append("| **mean** | | " + " | ".join(f"**{_pct(report['mean'][r])}**" for r in runs) + " |")
+        lines.append(f"| *{g}* | | | " + " | ".join(_pct(report["groups"][r].get(g)) for r in runs) + " |")
+    lines.append("| **mean** | | | " + " | ".join(f"**{_pct(report['mean'][r])}**" for r in runs) + " |")
     path.write_text("\n".join(lines) + "\n")
 
 

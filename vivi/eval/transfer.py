@@ -169,6 +169,13 @@ def encoder_digest(encoder: nn.Module) -> str:
     return digest.hexdigest()
 
 
+def chance_accuracy(task: Task) -> float:
+    """The test accuracy of the best constant guess, the most frequent class of the test split:
+    what an encoder that learned nothing scores at best (1 / classes on a balanced task)."""
+    labels = load_split(task, "test").labels
+    return float(np.bincount(labels).max() / len(labels)) if len(labels) else 0.0
+
+
 def _task_record(task: Task) -> dict:
     return {"name": task.name, "group": task.group, "source": task.source,
             "path": str(task.path.resolve()) if task.path is not None else None,
@@ -357,7 +364,7 @@ def evaluate(checkpoint: str | Path, suite: str | Path, out: str | Path, config:
         _write_json(out / "eval_config.json", header)
         entries = _run_units(encoder, tasks, config, out, progress)
         results = {task.name: {"group": task.group, "median": float(np.median(entries[task.name]["test_accuracy"])),
-                               **entries[task.name]} for task in tasks}
+                               "chance": chance_accuracy(task), **entries[task.name]} for task in tasks}
         summary = {**header, "protocol": config.protocol, "tasks": results, **summarize(results)}
         _write_json(out / "results.json", summary)
         write_results_markdown(summary, out / "results.md")
