@@ -27,6 +27,7 @@ import time
 import torch
 
 from vivi.data import make_loader
+from vivi.train.augment import augment_config
 from vivi.train.config import load_config
 from vivi.train.loop import (
     StepContext,
@@ -63,7 +64,8 @@ def main() -> None:
     d = config.data
 
     # ---- loader alone
-    loader = make_loader(args.data, d, batch_size=d.videos, seed=0, workers=d.workers)
+    crop = augment_config(config.augment.preset, size=config.augment.size)    # as training: crops in the loader
+    loader = make_loader(args.data, d, batch_size=d.videos, seed=0, workers=d.workers, crop=crop)
     it = iter(loader)
     batch = next(it)                                   # workers started, first batch ready
     time.sleep(1.0)                                    # let the prefetch queue fill, then drain it
@@ -83,7 +85,8 @@ def main() -> None:
     context = StepContext.create(config, device)
     if config.loss.cotrain_weight > 0:
         from vivi.data.images import LabeledImages
-        source = LabeledImages(config.loss.cotrain_source, size=d.size or config.augment.size)
+        source = LabeledImages(config.loss.cotrain_source, size=d.size or config.augment.size,
+                               crop=augment_config(config.augment.cotrain_preset, size=config.augment.size))
         batch["images"], batch["image_labels"] = source.batch(config.loss.cotrain_images, [0])
     lr = 1e-3
     counter = itertools.count()

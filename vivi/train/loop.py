@@ -105,7 +105,9 @@ def training_device(config: TrainConfig, process_device: torch.device) -> torch.
     if config.run.device == "cpu" or (config.run.device == "auto" and process_device.type == "cpu"):
         return torch.device("cpu")
     if not torch.cuda.is_available():
-        raise ValueError("run.device='cuda' but CUDA is not available")
+        raise ValueError("run.device='cuda' but this PyTorch sees no CUDA GPU: on a machine with one, install a CUDA "
+                         "build of PyTorch (pytorch.org/get-started/locally; `make TORCH=torch install`), or train "
+                         "with run.device=cpu")
     return process_device if process_device.type == "cuda" else torch.device("cuda", 0)
 
 

@@ -1,5 +1,6 @@
-"""`vivi eval`'s defaults follow the checkpoint: the probes run at the encoder's training size, the
-VTAB-1k sweep at the protocol's 224 px, on the GPU where there is one."""
+"""What a user meets first: `vivi eval`'s defaults follow the checkpoint (the probes at the encoder's
+training size, the VTAB-1k sweep at the protocol's 224 px, the GPU where there is one), every
+result shows its task's chance, and asking for CUDA without it says how to get it."""
 from __future__ import annotations
 
 import json
@@ -82,3 +83,12 @@ def test_results_and_reports_show_each_tasks_chance(tmp_path):
     row = next(line for line in (tmp_path / "report" / "report.md").read_text().splitlines()
                if line.startswith("| colour"))
     assert row.split(" | ")[2] == f"{100 * expected:.1f}" and len(row.split(" | ")) == 5
+
+
+def test_training_on_cuda_without_it_says_how_to_get_it():
+    from vivi.train.config import load_config
+    from vivi.train.loop import training_device
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    with pytest.raises(ValueError, match="install a CUDA build of PyTorch"):
+        training_device(load_config("tiny-vivi-ex4", ["run.device=cuda"]), torch.device("cpu"))
