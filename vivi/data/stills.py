@@ -26,7 +26,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from .clips import VideoSampler
-from .images import IMAGE_SUFFIXES, LabeledImages, crop_generator, fit_short_side, fit_square, read_image, take_crops
+from .images import LabeledImages, crop_generator, fit_short_side, fit_square, read_image, take_crops
 
 __all__ = ["StillImages", "make_still_loader"]
 
@@ -47,11 +47,10 @@ class StillImages(Dataset):
                                     "or a .npz / .npy of images)")
         self.frames, self.size, self.crop, self.seed = frames, size, crop, 0
         if path.is_dir() and not any(p.is_dir() for p in path.iterdir()):
-            self.files = sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+            from vivi.api import image_files
+            self.files = image_files([path])
             self.labels = np.full(len(self.files), -1, np.int64)
             self.images, self.classes = None, []
-            if not self.files:
-                raise ValueError(f"image source {path} holds no image ({', '.join(IMAGE_SUFFIXES)})")
         else:
             self.images = LabeledImages(path, size=size or 256, fraction=fraction, crop=crop)
             self.labels, self.classes = self.images.labels[self.images.index], self.images.classes
