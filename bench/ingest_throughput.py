@@ -17,10 +17,14 @@ ratios are medians over rounds.
 * border pass: the share of an in-process ingest's time (one process, timed separately) spent
          finding letterbox/pillarbox bars (``vivi/ingest/borders.py``: the cut detector's per-batch
          bar check and the regions it compares frames in, the stored frames' bar statistics,
-         key-frame probes of videos longer than a minute, and cropping the stored frames; the
-         functions that do it, timed with ``time.perf_counter``); ``--bars F`` letterboxes every
-         video first (black bars of F of the height above and below, re-encoded with ``--preset``),
-         so that the bars are found and cut off;
+         key-frame probes of videos longer than a minute) and cutting them off the stored frames
+         (the functions that do it, timed with ``time.perf_counter``); ``--bars F`` letterboxes
+         every video first (black bars of F of the height above and below, re-encoded with
+         ``--preset``), so that the bars are found and cut off. A frame stored without its bars is
+         smaller to convert and encode: the time to store one (conversion to the stored size, JPEG)
+         with its bars cut off, the cut included, and with them kept is measured on the same
+         frames, and the net share (finding the bars, less what storing the frames without them
+         saves) is printed too;
 * two-pass: what a user would script: ``scenedetect.detect(path, HistogramDetector())`` for the
          cuts, then a second PyAV pass that samples 1 frame per second inside each scene, resizes
          and JPEG-encodes it (no shard writing: the baseline is given that for free).
@@ -89,20 +93,30 @@ def bare_decode(paths: list[Path], workers: int) -> float:
 
 
 class BorderClock:
-    """Adds up the seconds spent in the border pass's functions while installed (``with``); a call
-    made inside another counts once."""
+    """Adds up the seconds spent in the border pass's functions while installed (``with``): in
+    finding the bars (:attr:`finding`) and in cutting them off the stored frames
+    (:attr:`cutting`); a call made inside another counts once."""
 
-    PARTS = [(borders.GridBars, "__call__"), (cut_detector.HistogramCutDetector, "_regions"),
-             (cut_detector._Regions, "compared"), (cut_detector._Regions, "__getitem__"), (cut_detector, "inside"),
-             (decode, "probe_key_frames"), (decode, "frame_luma"), (borders.FrameCrop, "__call__"),
-             (borders.BorderFinder, "add_frames"), (borders.BorderFinder, "crop")]
+    FINDING = [(borders.GridBars, "__call__"), (borders._Later, "__getitem__"),
+               (cut_detector._Regions, "compared"), (cut_detector._Regions, "__getitem__"),
+               (cut_detector, "inside"), (decode, "probe_key_frames"), (decode, "frame_luma"),
+               (borders.BorderFinder, "add_frames"), (borders.BorderFinder, "crop")]
+    CUTTING = [(borders.FrameCrop, "__call__")]
 
     def __init__(self):
-        self.seconds = 0.0
+        self.seconds = {"finding": 0.0, "cutting": 0.0}
         self._saved = []
         self._depth = 0
 
-    def _timed(self, function):
+    @property
+    def finding(self) -> float:
+        return self.seconds["finding"]
+
+    @property
+    def cutting(self) -> float:
+        return self.seconds["cutting"]
+
+    def _timed(self, function, part: str):
         def timed(*args, **kwargs):
             self._depth += 1
             start = time.perf_counter()
@@ -111,13 +125,14 @@ class BorderClock:
             finally:
                 self._depth -= 1
                 if not self._depth:
-                    self.seconds += time.perf_counter() - start
+                    self.seconds[part] += time.perf_counter() - start
         return timed
 
     def __enter__(self):
-        for owner, name in self.PARTS:
-            self._saved.append((owner, name, getattr(owner, name)))
-            setattr(owner, name, self._timed(getattr(owner, name)))
+        for part, functions in (("finding", self.FINDING), ("cutting", self.CUTTING)):
+            for owner, name in functions:
+                self._saved.append((owner, name, getattr(owner, name)))
+                setattr(owner, name, self._timed(getattr(owner, name), part))
         return self
 
     def __exit__(self, *exc):
@@ -125,14 +140,47 @@ class BorderClock:
             setattr(owner, name, function)
 
 
-def border_share(paths: list[Path], config: IngestConfig, out: Path) -> float:
-    """Seconds in the border pass over seconds of the whole ingest, in this process."""
+def border_shares(paths: list[Path], config: IngestConfig, out: Path) -> tuple[float, float, int]:
+    """Seconds finding the bars and cutting them off over seconds of the whole ingest, in this
+    process, and how many frames were stored."""
     with BorderClock() as clock:
         start = time.perf_counter()
-        ingest(paths, out, config, workers=1, progress=False)
+        summary = ingest(paths, out, config, workers=1, progress=False)
         total = time.perf_counter() - start
     shutil.rmtree(out)
-    return clock.seconds / total
+    return clock.finding / total, clock.cutting / total, summary.frames
+
+
+def stored_frame_seconds(paths: list[Path], short_side: int, per_video: int = 8) -> tuple[float, float]:
+    """Seconds to store one frame (conversion to the stored size and BGR, JPEG) with its bars cut
+    off (the cut included) and with them kept, each the median over ``per_video`` frames of every
+    letterboxed video, timed alternately; the bars are found as ingest finds them."""
+    from av.video.reformatter import VideoReformatter
+
+    from vivi.ingest.decode import stored_size
+    cropped, kept = [], []
+    quality = [int(cv2.IMWRITE_JPEG_QUALITY), 90]
+    for path in paths:
+        with av.open(str(path)) as container:
+            frames = [f for k, f in enumerate(container.decode(video=0)) if k % 10 == 0][:per_video]
+        finder = borders.BorderFinder()
+        finder.add_frames([borders.frame_luma(f) for f in frames])
+        crop = finder.crop()
+        if crop is None:
+            continue
+        cut, whole, into = borders.FrameCrop(crop), VideoReformatter(), VideoReformatter()
+        for frame in frames:
+            for name in ("cropped", "kept") if len(kept) % 2 else ("kept", "cropped"):
+                start = time.perf_counter()
+                source = cut(frame) if name == "cropped" else frame
+                height, width = stored_size(source.width, source.height, short_side)
+                bgr = (into if name == "cropped" else whole).reformat(
+                    source, width, height, "bgr24", interpolation="AREA", threads=1).to_ndarray()
+                cv2.imencode(".jpg", bgr, quality)
+                (cropped if name == "cropped" else kept).append(time.perf_counter() - start)
+    if not kept:
+        return 0.0, 0.0
+    return statistics.median(cropped), statistics.median(kept)
 
 
 def add_bars(paths: list[Path], fraction: float, preset: str, folder: Path) -> list[Path]:
@@ -220,7 +268,7 @@ def run(size: int, videos: int, args) -> None:
         if args.workers > 1:   # start the worker server once, as a long ingest would have
             ingest(paths[:1], root / "warm", config, workers=args.workers, progress=False)
         rates: dict[str, list[float]] = {"bare": [], "bare-default": [], "vivi": [], "two-pass": []}
-        shares = []
+        finding, cutting, stored = [], [], 0
         for rep in range(args.reps):
             rates["bare"].append(bare_decode(paths, args.workers))
             t = time.perf_counter()
@@ -235,7 +283,9 @@ def run(size: int, videos: int, args) -> None:
             t = time.perf_counter()
             two_pass(paths, short_side)
             rates["two-pass"].append(n / (time.perf_counter() - t))
-            shares.append(border_share(paths, config, root / f"borders{rep}"))
+            found, cut, stored = border_shares(paths, config, root / f"borders{rep}")
+            finding.append(found)
+            cutting.append(cut)
         bars = f" letterboxed ({args.bars:g} of the height above and below)" if args.bars else ""
         print(f"{len(paths)} videos x {args.seconds:g} s at {size}x{size}{bars}, {args.fps} fps, x264 {args.preset}, "
               f"stored at {short_side} px, {n} frames, "
@@ -248,7 +298,16 @@ def run(size: int, videos: int, args) -> None:
         print(f"  vivi / bare decode      = {vs_bare:.2f}   (the fastest bare decoding, same processes)")
         print(f"  vivi / bare, PyAV defaults, 1 process = {vs_default:.2f}")
         print(f"  vivi / two-pass script  = {vs_two:.2f}")
-        print(f"  border pass = {100 * statistics.median(shares):.1f} % of ingest time (1 process, median)")
+        print(f"  border pass: finding the bars = {100 * statistics.median(finding):.1f} % of ingest time, "
+              f"cutting them off the stored frames = {100 * statistics.median(cutting):.1f} % (1 process, median)")
+        if args.bars:
+            with_cut, with_bars = stored_frame_seconds(paths, short_side)
+            saved = stored * (with_bars - with_cut) / (n / statistics.median(rates["vivi"]))
+            print(f"  a stored frame takes {1e6 * with_cut:.0f} us with its bars cut off (the cut included), "
+                  f"{1e6 * with_bars:.0f} us with them kept: storing the {stored} frames without their bars "
+                  f"{'saves' if saved >= 0 else 'costs'} {100 * abs(saved):.1f} % of ingest time")
+            print(f"  border pass, net = {100 * (statistics.median(finding) - saved):.1f} % of ingest time "
+                  f"(finding the bars, and storing the frames without them)")
     finally:
         shutil.rmtree(root, ignore_errors=True)
 

@@ -234,32 +234,48 @@ def _grid_batches(seed: int = 0):
     return rows, cols, batches
 
 
-def test_grid_bars_batch_after_batch_are_each_batch_looked_at_whole():
-    """GridBars checks each batch only where the last batch's bars were (steady bars, a band
-    along the edges); a wrong shortcut would give some frame other bars than looking at all its
-    lines does (grid_bars): bars that flicker at their edge, a cut to other bars, a black frame
-    and the bars' end must all come out as grid_bars says."""
-    from vivi.ingest.borders import GridBars, grid_bars
+def test_grid_bars_batch_after_batch_are_each_frame_s_bars_looked_at_whole():
+    """GridBars looks at most batches only where the last batch's bars were (four samples that
+    bound them, or a band along the edges) and works out a frame's exact bars only when asked; a
+    wrong shortcut would give some frame other bars than looking at all its lines does
+    (grid_bars), or a bound below them: bars that flicker at their edge, a cut to other bars, a
+    black frame and the bars' end must all come out as grid_bars says. The batches pass through
+    one reused array, as the detector's samples do, and the two frames before a batch are asked
+    for only in the next batch."""
+    from vivi.ingest.borders import GridBars, _Later, grid_bars
+    rng = np.random.default_rng(0)
     for seed in range(8):
         rows, cols, batches = _grid_batches(seed)
-        bars, steady = GridBars(), 0
+        bars, bounded = GridBars(), 0
+        buffer = np.zeros((32, rows, cols, 4), np.uint8)      # Y, Cb, Cr, 0: the detector's samples
+        seen = [(0, 0, 0, 0)] * 2                             # every frame's bars so far, two before the first
         for luma in batches:
-            expected, found = grid_bars(luma), bars(luma)
-            assert (expected is None) == (found is None)
-            if expected is not None:
-                np.testing.assert_array_equal(found, expected)
-            steady += bars._steady is not None
-        assert steady > 0                    # the steady check was laid out and used
+            count = len(luma)
+            expected = grid_bars(luma)
+            rows_expected = [(0, 0, 0, 0)] * count if expected is None else [tuple(b) for b in expected.tolist()]
+            buffer[:count, ..., 0] = luma
+            found = bars(buffer[:count, ..., 0])
+            frames = seen[-2:] + rows_expected                 # frames -2 to count - 1
+            if found is None:
+                assert not any(map(any, frames[1:]))
+            else:
+                assert all(b <= bound for frame in frames[1:] for b, bound in zip(frame, found.bound))
+                asked = [k for k in range(-2, count) if rng.random() < 0.5]
+                assert [found[k] for k in asked] == [frames[k + 2] for k in asked]
+                bounded += isinstance(found._rows, _Later)
+            buffer[:count] = 255                               # the next batch overwrites the samples
+            seen += rows_expected
+        assert bounded > 0                       # the bounded check was laid out and used
 
 
-def _regions_by_rule(bars: list[tuple[int, ...]], before: tuple, after_before: tuple, rows: int, cols: int):
-    """Each frame's region straight from the rule: without the steady bars (those shared with the
-    frame before) of it and of the frame before it, none if that leaves nothing."""
-    frames = [before] + bars
-    steady = [after_before] + [tuple(map(min, a, b)) for a, b in zip(frames[1:], frames[:-1])]
+def _regions_by_rule(frames: list[tuple[int, ...]], rows: int, cols: int):
+    """Each frame's region straight from the rule (``frames``: the bars of frames -2 and -1, then
+    the batch's): without the steady bars (those shared with the frame before) of it and of the
+    frame before it, none if that leaves nothing."""
+    steady = [None] + [tuple(map(min, a, b)) for a, b in zip(frames[1:], frames[:-1])]
     out = []
-    for k in range(len(bars)):
-        both = tuple(map(max, steady[k], steady[k + 1]))
+    for k in range(2, len(frames)):
+        both = tuple(map(max, steady[k - 1], steady[k]))
         out.append((0, 0, 0, 0) if both[0] + both[1] >= rows or both[2] + both[3] >= cols else both)
     return out
 
@@ -268,28 +284,24 @@ def test_regions_worked_out_when_asked_follow_the_rule_for_every_frame():
     """The cut detector asks only the frames that may start a shot for their region and rules
     out the others with one bound (`fewest`): every frame's region must be the rule's, and the
     bound at most what any frame compares (above it, a cut could be missed)."""
-    from vivi.ingest.cut_detector import _pair_regions
+    from vivi.ingest.borders import BatchBars
+    from vivi.ingest.cut_detector import _Regions
     rng = np.random.default_rng(1)
     rows, cols = 20, 16
-    previous = None
+    before = [(0, 0, 0, 0)] * 2
+    choices = [(0, 0, 0, 0), (3, 3, 0, 0), (2, 3, 0, 0), (0, 0, 4, 4), (15, 0, 0, 0)]
     for _ in range(300):
         count = int(rng.integers(1, 9))
-        choices = [(0, 0, 0, 0), (3, 3, 0, 0), (2, 3, 0, 0), (0, 0, 4, 4), (15, 0, 0, 0)]
         bars = [choices[int(rng.integers(len(choices)))] for _ in range(count)]
-        array = np.array(bars) if any(map(any, bars)) else None
-        regions = _pair_regions(array, previous, (rows, cols), count)
-        before, before_steady = [(v or (0, 0, 0, 0)) for v in (previous or (None, None))]
-        expected = _regions_by_rule(bars, before, before_steady, rows, cols)
-        if regions is None:
-            assert expected == [(0, 0, 0, 0)] * count
-            previous = None
-            continue
+        frames = before + bars
+        bound = tuple(map(max, *frames[1:]))                              # frames -1 to count - 1
+        loose = tuple(b + int(rng.integers(0, 2)) for b in bound)       # a bound may be above the bars
+        regions = _Regions(BatchBars(bars, tuple(before), loose, (rows, cols)), (rows, cols))
+        expected = _regions_by_rule(frames, rows, cols)
         assert [regions[k] for k in range(count)] == expected
         for k, (top, bottom, left, right) in enumerate(expected):
-            assert regions.compared(k) == (rows - top - bottom) * (cols - left - right) >= regions.fewest
-        last_steady = tuple(map(min, bars[-1], bars[-2] if count > 1 else before))
-        assert regions.last == (bars[-1] if any(bars[-1]) else None, last_steady if any(last_steady) else None)
-        previous = regions.last
+            assert regions.compared(k) == (rows - top - bottom) * (cols - left - right) >= regions.bars.fewest
+        before = frames[-2:]
 
 
 def _crop_by_rule(lumas: list[np.ndarray]):

@@ -8,11 +8,12 @@ stored frames' pixels. A bar line (row or column) is one whose luma stays at or 
 darkest sample: bars are flat, dark picture content (a night scene) is textured.
 
 * Cut detection (:class:`GridBars`, ``cut_detector._Regions``): each frame's bars are found on
-  the detector's own colour samples (a few array operations per batch: one comparison when no
-  frame of the batch has a black corner; the bars of the batch before checked where they are
-  when they last), and two consecutive frames are compared without the bars either of them has
-  held for two frames. A cut from a letterboxed to a pillarboxed clip, or between two clips with
-  the same bars, is then a cut between the two pictures.
+  the detector's own colour samples, and two consecutive frames are compared without the bars
+  either of them has held for two frames. A cut from a letterboxed to a pillarboxed clip, or
+  between two clips with the same bars, is then a cut between the two pictures. Most batches
+  cost a few array operations: one comparison when no frame has a black corner; four samples a
+  frame that show no frame's bars are longer than the last batch's (the detector rules most
+  frames out with that bound, and only the frames that may start a shot get their exact bars).
 * Stored frames (:class:`BorderFinder`): a line is a bar of the video when it is a bar line in
   every frame looked at, at full resolution, within ``FLAT`` levels across them (bars are
   constant; a dark scene varies from frame to frame). The frames looked at are the first frames
@@ -39,6 +40,8 @@ HOLD_FRAMES = 8         # the first frames kept for the dataset are held (not st
 HOLD_BYTES = 48 << 20   # ... at most this many bytes of decoded frames of them
 PROBE_AFTER_S = 60.0    # videos longer than this also get key frames spread over the whole video
 PROBES = 8              # how many
+
+NO_BARS = (0, 0, 0, 0)   # a frame without bars (top, bottom, left, right)
 
 _LUMA_PLANE = {"yuv420p", "yuvj420p", "yuv422p", "yuvj422p", "yuv444p", "yuvj444p", "yuv411p", "yuv410p",
                "nv12", "nv21", "gray"}
@@ -111,130 +114,227 @@ def grid_bars(luma: np.ndarray) -> np.ndarray | None:
     return bars if bars.any() else None
 
 
-class GridBars:
-    """:func:`grid_bars` for the consecutive batches of one video (call it with each batch's luma
-    samples, in order), in a few array operations a batch: bars last, so a batch is looked at no
-    more than it takes to show where they are.
+class BatchBars:
+    """The bars of the frames of one batch, as the cut detector asks for them.
 
-    * No bars: a video without bars costs one comparison of the corners (every bar line covers
-      two).
-    * Steady: after two batches whose frames all had the same runs of bar lines, every frame has
-      them again when each of those bar lines stays within ``FLAT`` levels above the darkest it
-      showed and the picture line inside each run stays picture (one sample of it that was
-      brighter than ``LIMIT`` in every frame stays so): those samples of all frames, gathered at
-      once, less their lowest allowed level, compared with what each may be above it.
-    * Band: otherwise each frame's lines from each edge to the first picture line after the
-      longest run of the last batch looked at whole; when that line is picture in every frame,
-      the band holds every frame's bar lines and their runs are exact (bars that flicker at their
-      edge, a cut to other bars within the band).
-    * Whole: otherwise (bars that grow, a black frame) every line of every frame.
+    ``bars[k]`` is frame k's (top, bottom, left, right) bars in grid lines ((0, 0, 0, 0): none),
+    for k from -2 (two frames before the batch) to ``count - 1``; :attr:`bound` is at least every
+    bar of frames -1 to ``count - 1``, side by side, and :attr:`fewest` the grid positions it
+    leaves (at least 1): no two consecutive frames of the batch are compared in fewer (a frame's
+    region is within its own bars and those of the frame before it), which is what the
+    pre-filter needs to rule frames out without asking each. ``rows`` is a sequence of the
+    batch's bars or a :class:`_Later`; ``before`` the bars of frames -2 and -1, each a tuple or a
+    ``(later, j)`` pair.
+    """
+
+    __slots__ = ("bound", "fewest", "_rows", "_before")
+
+    def __init__(self, rows, before: tuple, bound: tuple[int, ...], grid: tuple[int, int]):
+        self._rows, self._before, self.bound = rows, before, bound
+        self.fewest = max(1, grid[0] - bound[0] - bound[1]) * max(1, grid[1] - bound[2] - bound[3])
+
+    def __getitem__(self, k: int) -> tuple[int, ...]:
+        if k >= 0:
+            return self._rows[k]
+        bars = self._before[k]
+        return bars if isinstance(bars[0], int) else bars[0][bars[1]]
+
+
+class _Later:
+    """The bars of some frames, worked out on first use from their luma (``luma``: (n, rows, cols);
+    ``layout``: :func:`_lay_out` of a band whose picture lines are picture in every one of them,
+    so that each frame's bars are its runs of bar lines inside the band)."""
+
+    __slots__ = ("_luma", "_layout", "_rows")
+
+    def __init__(self, luma: np.ndarray, layout: tuple):
+        self._luma, self._layout, self._rows = luma, layout, None
+
+    def __getitem__(self, k: int) -> tuple[int, ...]:
+        if self._rows is None:
+            runs = _band_runs(self._luma, self._layout)
+            if self._layout[2]:                      # bars within the band can leave too little picture
+                runs[_too_little(runs, *self._luma.shape[1:])] = 0
+            self._rows, self._luma = [tuple(r) for r in runs.tolist()], None
+        return self._rows[k]
+
+
+class GridBars:
+    """Each frame's bars on the cut detector's samples (:func:`grid_bars`, frame by frame), for the
+    consecutive batches of one video: call it with each batch's (count, rows, cols) uint8 luma, in
+    order; it returns a :class:`BatchBars`, or None when neither a frame of the batch nor the frame
+    before it has bars (every region is then the whole grid).
+
+    Bars last, so most batches cost a few samples, whatever they hold:
+
+    * Bounded: on a batch with a black corner, each side's first line from its edge that holds
+      a position brighter than ``LIMIT`` in every frame, and the brightest such position of each
+      (four samples), are laid out (:meth:`_arm`). While those four samples stay brighter than
+      ``LIMIT`` in every frame, no frame's bars reach those lines (a bright sample makes its line
+      picture): that bound is all the cut detector needs to rule out most frames, and a frame's
+      exact bars (its runs of bar lines inside the band the four lines close) are worked out only
+      when asked, for frames that may start a shot. The last two frames' luma is kept for the
+      next batch's first frames. When a sample turns dark, the four are laid out again.
+    * No bars: a batch none of whose frames has a black corner has none (every bar line covers
+      two corners): one comparison.
+    * Band: a batch with no position brighter than ``LIMIT`` in all its frames (a black frame, a
+      fade to black) is looked at frame by frame: each frame's lines from each edge to the band's
+      picture lines; when those are picture in every frame, the band holds every frame's bar
+      lines and their runs are exact.
+    * Whole: otherwise every line of every frame.
     """
 
     def __init__(self, grid: tuple[int, int] | None = None):
         self._grid = grid
-        self._runs: tuple[int, ...] | None = None     # the runs every frame of the last batch had, if the same
-        self._uniform = 0                             # ... for how many batches in a row
-        self._steady: tuple | None = None             # the steady check of _runs (:meth:`_expect`)
-        self._band: tuple[int, ...] = (0, 0, 0, 0)    # the band's picture line on each side
-        self._lines: tuple | None = None              # where the band's lines are (:meth:`_lay_out`)
-        self._known: dict = {}                        # runs -> {count: their bars repeated, or None}
+        self._before: tuple = (NO_BARS, NO_BARS)      # the bars of the last two frames seen (BatchBars)
+        self._bound = NO_BARS                         # ... at least those of the last
+        self._band: tuple[int, ...] = NO_BARS         # each side's picture line in the last batch looked at whole
+        self._lines: tuple | None = None              # where the band's lines are (_lay_out)
+        self._check: list | None = None               # the bounded check's four (row, column) positions
+        self._check_rows = self._check_cols = None    # ... as two index arrays
+        self._checks: dict = {}                       # count -> (frame, row, column) of them in each frame
 
-    def __call__(self, luma: np.ndarray) -> np.ndarray | None:
+    def __call__(self, luma: np.ndarray, kept: np.ndarray | None = None) -> BatchBars | None:
+        """The bars of the batch whose (count, rows, cols) uint8 ``luma`` is given; ``kept``: a
+        copy of its last two frames' luma (one if it has one) that the caller leaves unchanged
+        until the next call (the detector keeps one anyway), else the last two are copied here."""
         count, rows, cols = luma.shape
         if self._grid != (rows, cols):
             self.__init__((rows, cols))
-        if self._steady is not None:
-            index, lowest, above, repeated = self._steady
-            if not ((luma.reshape(count, rows * cols)[:, index] - lowest) > above).any():
-                return repeated.get(count) if count in repeated else self._repeated(self._runs, count)
-            self._steady, self._uniform = None, 0          # looked at more closely below
-        elif (self._runs == (0, 0, 0, 0) or self._runs is None) and not _dark_corner(luma):
-            self._same((0, 0, 0, 0))
-            return None
+        before, bound, check = self._before, self._bound, self._check
+        if check is None:
+            if not _dark_corner(luma):
+                return self._none(count, before, bound)
+            if not self._arm(luma):
+                return self._whole(luma, before, bound)
+        elif self._darkest(luma) <= LIMIT and not self._arm(luma):
+            return self._whole(luma, before, bound)
+        band = self._band
+        if band == NO_BARS:                              # each edge line is picture in every frame
+            return self._none(count, before, bound)
+        lines = self._lines
+        if lines is None:
+            lines = self._lines = _lay_out(self._grid, band)
+        last = _Later(luma[-2:].copy() if kept is None else kept, lines)    # the next batch's frames -2 and -1
+        self._before = ((last, -2), (last, -1)) if count > 1 else (before[-1], (last, -1))
+        self._bound = band
+        bound = band if bound == band else tuple(map(max, band, bound))
+        return BatchBars(_Later(luma, lines), before, bound, self._grid)
+
+    def _darkest(self, luma: np.ndarray) -> int:
+        """The darkest of the bounded check's samples in the frames of ``luma``: read one by one
+        in a small batch (right after the decoder ran, Python reads a few samples faster than
+        numpy gathers them), gathered at once in a larger one."""
+        count = len(luma)
+        if count > 8:
+            return int(luma[:, self._check_rows, self._check_cols].min())
+        keys = self._checks.get(count)
+        if keys is None:
+            keys = self._checks[count] = [(k, row, col) for k in range(count) for row, col in self._check]
+        return min(map(memoryview(luma).__getitem__, keys))
+
+    def _none(self, count: int, before: tuple, bound: tuple[int, ...]) -> BatchBars | None:
+        """A batch none of whose frames has bars."""
+        self._keep(count, (NO_BARS, NO_BARS), NO_BARS)
+        return None if bound == NO_BARS else BatchBars(_Nothing, before, bound, self._grid)
+
+    def _whole(self, luma: np.ndarray, before: tuple, bound: tuple[int, ...]) -> BatchBars | None:
+        """Every frame's exact bars, looked at in the band or whole (:meth:`_look`)."""
+        count, rows, cols = luma.shape
+        runs = self._look(luma)
+        runs[_too_little(runs, rows, cols)] = 0
+        listed = [tuple(r) for r in runs.tolist()]
+        self._keep(count, tuple(listed[-2:]), listed[-1])
+        batch_bound = tuple(map(max, runs.max(axis=0).tolist(), bound))
+        return None if batch_bound == NO_BARS else BatchBars(listed, before, batch_bound, self._grid)
+
+    def _keep(self, count: int, last: tuple, bound: tuple[int, ...]) -> None:
+        """Note the bars of the batch's last two frames (one for a batch of one frame) and a bound
+        of the very last's."""
+        self._before = last if count > 1 else (self._before[-1], last[-1])
+        self._bound = bound
+
+    def _arm(self, luma: np.ndarray) -> bool:
+        """Lay out the bounded check on a batch: each side's first line from its edge that holds
+        a position brighter than ``LIMIT`` in every frame (no frame's bars reach it), and of each,
+        the position whose darkest over the batch is brightest. False when no position is (a black
+        frame): no check."""
+        rows, cols = self._grid
+        darkest = luma.min(axis=0)                       # (rows, cols): each position's darkest over the batch
+        lit = darkest > LIMIT
+        by_row, by_col = lit.any(axis=1), lit.any(axis=0)
+        if not by_row.any():
+            self._check = None
+            return False
+        top, bottom = int(by_row.argmax()), int(by_row[::-1].argmax())
+        left, right = int(by_col.argmax()), int(by_col[::-1].argmax())
+        low, high = rows - 1 - bottom, cols - 1 - right
+        self._check = [(top, int(darkest[top].argmax())), (low, int(darkest[low].argmax())),
+                       (int(darkest[:, left].argmax()), left), (int(darkest[:, high].argmax()), high)]
+        self._check_rows, self._check_cols = (np.array(axis) for axis in zip(*self._check))
+        self._checks = {}
+        if (top, bottom, left, right) != self._band:
+            self._band, self._lines = (top, bottom, left, right), None
+        return True
+
+    def _look(self, luma: np.ndarray) -> np.ndarray:
+        """(count, 4) runs of bar lines of every frame from each edge: inside the band when its
+        picture lines are picture in every frame, else from every line (and the band moves to
+        the picture lines after the longest runs)."""
         if self._lines is None:
-            self._lines = self._lay_out()
-        index, sides, short = self._lines
-        lines = luma.reshape(count, rows * cols).T[index].reshape(len(index), -1)   # (samples of a line, (line, frame))
-        flags = _BAR[lines.max(axis=0), lines.min(axis=0)].reshape(index.shape[1], count)
-        flags = flags[sides]                     # (4, lines, count): per side from the edge, its picture line repeated
-        if not flags[:, -1].any():               # the picture line is picture in every frame: the band holds the bars
-            raw = flags.argmin(axis=1)           # (4, count): each frame's runs of bar lines
-            if not (raw - raw[:, -1:]).any():    # all the same (the usual batch)
-                runs = tuple(raw[:, 0].tolist())
-                if self._same(runs) >= 2 and self._steady is None:
-                    self._expect(luma)
-                return self._repeated(runs, count)
-            raw = raw.T
-            self._runs, self._uniform = None, 0
-            if not short:                        # no frame's bars can leave too little picture
-                return raw
-        else:
-            raw = _raw_extents(_row_bars(luma), _col_bars(luma))
-            whole = (raw[:, :2] >= rows).any(axis=1) | (raw[:, 2:] >= cols).any(axis=1)    # a black frame
-            longest = raw[~whole].max(axis=0) if not whole.all() else np.zeros(4, np.int64)
-            band = tuple(min(int(run), size - 1) for run, size in zip(longest, (rows, rows, cols, cols)))
-            if band != self._band:
-                self._band, self._lines = band, None
-            self._runs, self._uniform, self._steady = None, 0, None
-        raw[_too_little(raw, rows, cols)] = 0
-        return raw if raw.any() else None
-
-    def _same(self, runs: tuple[int, ...]) -> int:
-        """Note that every frame of a batch had ``runs``; returns for how many batches in a row."""
-        if runs != self._runs:
-            self._runs, self._uniform, self._steady = runs, 0, None
-        self._uniform += 1
-        return self._uniform
-
-    def _repeated(self, runs: tuple[int, ...], count: int) -> np.ndarray | None:
-        """The bars of ``count`` frames that all have ``runs``: one row repeated (the same array
-        for the same runs and count, so that the cut detector can reuse what it made of it)."""
-        repeated = self._known.setdefault(runs, {})
-        if count not in repeated:
-            bars = np.array([runs])
-            bars[_too_little(bars, *self._grid)] = 0
-            repeated[count] = np.broadcast_to(bars[0], (count, 4)) if bars.any() else None
-        return repeated[count]
-
-    def _expect(self, luma: np.ndarray) -> None:
-        """Lay out the steady check of :attr:`_runs` from the (count, rows, cols) luma of a batch
-        whose frames all have them: each bar line's lowest level, and the sample of each picture
-        line whose darkest over the batch is brightest (none brighter than ``LIMIT``: no check)."""
+            self._lines = _lay_out(self._grid, self._band)
+        runs = _band_runs(luma, self._lines, checked=False)
+        if runs is not None:
+            return runs
         rows, cols = self._grid
-        top, bottom, left, right = self._runs
-        if top + bottom >= rows or left + right >= cols:     # no picture line inside the runs
-            return
-        picture = _positions(self._grid, [top, rows - 1 - bottom], [left, cols - 1 - right])
-        flat = luma.reshape(len(luma), rows * cols)
-        darkest = flat[:, picture].min(axis=0)                               # (samples, 4) over the batch
-        brightest = darkest.argmax(axis=0)
-        if darkest[brightest, range(4)].min() <= LIMIT:
-            return
-        lines = [np.arange(r * cols, (r + 1) * cols) for r in [*range(top), *range(rows - bottom, rows)]]
-        lines += [np.arange(c, rows * cols, cols) for c in [*range(left), *range(cols - right, cols)]]
-        # each bar line's samples less its lowest level (at most LIMIT - FLAT) stay at most FLAT; each
-        # bright sample less LIMIT + 1 stays at most 255 - LIMIT - 1 (below LIMIT + 1 it wraps around)
-        lowest = [min(int(flat[:, line].min()), LIMIT - FLAT) for line in lines]
-        index = np.concatenate(lines + [picture[brightest, range(4)]])
-        lowest = np.repeat(np.array(lowest + [LIMIT + 1] * 4, np.uint8), [len(line) for line in lines] + [1] * 4)
-        above = np.where(np.arange(len(index)) < len(index) - 4, FLAT, 255 - LIMIT - 1).astype(np.uint8)
-        self._steady = index, lowest, above, self._known.setdefault(self._runs, {})
+        runs = _raw_extents(_row_bars(luma), _col_bars(luma))
+        whole = (runs[:, :2] >= rows).any(axis=1) | (runs[:, 2:] >= cols).any(axis=1)    # a black frame
+        longest = runs[~whole].max(axis=0) if not whole.all() else np.zeros(4, np.int64)
+        band = tuple(min(int(run), size - 1) for run, size in zip(longest, (rows, rows, cols, cols)))
+        if band != self._band:
+            self._band, self._lines = band, None
+        return runs
 
-    def _lay_out(self) -> tuple[np.ndarray, np.ndarray, bool]:
-        """((samples, lines) flat positions in the grid of the band's lines, (4, n) which line is
-        each side's k-th from its edge, the picture line for k past it, and whether bars within
-        the band can leave too little picture)."""
-        rows, cols = self._grid
-        top, bottom, left, right = self._band
-        lines = _positions(self._grid, [*range(top + 1), *range(rows - 1 - bottom, rows)],
-                           [*range(left + 1), *range(cols - 1 - right, cols)])
-        width = max(self._band) + 1
-        first = np.cumsum([0, top + 1, bottom + 1, left + 1])           # each side's first line among them
-        ahead = np.arange(width)
-        sides = np.stack([first[0] + np.minimum(ahead, top), first[1] + bottom - np.minimum(ahead, bottom),
-                          first[2] + np.minimum(ahead, left), first[3] + right - np.minimum(ahead, right)])
-        short = bool(_too_little(np.array([self._band]), rows, cols)[0])
-        return lines, sides, short
+
+class _NothingType:
+    """The bars of a batch without any: (0, 0, 0, 0) for every frame."""
+
+    def __getitem__(self, k: int) -> tuple[int, ...]:
+        return NO_BARS
+
+
+_Nothing = _NothingType()
+
+
+def _band_runs(luma: np.ndarray, layout: tuple, checked: bool = True) -> np.ndarray | None:
+    """(count, 4) runs of bar lines of each frame inside the band laid out by :func:`_lay_out`;
+    None when a picture line of the band is not picture in some frame (unless ``checked``: known
+    to be)."""
+    count, rows, cols = luma.shape
+    index, sides, _ = layout
+    lines = luma.reshape(count, rows * cols).T[index].reshape(len(index), -1)   # (samples of a line, (line, frame))
+    flags = _BAR[lines.max(axis=0), lines.min(axis=0)].reshape(index.shape[1], count)
+    flags = flags[sides]                     # (4, lines, count): per side from the edge, its picture line repeated
+    if not checked and flags[:, -1].any():
+        return None
+    return flags.argmin(axis=1).T
+
+
+def _lay_out(grid: tuple[int, int], band: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray, bool]:
+    """((samples, lines) flat positions in the grid of the lines of ``band`` (each side's lines
+    from its edge to its picture line, ``band[side]`` lines in), (4, n) which line is each side's
+    k-th from its edge, the picture line for k past it, and whether bars within the band can
+    leave too little picture)."""
+    rows, cols = grid
+    top, bottom, left, right = band
+    lines = _positions(grid, [*range(top + 1), *range(rows - 1 - bottom, rows)],
+                       [*range(left + 1), *range(cols - 1 - right, cols)])
+    width = max(band) + 1
+    first = np.cumsum([0, top + 1, bottom + 1, left + 1])           # each side's first line among them
+    ahead = np.arange(width)
+    sides = np.stack([first[0] + np.minimum(ahead, top), first[1] + bottom - np.minimum(ahead, bottom),
+                      first[2] + np.minimum(ahead, left), first[3] + right - np.minimum(ahead, right)])
+    return lines, sides, bool(_too_little(np.array([band]), rows, cols)[0])
 
 
 def _positions(grid: tuple[int, int], rows: list[int], cols: list[int]) -> np.ndarray:
@@ -303,8 +403,10 @@ class BorderFinder:
             self.shape, self._pictured = shape, True
             self.frames += len(lumas)
             return
-        stack = np.stack(lumas)                                     # (n, height, width), contiguous
-        high, low = stack.max(axis=0), stack.min(axis=0)            # each position's brightest and darkest
+        high, low = lumas[0].copy(), lumas[0].copy()               # each position's brightest and darkest
+        for luma in lumas[1:]:
+            cv2.max(high, luma, dst=high)
+            cv2.min(low, luma, dst=low)
         # Positions brighter than LIMIT in every frame make their rows and columns picture in every
         # frame; when they span MIN_ACTIVE of the height and of the width, every frame has picture
         # (the usual case: the statistics of all frames at once); otherwise frame by frame.
@@ -314,6 +416,7 @@ class BorderFinder:
             self._take((high.max(axis=1), low.min(axis=1)), (high.max(axis=0), low.min(axis=0)), shape)
             self.frames += len(lumas)
             return
+        stack = np.stack(lumas)                                     # (n, height, width), contiguous
         count, height, width = stack.shape
         # rows of narrow frames: along the long axis after a transpose (see _row_bars; wider rows
         # are long enough as they are); columns: numpy reduces the middle axis whole lines at a time

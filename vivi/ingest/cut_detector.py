@@ -37,7 +37,7 @@ import cv2
 import numpy as np
 from av.video.reformatter import VideoReformatter
 
-from .borders import GridBars, inside
+from .borders import NO_BARS, BatchBars, GridBars, inside
 
 PLANAR_420 = ("yuv420p", "yuvj420p")
 JOIN_BYTES = 32 * 1024       # frames with at most this many plane bytes are copied whole (see ColourSamples)
@@ -226,10 +226,8 @@ class HistogramCutDetector:
         # The bits of a position's 32-bit word (Y, Cb, Cr, 0) that its histogram bin depends on.
         self._mask = np.frombuffer(bytes([(0xFF << (8 - config.bits)) & 0xFF] * 3 + [0]), np.uint32)[0]
         self._previous: np.ndarray | None = None        # samples of the last frame pushed
-        self._previous_bars: tuple | None = None        # its bars and steady bars (_Regions.last)
         self._previous_hist: dict | None = None          # and its histograms, if built
-        self._bars = GridBars()
-        self._last_regions: tuple | None = None          # (bars, previous, shape, regions) of _regions
+        self._bars = GridBars()                          # each frame's bars (and the frames' before the batch)
         # histograms built during the current push, by (frame index, region left out)
         self._hists: dict[tuple[int, tuple[int, ...]], np.ndarray] = {}
         self._changed: np.ndarray | None = None          # _candidates' work array, batch after batch
@@ -242,49 +240,30 @@ class HistogramCutDetector:
             return []
         previous, found = self._previous, []
         same_grid = previous is not None and previous.shape == samples.shape[1:]
-        regions = self._regions(self._bars(samples[..., 0]), self._previous_bars if same_grid else None,
-                                samples.shape[1:3], count)
-        self._previous_bars = None if regions is None else regions.last
+        # the bars are looked for after the changes are counted: the array operations are then warm
+        changes = self._changes(samples, previous if same_grid else None)
+        kept = samples[-2:].copy()                        # the last frames: the next batch compares with them
+        bars = self._bars(samples[..., 0], kept[..., 0])
+        regions = None if bars is None else _Regions(bars, samples.shape[1:3])
         self._hists = {} if self._previous_hist is None else dict(self._previous_hist)
         if previous is None:                              # the very first frame starts a shot
             self.shot_starts.append(start)
             found.append(start)
-            candidates = self._candidates(samples, None, regions)
         elif not same_grid:                               # the grid changed: compare histograms
-            found += self._exact(start, samples[0], previous, _NO_BARS)
-            candidates = self._candidates(samples, None, regions)
-        else:
-            candidates = self._candidates(samples, previous, regions)
+            found += self._exact(start, samples[0], previous, NO_BARS)
+        candidates = self._candidates(*changes, regions)
         for k in candidates:                              # k: frame of ``samples`` that may start a shot
             if start + k - self.shot_starts[-1] >= self.config.min_shot_frames:
-                region = _NO_BARS if regions is None else regions[k]
+                region = NO_BARS if regions is None else regions[k]
                 found += self._exact(start + k, samples[k], samples[k - 1] if k else previous, region)
-        self._previous = samples[-1].copy()
+        self._previous = kept[-1]
         last = start + count - 1
         self._previous_hist = {key: hist for key, hist in self._hists.items() if key[0] == last} or None
         return [index - start for index in found]
 
-    def _regions(self, bars: np.ndarray | None, previous: tuple | None, shape: tuple[int, int],
-                 count: int) -> _Regions | None:
-        """:func:`_pair_regions`, the last answer again when asked the same (the same bars, the
-        steady ones :class:`~vivi.ingest.borders.GridBars` repeats, after the same frame)."""
-        if bars is not None and self._last_regions is not None:
-            last_bars, last_previous, last_shape, regions = self._last_regions
-            if bars is last_bars and previous is last_previous and shape == last_shape:
-                return regions
-        regions = _pair_regions(bars, previous, shape, count)
-        if regions is not None:
-            self._last_regions = bars, previous, shape, regions
-        return regions
-
-    def _candidates(self, samples: np.ndarray, previous: np.ndarray | None, regions: _Regions | None):
-        """Indices k where frame k of ``samples`` may start a shot: the fraction of sample
-        positions whose histogram bin differs from the frame before (``previous`` for k = 0; no
-        k = 0 without it) reaches ``threshold - MARGIN``. With bars (``regions``, see
-        :class:`_Regions`) the fraction is of the positions compared (frames below it at the
-        fewest positions any frame compares are ruled out at once, the others one by one); the
-        changed positions are counted over the whole grid, which can only count more, so no cut
-        is missed."""
+    def _changes(self, samples: np.ndarray, previous: np.ndarray | None) -> tuple[np.ndarray, int, int]:
+        """(per frame from ``first``, how many sample positions' histogram bin differs from the
+        frame before (``previous`` for k = 0; from k = 1 without it); ``first``; the positions)."""
         words = samples.view(np.uint32).reshape(len(samples), -1)
         self._changed = _reused(self._changed, words.shape, np.uint32)
         changed = self._changed[:len(words)]
@@ -297,11 +276,19 @@ class HistogramCutDetector:
         changed = changed[first:]
         changed &= self._mask
         # count_nonzero(axis=1) is 2x slower than summing the boolean bytes
-        per_frame = np.add.reduce((changed != 0).view(np.uint8), axis=1, dtype=np.int32)
+        return np.add.reduce((changed != 0).view(np.uint8), axis=1, dtype=np.int32), first, words.shape[1]
+
+    def _candidates(self, per_frame: np.ndarray, first: int, positions: int, regions: _Regions | None) -> list[int]:
+        """Indices k where frame k of the batch may start a shot: the fraction of sample
+        positions whose histogram bin differs from the frame before (:meth:`_changes`) reaches
+        ``threshold - MARGIN``. With bars (``regions``, see :class:`_Regions`) the fraction is of
+        the positions compared (frames below it at the fewest positions any frame compares are
+        ruled out at once, the others one by one); the changed positions are counted over the
+        whole grid, which can only count more, so no cut is missed."""
         least = self.config.threshold - self.MARGIN
         if regions is None:
-            return (np.flatnonzero(per_frame >= least * words.shape[1]) + first).tolist()
-        candidates = np.flatnonzero(per_frame >= least * regions.fewest)
+            return (np.flatnonzero(per_frame >= least * positions) + first).tolist()
+        candidates = np.flatnonzero(per_frame >= least * regions.bars.fewest)
         return [k + first for k in candidates.tolist() if per_frame[k] >= least * regions.compared(k + first)]
 
     def _exact(self, index: int, samples: np.ndarray, before: np.ndarray, region: tuple[int, ...]) -> list[int]:
@@ -318,70 +305,34 @@ class HistogramCutDetector:
         return []
 
 
-_NO_BARS = (0, 0, 0, 0)
-
-
-def _pair_regions(bars: np.ndarray | None, previous: tuple | None, shape: tuple[int, int],
-                  count: int) -> _Regions | None:
-    """The regions in which the ``count`` frames of a batch are compared with the frame before
-    each (:class:`_Regions`), or None when neither they nor the frame before (``previous``: its
-    bars and steady bars, :attr:`_Regions.last`; None for none) have bars."""
-    if bars is None and (previous is None or previous == (None, None)):
-        return None
-    return _Regions(bars, previous, shape, count)
-
-
 class _Regions:
     """The regions in which the frames of a batch are compared with the frame before each.
 
-    ``bars``: each frame's bar lines ((count, 4), :func:`~vivi.ingest.borders.grid_bars`; None:
-    none); ``previous``: (bars, steady bars) of the frame before the batch, as tuples, None where
-    it had none. A frame's steady bars are those it shares with the frame before it (a bar lasts;
-    a dark corner of one frame in a fade does not), and two frames are compared without the steady
-    bars of either (none if that leaves nothing): a letterboxed frame followed by a pillarboxed
-    one are compared in the picture both show, while bars that appear at a cut add to its distance
-    (the new black mass) instead of diluting it.
+    ``bars``: each frame's bars and those of the two frames before the batch
+    (:class:`~vivi.ingest.borders.BatchBars`). A frame's steady bars are those it shares with the
+    frame before it (a bar lasts; a dark corner of one frame in a fade does not), and two frames
+    are compared without the steady bars of either (none if that leaves nothing): a letterboxed
+    frame followed by a pillarboxed one are compared in the picture both show, while bars that
+    appear at a cut add to its distance (the new black mass) instead of diluting it.
 
     Only the frames that may start a shot need their region, so regions are worked out when asked
-    (``regions[k]``, :meth:`compared`); :attr:`fewest` is at most the positions compared in any
-    frame of the batch, which is enough to rule out the rest (the usual batch of a letterboxed
-    video, whose frames all have the bars held before it, compares exactly that many everywhere).
+    (``regions[k]``, :meth:`compared`); ``bars.fewest`` is at most the positions compared in any
+    frame of the batch, which is enough to rule out the rest.
     """
 
-    def __init__(self, bars: np.ndarray | None, previous: tuple | None, shape: tuple[int, int], count: int):
-        self.rows, self.cols = shape
-        self._bars, self._list, self._count = bars, None, count
-        last_bars, last_steady = previous or (None, None)
-        self._before = last_bars or _NO_BARS, last_steady or _NO_BARS
-        same = bars is not None and bars.strides[0] == 0      # one row repeated: every frame has the same bars
-        largest = _NO_BARS if bars is None else tuple((bars[0] if same else bars.max(axis=0)).tolist())
-        # the bars a frame is compared without are at most its own or those of the frame before it
-        most = tuple(map(max, largest, self._before[1]))
-        self.fewest = max(1, self.rows - most[0] - most[1]) * max(1, self.cols - most[2] - most[3])
-        if same and self._before == (largest, largest):
-            self.last = previous           # the bars held before the batch, in all its frames: the same again
-        else:
-            now = self._frame(self._count - 1)
-            steady = self._steady(self._count - 1)
-            self.last = (now if any(now) else None), (steady if any(steady) else None)
+    __slots__ = ("rows", "cols", "bars")
 
-    def _frame(self, k: int) -> tuple[int, ...]:
-        """The bars of frame ``k`` of the batch (-1: the frame before it)."""
-        if k < 0 or self._bars is None:
-            return self._before[0] if k < 0 else _NO_BARS
-        if self._list is None:
-            self._list = [tuple(b) for b in self._bars.tolist()]
-        return self._list[k]
+    def __init__(self, bars: BatchBars, shape: tuple[int, int]):
+        self.rows, self.cols = shape
+        self.bars = bars
 
     def _steady(self, k: int) -> tuple[int, ...]:
-        if k < 0:
-            return self._before[1]
-        return tuple(map(min, self._frame(k), self._frame(k - 1)))       # zero where either frame has no bars
+        return tuple(map(min, self.bars[k], self.bars[k - 1]))       # zero where either frame has no bars
 
     def __getitem__(self, k: int) -> tuple[int, ...]:
         both = tuple(map(max, self._steady(k - 1), self._steady(k)))
         if both[0] + both[1] >= self.rows or both[2] + both[3] >= self.cols:
-            return _NO_BARS
+            return NO_BARS
         return both
 
     def compared(self, k: int) -> int:
@@ -404,7 +355,6 @@ class ExactDistances:
         self.config = config
         self.shot_starts: list[int] = []
         self._previous: np.ndarray | None = None          # samples of the last frame pushed
-        self._previous_bars: tuple | None = None          # its bars and steady bars (_Regions.last)
         self._previous_hist: tuple[tuple[int, ...], np.ndarray] | None = None  # (region, its histogram)
         self._bars = GridBars()
         self._index = 0
@@ -412,10 +362,10 @@ class ExactDistances:
     def push(self, samples: np.ndarray) -> list[tuple[float | None, bool]]:
         out: list[tuple[float | None, bool]] = []
         same_grid = self._previous is not None and self._previous.shape == samples.shape[1:]
-        regions = _pair_regions(self._bars(samples[..., 0]), self._previous_bars if same_grid else None,
-                                samples.shape[1:3], len(samples))
+        bars = self._bars(samples[..., 0])
+        regions = None if bars is None else _Regions(bars, samples.shape[1:3])
         for k, frame in enumerate(samples):
-            region = _NO_BARS if regions is None or (k == 0 and not same_grid) else regions[k]
+            region = NO_BARS if regions is None or (k == 0 and not same_grid) else regions[k]
             hist = sample_histogram(inside(frame, region), self.config.bits)
             if self._previous is None:
                 self.shot_starts.append(self._index)
@@ -431,7 +381,6 @@ class ExactDistances:
                 out.append((distance, cut))
             self._previous, self._previous_hist = frame.copy(), (region, hist)
             self._index += 1
-        self._previous_bars = None if regions is None else regions.last
         return out
 
 
