@@ -96,6 +96,59 @@ def test_montage_of_letterboxed_pillarboxed_and_full_frame_clips_finds_every_cut
     assert video.crop is None and video.frame_size == (96, 96)
 
 
+def _cuts_by_rule(frames: list[av.VideoFrame]) -> tuple[list[float], list[int]]:
+    """Every frame's histogram distance to the one before and the shot starts, written out frame
+    by frame from the rules: each frame's bars (grid_bars of that frame alone), its steady bars
+    (those it shares with the frame before), the two frames compared without the steady bars of
+    either (none if that leaves nothing), the cut rule."""
+    from vivi.ingest.borders import grid_bars, inside
+    from vivi.ingest.cut_detector import ColourSamples, CutDetectorConfig, histogram_distance, sample_histogram
+    config, reader = CutDetectorConfig(), ColourSamples()
+    grid = [reader.one(frame) for frame in frames]
+    bars = [(0, 0, 0, 0)] * 2                            # the frames before the first have none
+    for samples in grid:
+        found = grid_bars(samples[None, ..., 0])
+        bars.append((0, 0, 0, 0) if found is None else tuple(int(v) for v in found[0]))
+    steady = [None] + [tuple(map(min, a, b)) for a, b in zip(bars[1:], bars[:-1])]
+    distances, starts = [], [0]
+    for t in range(1, len(grid)):
+        region = tuple(map(max, steady[t + 1], steady[t + 2]))
+        rows, cols = grid[t].shape[:2]
+        if region[0] + region[1] >= rows or region[2] + region[3] >= cols:
+            region = (0, 0, 0, 0)
+        distances.append(histogram_distance(sample_histogram(inside(grid[t], region)),
+                                            sample_histogram(inside(grid[t - 1], region))))
+        if config.is_cut(distances[-1], t - starts[-1]):
+            starts.append(t)
+    return distances, starts
+
+
+def test_detector_with_bars_equals_the_rule_frame_by_frame(world, tmp_path):
+    """The batched detector works out a frame's exact bars only for frames that may start a shot,
+    and rules the others out with a bound from four samples a batch: its cuts, and the every-frame
+    distances of ``vivi inspect --cuts``, must be those of the rule applied frame by frame, on a
+    montage whose bars the encoder's ringing makes flicker at their edge, cut into by black frames
+    and a fade, with cuts on and off batch boundaries."""
+    from vivi.ingest.cut_detector import ColourSamples, ExactDistances, detect_cuts
+    layouts = ["letter", "letter", "pillar", "full", "letter", "letter", "pillar", "pillar", "letter", "full"]
+    frames, _ = _montage(world, layouts)
+    frames[40] = 0                                                       # a black frame
+    frames[90:100] = (frames[90:100] * np.linspace(1, 0.05, 10)[:, None, None, None]).astype(np.uint8)  # a fade
+    with av.open(str(write_video(tmp_path / "montage.mp4", frames))) as container:
+        decoded = list(container.decode(video=0))
+    distances, starts = _cuts_by_rule(decoded)
+    assert len(starts) >= 8
+    assert detect_cuts(decoded) == starts
+    assert decode_video(tmp_path / "montage.mp4").shot_starts == starts
+    exact, reader, found = ExactDistances(), ColourSamples(), []
+    for first in range(0, len(decoded), 7):                             # batches of 7: edges elsewhere
+        for _, run in reader(decoded[first:first + 7]):
+            found += exact.push(run)
+    assert found[0] == (None, False)
+    np.testing.assert_allclose([d for d, _ in found[1:]], distances, atol=1e-6)
+    assert [t for t, (_, cut) in enumerate(found) if cut] == starts[1:]
+
+
 def _night(frames: int = 60, height: int = 64, width: int = 96, cut: int = 30) -> np.ndarray:
     """Two night shots: dark sensor noise (luma about 16-24: the rows above and below the lit
     windows stay at or below cropdetect's black limit in every frame) around a row of lit windows
@@ -240,8 +293,8 @@ def test_grid_bars_batch_after_batch_are_each_frame_s_bars_looked_at_whole():
     wrong shortcut would give some frame other bars than looking at all its lines does
     (grid_bars), or a bound below them: bars that flicker at their edge, a cut to other bars, a
     black frame and the bars' end must all come out as grid_bars says. The batches pass through
-    one reused array, as the detector's samples do, and the two frames before a batch are asked
-    for only in the next batch."""
+    one reused array, as the detector's samples do (given whole or as their luma), and the two
+    frames before a batch are asked for only in the next batch."""
     from vivi.ingest.borders import GridBars, _Later, grid_bars
     rng = np.random.default_rng(0)
     for seed in range(8):
@@ -254,7 +307,7 @@ def test_grid_bars_batch_after_batch_are_each_frame_s_bars_looked_at_whole():
             expected = grid_bars(luma)
             rows_expected = [(0, 0, 0, 0)] * count if expected is None else [tuple(b) for b in expected.tolist()]
             buffer[:count, ..., 0] = luma
-            found = bars(buffer[:count, ..., 0])
+            found = bars(buffer[:count] if count % 2 else buffer[:count, ..., 0])     # samples, or their luma
             frames = seen[-2:] + rows_expected                 # frames -2 to count - 1
             if found is None:
                 assert not any(map(any, frames[1:]))

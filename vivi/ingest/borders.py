@@ -28,6 +28,8 @@ says nothing about bars: no bars for the cut detector, no evidence for the store
 """
 from __future__ import annotations
 
+import functools
+
 import av
 import cv2
 import numpy as np
@@ -40,6 +42,7 @@ HOLD_FRAMES = 8         # the first frames kept for the dataset are held (not st
 HOLD_BYTES = 48 << 20   # ... at most this many bytes of decoded frames of them
 PROBE_AFTER_S = 60.0    # videos longer than this also get key frames spread over the whole video
 PROBES = 8              # how many
+SMALL_FRAME = 1 << 15   # pixels up to which the held frames' statistics are taken from one stack of them
 
 NO_BARS = (0, 0, 0, 0)   # a frame without bars (top, bottom, left, right)
 
@@ -141,9 +144,11 @@ class BatchBars:
 
 
 class _Later:
-    """The bars of some frames, worked out on first use from their luma (``luma``: (n, rows, cols);
-    ``layout``: :func:`_lay_out` of a band whose picture lines are picture in every one of them,
-    so that each frame's bars are its runs of bar lines inside the band)."""
+    """The bars of some frames, worked out on first use from their luma (``luma``: (n, rows, cols),
+    or (n, rows, cols, channels) samples with luma first; ``layout``: :func:`_lay_out` of a band
+    whose picture lines are picture in every one of them, so that each frame's bars are its runs
+    of bar lines inside the band). All of them at once: right after the decoder ran, an array
+    operation costs about the same for one frame as for a batch."""
 
     __slots__ = ("_luma", "_layout", "_rows")
 
@@ -154,7 +159,7 @@ class _Later:
         if self._rows is None:
             runs = _band_runs(self._luma, self._layout)
             if self._layout[2]:                      # bars within the band can leave too little picture
-                runs[_too_little(runs, *self._luma.shape[1:])] = 0
+                runs[_too_little(runs, *self._luma.shape[1:3])] = 0
             self._rows, self._luma = [tuple(r) for r in runs.tolist()], None
         return self._rows[k]
 
@@ -194,10 +199,13 @@ class GridBars:
         self._check_rows = self._check_cols = None    # ... as two index arrays
         self._checks: dict = {}                       # count -> (frame, row, column) of them in each frame
 
-    def __call__(self, luma: np.ndarray, kept: np.ndarray | None = None) -> BatchBars | None:
-        """The bars of the batch whose (count, rows, cols) uint8 ``luma`` is given; ``kept``: a
-        copy of its last two frames' luma (one if it has one) that the caller leaves unchanged
-        until the next call (the detector keeps one anyway), else the last two are copied here."""
+    def __call__(self, samples: np.ndarray, kept: np.ndarray | None = None) -> BatchBars | None:
+        """The bars of the batch whose (count, rows, cols) uint8 luma is given, or its (count,
+        rows, cols, channels) samples with luma first (the cut detector's: the whole array is
+        reduced faster than its luma alone); ``kept``: a copy of its last two frames' luma (one if
+        it has one) that the caller leaves unchanged until the next call (the detector keeps one
+        anyway; luma or samples as ``samples``), else the last two are copied here."""
+        luma = samples[..., 0] if samples.ndim == 4 else samples
         count, rows, cols = luma.shape
         if self._grid != (rows, cols):
             self.__init__((rows, cols))
@@ -205,9 +213,9 @@ class GridBars:
         if check is None:
             if not _dark_corner(luma):
                 return self._none(count, before, bound)
-            if not self._arm(luma):
+            if not self._arm(samples):
                 return self._whole(luma, before, bound)
-        elif self._darkest(luma) <= LIMIT and not self._arm(luma):
+        elif self._darkest(luma) <= LIMIT and not self._arm(samples):
             return self._whole(luma, before, bound)
         band = self._band
         if band == NO_BARS:                              # each edge line is picture in every frame
@@ -215,11 +223,11 @@ class GridBars:
         lines = self._lines
         if lines is None:
             lines = self._lines = _lay_out(self._grid, band)
-        last = _Later(luma[-2:].copy() if kept is None else kept, lines)    # the next batch's frames -2 and -1
+        last = _Later(samples[-2:].copy() if kept is None else kept, lines)    # the next batch's frames -2 and -1
         self._before = ((last, -2), (last, -1)) if count > 1 else (before[-1], (last, -1))
         self._bound = band
         bound = band if bound == band else tuple(map(max, band, bound))
-        return BatchBars(_Later(luma, lines), before, bound, self._grid)
+        return BatchBars(_Later(samples, lines), before, bound, self._grid)
 
     def _darkest(self, luma: np.ndarray) -> int:
         """The darkest of the bounded check's samples in the frames of ``luma``: read one by one
@@ -254,20 +262,22 @@ class GridBars:
         self._before = last if count > 1 else (self._before[-1], last[-1])
         self._bound = bound
 
-    def _arm(self, luma: np.ndarray) -> bool:
-        """Lay out the bounded check on a batch: each side's first line from its edge that holds
-        a position brighter than ``LIMIT`` in every frame (no frame's bars reach it), and of each,
-        the position whose darkest over the batch is brightest. False when no position is (a black
-        frame): no check."""
+    def _arm(self, samples: np.ndarray) -> bool:
+        """Lay out the bounded check on a batch (its luma or samples, as :meth:`__call__` takes
+        them): each side's first line from its edge that holds a position brighter than ``LIMIT``
+        in every frame (no frame's bars reach it), and of each, the position whose darkest over
+        the batch is brightest. False when no position is (a black frame): no check."""
         rows, cols = self._grid
-        darkest = luma.min(axis=0)                       # (rows, cols): each position's darkest over the batch
+        darkest = samples.min(axis=0)                    # (rows, cols): each position's darkest over the batch
+        if darkest.ndim == 3:
+            darkest = darkest[..., 0]
         lit = darkest > LIMIT
         by_row, by_col = lit.any(axis=1), lit.any(axis=0)
-        if not by_row.any():
+        top = int(by_row.argmax())
+        if not by_row[top]:
             self._check = None
             return False
-        top, bottom = int(by_row.argmax()), int(by_row[::-1].argmax())
-        left, right = int(by_col.argmax()), int(by_col[::-1].argmax())
+        bottom, left, right = int(by_row[::-1].argmax()), int(by_col.argmax()), int(by_col[::-1].argmax())
         low, high = rows - 1 - bottom, cols - 1 - right
         self._check = [(top, int(darkest[top].argmax())), (low, int(darkest[low].argmax())),
                        (int(darkest[:, left].argmax()), left), (int(darkest[:, high].argmax()), high)]
@@ -306,20 +316,24 @@ class _NothingType:
 _Nothing = _NothingType()
 
 
-def _band_runs(luma: np.ndarray, layout: tuple, checked: bool = True) -> np.ndarray | None:
-    """(count, 4) runs of bar lines of each frame inside the band laid out by :func:`_lay_out`;
+def _band_runs(samples: np.ndarray, layout: tuple, checked: bool = True) -> np.ndarray | None:
+    """(count, 4) runs of bar lines of each frame inside the band laid out by :func:`_lay_out`, from
+    the frames' (count, rows, cols) luma or (count, rows, cols, channels) samples with luma first;
     None when a picture line of the band is not picture in some frame (unless ``checked``: known
     to be)."""
-    count, rows, cols = luma.shape
+    count, rows, cols = samples.shape[:3]
     index, sides, _ = layout
-    lines = luma.reshape(count, rows * cols).T[index].reshape(len(index), -1)   # (samples of a line, (line, frame))
-    flags = _BAR[lines.max(axis=0), lines.min(axis=0)].reshape(index.shape[1], count)
-    flags = flags[sides]                     # (4, lines, count): per side from the edge, its picture line repeated
-    if not checked and flags[:, -1].any():
+    if samples.ndim == 4:                    # one gather from the whole samples beats one from their luma
+        lines = samples.reshape(count, rows * cols, samples.shape[3])[:, index, 0]
+    else:
+        lines = samples.reshape(count, rows * cols)[:, index]          # (count, samples of a line, line)
+    flags = _BAR[lines.max(axis=1), lines.min(axis=1)][:, sides]      # (count, 4, k-th line from the edge)
+    if not checked and flags[:, :, -1].any():                         # ... the picture line repeated past the band
         return None
-    return flags.argmin(axis=1).T
+    return flags.argmin(axis=2)
 
 
+@functools.lru_cache(maxsize=64)       # the videos of a collection share their sizes and bars
 def _lay_out(grid: tuple[int, int], band: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray, bool]:
     """((samples, lines) flat positions in the grid of the lines of ``band`` (each side's lines
     from its edge to its picture line, ``band[side]`` lines in), (4, n) which line is each side's
@@ -334,6 +348,7 @@ def _lay_out(grid: tuple[int, int], band: tuple[int, ...]) -> tuple[np.ndarray, 
     ahead = np.arange(width)
     sides = np.stack([first[0] + np.minimum(ahead, top), first[1] + bottom - np.minimum(ahead, bottom),
                       first[2] + np.minimum(ahead, left), first[3] + right - np.minimum(ahead, right)])
+    lines.flags.writeable = sides.flags.writeable = False      # shared by every video with this grid and band
     return lines, sides, bool(_too_little(np.array([band]), rows, cols)[0])
 
 
@@ -403,10 +418,15 @@ class BorderFinder:
             self.shape, self._pictured = shape, True
             self.frames += len(lumas)
             return
-        high, low = lumas[0].copy(), lumas[0].copy()               # each position's brightest and darkest
-        for luma in lumas[1:]:
-            cv2.max(high, luma, dst=high)
-            cv2.min(low, luma, dst=low)
+        stack = None
+        if shape[0] * shape[1] <= SMALL_FRAME:                      # each position's brightest and darkest
+            stack = np.stack(lumas)
+            high, low = stack.max(axis=0), stack.min(axis=0)
+        else:                                                       # (OpenCV, frame by frame: no copy of all)
+            high, low = lumas[0].copy(), lumas[0].copy()
+            for luma in lumas[1:]:
+                cv2.max(high, luma, dst=high)
+                cv2.min(low, luma, dst=low)
         # Positions brighter than LIMIT in every frame make their rows and columns picture in every
         # frame; when they span MIN_ACTIVE of the height and of the width, every frame has picture
         # (the usual case: the statistics of all frames at once); otherwise frame by frame.
@@ -416,7 +436,8 @@ class BorderFinder:
             self._take((high.max(axis=1), low.min(axis=1)), (high.max(axis=0), low.min(axis=0)), shape)
             self.frames += len(lumas)
             return
-        stack = np.stack(lumas)                                     # (n, height, width), contiguous
+        if stack is None:
+            stack = np.stack(lumas)                                 # (n, height, width), contiguous
         count, height, width = stack.shape
         # rows of narrow frames: along the long axis after a transpose (see _row_bars; wider rows
         # are long enough as they are); columns: numpy reduces the middle axis whole lines at a time

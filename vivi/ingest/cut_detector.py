@@ -243,7 +243,7 @@ class HistogramCutDetector:
         # the bars are looked for after the changes are counted: the array operations are then warm
         changes = self._changes(samples, previous if same_grid else None)
         kept = samples[-2:].copy()                        # the last frames: the next batch compares with them
-        bars = self._bars(samples[..., 0], kept[..., 0])
+        bars = self._bars(samples, kept)
         regions = None if bars is None else _Regions(bars, samples.shape[1:3])
         self._hists = {} if self._previous_hist is None else dict(self._previous_hist)
         if previous is None:                              # the very first frame starts a shot
@@ -362,7 +362,7 @@ class ExactDistances:
     def push(self, samples: np.ndarray) -> list[tuple[float | None, bool]]:
         out: list[tuple[float | None, bool]] = []
         same_grid = self._previous is not None and self._previous.shape == samples.shape[1:]
-        bars = self._bars(samples[..., 0])
+        bars = self._bars(samples)
         regions = None if bars is None else _Regions(bars, samples.shape[1:3])
         for k, frame in enumerate(samples):
             region = NO_BARS if regions is None or (k == 0 and not same_grid) else regions[k]
