@@ -160,7 +160,7 @@ def stored_frame_seconds(paths: list[Path], short_side: int, per_video: int = 8,
 
     from vivi.ingest.decode import stored_size
     cropped, kept = [], []
-    quality = [int(cv2.IMWRITE_JPEG_QUALITY), 90]
+    quality = [int(cv2.IMWRITE_JPEG_QUALITY), SamplingConfig().jpeg_quality]    # as ingest stores them
     for path in paths:
         with av.open(str(path)) as container:
             frames = [f for k, f in enumerate(container.decode(video=0)) if k % 10 == 0][:per_video]

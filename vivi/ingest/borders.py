@@ -12,8 +12,9 @@ darkest sample: bars are flat, dark picture content (a night scene) is textured.
   either of them has held for two frames. A cut from a letterboxed to a pillarboxed clip, or
   between two clips with the same bars, is then a cut between the two pictures. Most batches
   cost a few array operations: one comparison when no frame has a black corner; four samples a
-  frame that show no frame's bars are longer than the last batch's (the detector rules most
-  frames out with that bound, and only the frames that may start a shot get their exact bars).
+  frame that show no frame's bars reach past a bound laid out on an earlier batch (the detector
+  rules most frames out with that bound, and only the frames that may start a shot get their
+  exact bars).
 * Stored frames (:class:`BorderFinder`): a line is a bar of the video when it is a bar line in
   every frame looked at, at full resolution, within ``FLAT`` levels across them (bars are
   constant; a dark scene varies from frame to frame). The frames looked at are the first frames
@@ -193,10 +194,9 @@ class GridBars:
         self._grid = grid
         self._before: tuple = (NO_BARS, NO_BARS)      # the bars of the last two frames seen (BatchBars)
         self._bound = NO_BARS                         # ... at least those of the last
-        self._band: tuple[int, ...] = NO_BARS         # each side's picture line in the last batch looked at whole
+        self._band: tuple[int, ...] = NO_BARS         # each side's first line known to be picture (the bound)
         self._lines: tuple | None = None              # where the band's lines are (_lay_out)
         self._check: list | None = None               # the bounded check's four (row, column) positions
-        self._check_rows = self._check_cols = None    # ... as two index arrays
         self._checks: dict = {}                       # count -> (frame, row, column) of them in each frame
 
     def __call__(self, samples: np.ndarray, kept: np.ndarray | None = None) -> BatchBars | None:
@@ -235,7 +235,8 @@ class GridBars:
         numpy gathers them), gathered at once in a larger one."""
         count = len(luma)
         if count > 8:
-            return int(luma[:, self._check_rows, self._check_cols].min())
+            rows, cols = zip(*self._check)
+            return int(luma[:, list(rows), list(cols)].min())
         keys = self._checks.get(count)
         if keys is None:
             keys = self._checks[count] = [(k, row, col) for k in range(count) for row, col in self._check]
@@ -244,7 +245,7 @@ class GridBars:
     def _none(self, count: int, before: tuple, bound: tuple[int, ...]) -> BatchBars | None:
         """A batch none of whose frames has bars."""
         self._keep(count, (NO_BARS, NO_BARS), NO_BARS)
-        return None if bound == NO_BARS else BatchBars(_Nothing, before, bound, self._grid)
+        return None if bound == NO_BARS else BatchBars([NO_BARS] * count, before, bound, self._grid)
 
     def _whole(self, luma: np.ndarray, before: tuple, bound: tuple[int, ...]) -> BatchBars | None:
         """Every frame's exact bars, looked at in the band or whole (:meth:`_look`)."""
@@ -281,7 +282,6 @@ class GridBars:
         low, high = rows - 1 - bottom, cols - 1 - right
         self._check = [(top, int(darkest[top].argmax())), (low, int(darkest[low].argmax())),
                        (int(darkest[:, left].argmax()), left), (int(darkest[:, high].argmax()), high)]
-        self._check_rows, self._check_cols = (np.array(axis) for axis in zip(*self._check))
         self._checks = {}
         if (top, bottom, left, right) != self._band:
             self._band, self._lines = (top, bottom, left, right), None
@@ -304,16 +304,6 @@ class GridBars:
         if band != self._band:
             self._band, self._lines = band, None
         return runs
-
-
-class _NothingType:
-    """The bars of a batch without any: (0, 0, 0, 0) for every frame."""
-
-    def __getitem__(self, k: int) -> tuple[int, ...]:
-        return NO_BARS
-
-
-_Nothing = _NothingType()
 
 
 def _band_runs(samples: np.ndarray, layout: tuple, checked: bool = True) -> np.ndarray | None:

@@ -227,7 +227,7 @@ class HistogramCutDetector:
         self._mask = np.frombuffer(bytes([(0xFF << (8 - config.bits)) & 0xFF] * 3 + [0]), np.uint32)[0]
         self._previous: np.ndarray | None = None        # samples of the last frame pushed
         self._previous_hist: dict | None = None          # and its histograms, if built
-        self._bars = GridBars()                          # each frame's bars (and the frames' before the batch)
+        self._bars = GridBars()                          # each frame's bars, and those of the frames before a batch
         # histograms built during the current push, by (frame index, region left out)
         self._hists: dict[tuple[int, tuple[int, ...]], np.ndarray] = {}
         self._changed: np.ndarray | None = None          # _candidates' work array, batch after batch
@@ -311,9 +311,9 @@ class _Regions:
     ``bars``: each frame's bars and those of the two frames before the batch
     (:class:`~vivi.ingest.borders.BatchBars`). A frame's steady bars are those it shares with the
     frame before it (a bar lasts; a dark corner of one frame in a fade does not), and two frames
-    are compared without the steady bars of either (none if that leaves nothing): a letterboxed
-    frame followed by a pillarboxed one are compared in the picture both show, while bars that
-    appear at a cut add to its distance (the new black mass) instead of diluting it.
+    are compared without the steady bars of either (none if that leaves nothing): bars both hold
+    are left out, while bars that appear at a cut (a letterboxed clip followed by a pillarboxed
+    one) add to its distance (the new black mass) instead of diluting it.
 
     Only the frames that may start a shot need their region, so regions are worked out when asked
     (``regions[k]``, :meth:`compared`); ``bars.fewest`` is at most the positions compared in any
