@@ -98,7 +98,8 @@ class BorderClock:
     (:attr:`cutting`); a call made inside another counts once."""
 
     FINDING = [(borders.GridBars, "__call__"), (borders._Later, "__getitem__"),
-               (cut_detector._Regions, "compared"), (cut_detector._Regions, "__getitem__"),
+               (cut_detector._Regions, "__init__"), (cut_detector._Regions, "compared"),
+               (cut_detector._Regions, "__getitem__"),
                (cut_detector, "inside"), (decode, "probe_key_frames"), (decode, "frame_luma"),
                (borders.BorderFinder, "add_frames"), (borders.BorderFinder, "crop")]
     CUTTING = [(borders.FrameCrop, "__call__")]

@@ -313,12 +313,50 @@ def test_grid_bars_batch_after_batch_are_each_frame_s_bars_looked_at_whole():
                 assert not any(map(any, frames[1:]))
             else:
                 assert all(b <= bound for frame in frames[1:] for b, bound in zip(frame, found.bound))
+                # a frame's region needs the bars of it and the two frames before it, worked out
+                # together (with those of the batch before for its first two frames)
+                k = int(rng.integers(count))
+                if rng.random() < 0.5:
+                    assert found.around(k) == tuple(frames[k:k + 3])
                 asked = [k for k in range(-2, count) if rng.random() < 0.5]
                 assert [found[k] for k in asked] == [frames[k + 2] for k in asked]
+                assert found.around(k) == tuple(frames[k:k + 3])
                 bounded += isinstance(found._rows, _Later)
             buffer[:count] = 255                               # the next batch overwrites the samples
             seen += rows_expected
         assert bounded > 0                       # the bounded check was laid out and used
+
+
+def test_the_bars_around_a_batch_s_first_frames_are_each_frame_s_own():
+    """A frame's region needs the bars of it and of the two frames before it; for a batch's
+    first two frames, those come from the last frames of the batch before (a kept copy) and are
+    worked out in one go with the batch's. Every frame here has bars of its own height, so a
+    frame given another's bars shows."""
+    from vivi.ingest.borders import GridBars, grid_bars
+    rng = np.random.default_rng(3)
+    rows, cols = 40, 32
+    bars, joined = GridBars(), 0
+    buffer = np.zeros((8, rows, cols, 4), np.uint8)
+    seen = [(0, 0, 0, 0)] * 2
+    for batch in range(40):
+        count = int(rng.integers(1, 9))
+        luma = rng.integers(60, 256, (count, rows, cols)).astype(np.uint8)
+        tops, bottoms = rng.integers(1, 6, count), rng.integers(1, 6, count)
+        if batch == 0:
+            tops[0] = bottoms[0] = 5             # the bound: rows 5 and 34 are picture in every frame
+        for frame, top, bottom in zip(luma, tops, bottoms):
+            frame[:top], frame[rows - bottom:] = 16, 16
+        expected = [tuple(b) for b in grid_bars(luma).tolist()]
+        buffer[:count, ..., 0] = luma
+        found = bars(buffer[:count])
+        frames = seen[-2:] + expected
+        k = int(rng.integers(min(count, 2)))
+        assert found.around(k) == tuple(frames[k:k + 3])
+        assert [found[j] for j in range(-2, count)] == frames
+        joined += found._rows._before is not None
+        buffer[:count] = 255                     # the next batch overwrites the samples
+        seen += expected
+    assert joined > 30
 
 
 def _regions_by_rule(frames: list[tuple[int, ...]], rows: int, cols: int):

@@ -30,6 +30,7 @@ says nothing about bars: no bars for the cut detector, no evidence for the store
 from __future__ import annotations
 
 import functools
+import operator
 
 import av
 import cv2
@@ -74,6 +75,19 @@ def _extents(bar_rows: np.ndarray, bar_cols: np.ndarray) -> np.ndarray:
     out = _raw_extents(bar_rows, bar_cols)
     out[_too_little(out, bar_rows.shape[1], bar_cols.shape[1])] = 0
     return out
+
+
+def _lit(brightest: np.ndarray) -> tuple[int, int] | None:
+    """The first and the last line whose ``brightest`` value is above ``LIMIT``; None if none is."""
+    lit = (brightest > LIMIT).tobytes()              # bytes.find runs in C, a Python loop per line does not
+    first = lit.find(1)
+    return None if first < 0 else (first, lit.rfind(1))
+
+
+def _span(brightest: np.ndarray) -> int:
+    """How many lines from the first to the last whose ``brightest`` value is above ``LIMIT``."""
+    lit = _lit(brightest)
+    return 0 if lit is None else lit[1] - lit[0] + 1
 
 
 def _run(flags: list[bool]) -> int:
@@ -143,26 +157,65 @@ class BatchBars:
         bars = self._before[k]
         return bars if isinstance(bars[0], int) else bars[0][bars[1]]
 
+    def around(self, k: int) -> tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]:
+        """The bars of frames ``k - 2``, ``k - 1`` and ``k`` (those a frame's region depends on),
+        worked out together where they are to be."""
+        if isinstance(self._rows, _Later):
+            self._rows.work_out(k - 2, k + 1)
+        return self[k - 2], self[k - 1], self[k]
+
 
 class _Later:
-    """The bars of some frames, worked out on first use from their luma (``luma``: (n, rows, cols),
-    or (n, rows, cols, channels) samples with luma first; ``layout``: :func:`_lay_out` of a band
-    whose picture lines are picture in every one of them, so that each frame's bars are its runs
-    of bar lines inside the band). All of them at once: right after the decoder ran, an array
-    operation costs about the same for one frame as for a batch."""
+    """The bars of some frames, worked out when asked from their samples (``samples``: (n, rows,
+    cols) luma, or (n, rows, cols, channels) samples with luma first; ``layout``: :func:`_lay_out`
+    of a band whose picture lines are picture in every one of them, so that each frame's bars are
+    its runs of bar lines inside the band). ``before``: the :class:`_Later` of the frames just
+    before these, laid out alike, if any. The cut detector asks only for the frames around one
+    that may start a shot: :meth:`work_out` takes them together, with those of ``before`` they
+    need (an array operation costs about the same for one frame as for three)."""
 
-    __slots__ = ("_luma", "_layout", "_rows")
+    __slots__ = ("_samples", "_layout", "_rows", "_before")
 
-    def __init__(self, luma: np.ndarray, layout: tuple):
-        self._luma, self._layout, self._rows = luma, layout, None
+    def __init__(self, samples: np.ndarray, layout: tuple, before: _Later | None = None):
+        self._samples, self._layout, self._rows, self._before = samples, layout, {}, before
+
+    def _known(self, k: int) -> bool:
+        if k >= 0:
+            return k in self._rows
+        return k + len(self._before._samples) in self._before._rows
+
+    def work_out(self, start: int, stop: int) -> None:
+        """Work out the bars of frames ``start`` to ``stop - 1`` that are not known yet (from 0;
+        below 0, the last frames of ``before``, as far as it has them)."""
+        before = self._before
+        start = max(start, 0 if before is None else -len(before._samples))
+        while start < stop and self._known(start):
+            start += 1
+        while stop > start and self._known(stop - 1):
+            stop -= 1
+        if start == stop:
+            return
+        if start < 0:
+            samples = np.concatenate((before._samples[start:], self._samples[:max(stop, 0)]))
+        else:
+            samples = self._samples[start:stop]
+        runs = _band_runs(samples, self._layout)
+        if self._layout[2]:                          # bars within the band can leave too little picture
+            runs[_too_little(runs, *samples.shape[1:3])] = 0
+        for k, bars in zip(range(start, stop), map(tuple, runs.tolist())):
+            if k >= 0:
+                self._rows[k] = bars
+            else:
+                before._rows[k + len(before._samples)] = bars
 
     def __getitem__(self, k: int) -> tuple[int, ...]:
-        if self._rows is None:
-            runs = _band_runs(self._luma, self._layout)
-            if self._layout[2]:                      # bars within the band can leave too little picture
-                runs[_too_little(runs, *self._luma.shape[1:3])] = 0
-            self._rows, self._luma = [tuple(r) for r in runs.tolist()], None
-        return self._rows[k]
+        if k < 0:
+            k += len(self._samples)
+        bars = self._rows.get(k)
+        if bars is None:
+            self.work_out(k, k + 1)
+            bars = self._rows[k]
+        return bars
 
 
 class GridBars:
@@ -190,14 +243,17 @@ class GridBars:
     * Whole: otherwise every line of every frame.
     """
 
-    def __init__(self, grid: tuple[int, int] | None = None):
-        self._grid = grid
+    def __init__(self, frame: tuple[int, ...] | None = None):
+        self._frame = frame                           # (rows, cols) of the luma given, or (rows, cols, channels)
+        self._grid = None if frame is None else frame[:2]
+        self._channels = 1 if frame is None or len(frame) == 2 else frame[2]     # bytes a position
         self._before: tuple = (NO_BARS, NO_BARS)      # the bars of the last two frames seen (BatchBars)
         self._bound = NO_BARS                         # ... at least those of the last
         self._band: tuple[int, ...] = NO_BARS         # each side's first line known to be picture (the bound)
         self._lines: tuple | None = None              # where the band's lines are (_lay_out)
+        self._kept: _Later | None = None              # the last two frames of the last batch looked at in the band
         self._check: list | None = None               # the bounded check's four (row, column) positions
-        self._checks: dict = {}                       # count -> (frame, row, column) of them in each frame
+        self._checks: dict = {}                       # frames in a batch -> an itemgetter of them in each
 
     def __call__(self, samples: np.ndarray, kept: np.ndarray | None = None) -> BatchBars | None:
         """The bars of the batch whose (count, rows, cols) uint8 luma is given, or its (count,
@@ -205,52 +261,65 @@ class GridBars:
         reduced faster than its luma alone); ``kept``: a copy of its last two frames' luma (one if
         it has one) that the caller leaves unchanged until the next call (the detector keeps one
         anyway; luma or samples as ``samples``), else the last two are copied here."""
-        luma = samples[..., 0] if samples.ndim == 4 else samples
-        count, rows, cols = luma.shape
-        if self._grid != (rows, cols):
-            self.__init__((rows, cols))
+        count = len(samples)
+        if self._frame != samples.shape[1:]:
+            if self._grid == samples.shape[1:3]:        # the same grid, given as luma or as samples
+                self._frame, self._lines, self._checks = samples.shape[1:], None, {}
+                self._channels = samples.shape[3] if samples.ndim == 4 else 1
+            else:
+                self.__init__(samples.shape[1:])
         before, bound, check = self._before, self._bound, self._check
         if check is None:
-            if not _dark_corner(luma):
+            if not _dark_corner(samples[..., 0] if samples.ndim == 4 else samples):
                 return self._none(count, before, bound)
             if not self._arm(samples):
-                return self._whole(luma, before, bound)
-        elif self._darkest(luma) <= LIMIT and not self._arm(samples):
-            return self._whole(luma, before, bound)
+                return self._whole(samples, before, bound)
+        elif self._darkest(samples) <= LIMIT and not self._arm(samples):
+            return self._whole(samples, before, bound)
         band = self._band
         if band == NO_BARS:                              # each edge line is picture in every frame
             return self._none(count, before, bound)
         lines = self._lines
         if lines is None:
-            lines = self._lines = _lay_out(self._grid, band)
-        last = _Later(samples[-2:].copy() if kept is None else kept, lines)    # the next batch's frames -2 and -1
+            lines = self._lines = _lay_out(self._grid, band, self._channels)
+        previous = self._kept                             # the last frames of the batch before, if laid out alike
+        # this batch's last two frames: the next batch's frames -2 and -1
+        last = self._kept = _Later(samples[-2:].copy() if kept is None else kept, lines)
         self._before = ((last, -2), (last, -1)) if count > 1 else (before[-1], (last, -1))
         self._bound = band
         bound = band if bound == band else tuple(map(max, band, bound))
-        return BatchBars(_Later(samples, lines), before, bound, self._grid)
+        batch = _Later(samples, lines, previous if previous is not None and previous._layout is lines else None)
+        return BatchBars(batch, before, bound, self._grid)
 
-    def _darkest(self, luma: np.ndarray) -> int:
-        """The darkest of the bounded check's samples in the frames of ``luma``: read one by one
-        in a small batch (right after the decoder ran, Python reads a few samples faster than
-        numpy gathers them), gathered at once in a larger one."""
-        count = len(luma)
-        if count > 8:
+    def _darkest(self, samples: np.ndarray) -> int:
+        """The darkest of the bounded check's samples in the frames of ``samples`` (luma, or
+        samples with luma first, as :meth:`__call__` takes them): read by one ``itemgetter`` from
+        the bytes of a contiguous batch (right after the decoder ran, that costs a few
+        microseconds where a numpy gather costs tens), else gathered by numpy."""
+        try:
+            data = memoryview(samples).cast("B")
+        except TypeError:                                # not contiguous
+            luma = samples[..., 0] if samples.ndim == 4 else samples
             rows, cols = zip(*self._check)
             return int(luma[:, list(rows), list(cols)].min())
-        keys = self._checks.get(count)
-        if keys is None:
-            keys = self._checks[count] = [(k, row, col) for k in range(count) for row, col in self._check]
-        return min(map(memoryview(luma).__getitem__, keys))
+        count = len(samples)
+        read = self._checks.get(count)
+        if read is None:
+            frame, channels = samples[0].size, self._channels
+            offsets = [(row * self._grid[1] + col) * channels for row, col in self._check]
+            read = self._checks[count] = operator.itemgetter(
+                *[k * frame + offset for k in range(count) for offset in offsets])    # four or more: a tuple
+        return min(read(data))
 
     def _none(self, count: int, before: tuple, bound: tuple[int, ...]) -> BatchBars | None:
         """A batch none of whose frames has bars."""
         self._keep(count, (NO_BARS, NO_BARS), NO_BARS)
         return None if bound == NO_BARS else BatchBars([NO_BARS] * count, before, bound, self._grid)
 
-    def _whole(self, luma: np.ndarray, before: tuple, bound: tuple[int, ...]) -> BatchBars | None:
+    def _whole(self, samples: np.ndarray, before: tuple, bound: tuple[int, ...]) -> BatchBars | None:
         """Every frame's exact bars, looked at in the band or whole (:meth:`_look`)."""
-        count, rows, cols = luma.shape
-        runs = self._look(luma)
+        count, rows, cols = samples.shape[:3]
+        runs = self._look(samples)
         runs[_too_little(runs, rows, cols)] = 0
         listed = [tuple(r) for r in runs.tolist()]
         self._keep(count, tuple(listed[-2:]), listed[-1])
@@ -261,7 +330,7 @@ class GridBars:
         """Note the bars of the batch's last two frames (one for a batch of one frame) and a bound
         of the very last's."""
         self._before = last if count > 1 else (self._before[-1], last[-1])
-        self._bound = bound
+        self._bound, self._kept = bound, None
 
     def _arm(self, samples: np.ndarray) -> bool:
         """Lay out the bounded check on a batch (its luma or samples, as :meth:`__call__` takes
@@ -272,30 +341,29 @@ class GridBars:
         darkest = samples.min(axis=0)                    # (rows, cols): each position's darkest over the batch
         if darkest.ndim == 3:
             darkest = darkest[..., 0]
-        lit = darkest > LIMIT
-        by_row, by_col = lit.any(axis=1), lit.any(axis=0)
-        top = int(by_row.argmax())
-        if not by_row[top]:
+        lit_rows = _lit(darkest.max(axis=1))            # ... and of each line, its brightest
+        if lit_rows is None:
             self._check = None
             return False
-        bottom, left, right = int(by_row[::-1].argmax()), int(by_col.argmax()), int(by_col[::-1].argmax())
-        low, high = rows - 1 - bottom, cols - 1 - right
-        self._check = [(top, int(darkest[top].argmax())), (low, int(darkest[low].argmax())),
-                       (int(darkest[:, left].argmax()), left), (int(darkest[:, high].argmax()), high)]
+        (top, low), (left, high) = lit_rows, _lit(darkest.max(axis=0))
+        bottom, right = rows - 1 - low, cols - 1 - high
+        across, down = darkest[[top, low]].argmax(axis=1).tolist(), darkest[:, [left, high]].argmax(axis=0).tolist()
+        self._check = [(top, across[0]), (low, across[1]), (down[0], left), (down[1], high)]
         self._checks = {}
         if (top, bottom, left, right) != self._band:
             self._band, self._lines = (top, bottom, left, right), None
         return True
 
-    def _look(self, luma: np.ndarray) -> np.ndarray:
+    def _look(self, samples: np.ndarray) -> np.ndarray:
         """(count, 4) runs of bar lines of every frame from each edge: inside the band when its
         picture lines are picture in every frame, else from every line (and the band moves to
         the picture lines after the longest runs)."""
         if self._lines is None:
-            self._lines = _lay_out(self._grid, self._band)
-        runs = _band_runs(luma, self._lines, checked=False)
+            self._lines = _lay_out(self._grid, self._band, self._channels)
+        runs = _band_runs(samples, self._lines, checked=False)
         if runs is not None:
             return runs
+        luma = samples[..., 0] if samples.ndim == 4 else samples
         rows, cols = self._grid
         runs = _raw_extents(_row_bars(luma), _col_bars(luma))
         whole = (runs[:, :2] >= rows).any(axis=1) | (runs[:, 2:] >= cols).any(axis=1)    # a black frame
@@ -308,38 +376,36 @@ class GridBars:
 
 def _band_runs(samples: np.ndarray, layout: tuple, checked: bool = True) -> np.ndarray | None:
     """(count, 4) runs of bar lines of each frame inside the band laid out by :func:`_lay_out`, from
-    the frames' (count, rows, cols) luma or (count, rows, cols, channels) samples with luma first;
-    None when a picture line of the band is not picture in some frame (unless ``checked``: known
-    to be)."""
-    count, rows, cols = samples.shape[:3]
-    index, sides, _ = layout
-    if samples.ndim == 4:                    # one gather from the whole samples beats one from their luma
-        lines = samples.reshape(count, rows * cols, samples.shape[3])[:, index, 0]
-    else:
-        lines = samples.reshape(count, rows * cols)[:, index]          # (count, samples of a line, line)
-    flags = _BAR[lines.max(axis=1), lines.min(axis=1)][:, sides]      # (count, 4, k-th line from the edge)
+    the frames' (count, rows, cols) luma or (count, rows, cols, channels) samples with luma first
+    (as many channels as laid out for); None when a picture line of the band is not picture in
+    some frame (unless ``checked``: known to be)."""
+    index, width, _ = layout
+    count = len(samples)
+    # one gather of bytes, (count, samples of a line, line): numpy's fancy indexing into the 4-d
+    # samples takes twice as long
+    lines = np.take(samples.reshape(count, -1), index, axis=1)
+    # (count, side, k-th line from its edge)
+    flags = _BAR[lines.max(axis=1), lines.min(axis=1)].reshape(count, 4, width)
     if not checked and flags[:, :, -1].any():                         # ... the picture line repeated past the band
         return None
     return flags.argmin(axis=2)
 
 
 @functools.lru_cache(maxsize=64)       # the videos of a collection share their sizes and bars
-def _lay_out(grid: tuple[int, int], band: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray, bool]:
-    """((samples, lines) flat positions in the grid of the lines of ``band`` (each side's lines
-    from its edge to its picture line, ``band[side]`` lines in), (4, n) which line is each side's
-    k-th from its edge, the picture line for k past it, and whether bars within the band can
-    leave too little picture)."""
+def _lay_out(grid: tuple[int, int], band: tuple[int, ...], channels: int = 1) -> tuple[np.ndarray, int, bool]:
+    """((samples, 4 * width) positions among a frame's bytes (``channels`` bytes a position of the
+    (rows, cols) ``grid``, luma first) of each side's ``width`` lines from its edge: the lines of
+    ``band`` (``band[side]`` lines in), then its picture line repeated; ``width``; and whether bars
+    within the band can leave too little picture)."""
     rows, cols = grid
     top, bottom, left, right = band
-    lines = _positions(grid, [*range(top + 1), *range(rows - 1 - bottom, rows)],
-                       [*range(left + 1), *range(cols - 1 - right, cols)])
     width = max(band) + 1
-    first = np.cumsum([0, top + 1, bottom + 1, left + 1])           # each side's first line among them
-    ahead = np.arange(width)
-    sides = np.stack([first[0] + np.minimum(ahead, top), first[1] + bottom - np.minimum(ahead, bottom),
-                      first[2] + np.minimum(ahead, left), first[3] + right - np.minimum(ahead, right)])
-    lines.flags.writeable = sides.flags.writeable = False      # shared by every video with this grid and band
-    return lines, sides, bool(_too_little(np.array([band]), rows, cols)[0])
+    ahead = range(width)
+    lines = channels * _positions(
+        grid, [min(k, top) for k in ahead] + [rows - 1 - min(k, bottom) for k in ahead],
+        [min(k, left) for k in ahead] + [cols - 1 - min(k, right) for k in ahead])
+    lines.flags.writeable = False                   # shared by every video with this grid and band
+    return lines, width, bool(_too_little(np.array([band]), rows, cols)[0])
 
 
 def _positions(grid: tuple[int, int], rows: list[int], cols: list[int]) -> np.ndarray:
@@ -410,7 +476,7 @@ class BorderFinder:
             return
         stack = None
         if shape[0] * shape[1] <= SMALL_FRAME:                      # each position's brightest and darkest
-            stack = np.stack(lumas)
+            stack = np.array(lumas)                                 # (n, height, width), one copy
             high, low = stack.max(axis=0), stack.min(axis=0)
         else:                                                       # (OpenCV, frame by frame: no copy of all)
             high, low = lumas[0].copy(), lumas[0].copy()
@@ -420,14 +486,12 @@ class BorderFinder:
         # Positions brighter than LIMIT in every frame make their rows and columns picture in every
         # frame; when they span MIN_ACTIVE of the height and of the width, every frame has picture
         # (the usual case: the statistics of all frames at once); otherwise frame by frame.
-        bright = low > LIMIT
-        spans = [np.flatnonzero(bright.any(axis=axis)) for axis in (1, 0)]
-        if all(len(lines) and lines[-1] - lines[0] + 1 >= MIN_ACTIVE * size for lines, size in zip(spans, shape)):
+        if all(_span(low.max(axis=axis)) >= MIN_ACTIVE * size for axis, size in zip((1, 0), shape)):
             self._take((high.max(axis=1), low.min(axis=1)), (high.max(axis=0), low.min(axis=0)), shape)
             self.frames += len(lumas)
             return
         if stack is None:
-            stack = np.stack(lumas)                                 # (n, height, width), contiguous
+            stack = np.array(lumas)                                 # (n, height, width), contiguous
         count, height, width = stack.shape
         # rows of narrow frames: along the long axis after a transpose (see _row_bars; wider rows
         # are long enough as they are); columns: numpy reduces the middle axis whole lines at a time
@@ -465,7 +529,7 @@ class BorderFinder:
         would leave less than ``MIN_ACTIVE`` of a side."""
         if self.frames < MIN_FRAMES or self._rows is None or self._pictured:
             return None
-        rows, cols = _bar_lines(*self._rows).tolist(), _bar_lines(*self._cols).tolist()
+        rows, cols = _BAR[self._rows].tolist(), _BAR[self._cols].tolist()
         top, bottom, left, right = _run(rows), _run(rows[::-1]), _run(cols), _run(cols[::-1])
         height, width = self.shape
         if height - top - bottom < MIN_ACTIVE * height or width - left - right < MIN_ACTIVE * width:

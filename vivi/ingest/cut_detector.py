@@ -244,14 +244,13 @@ class HistogramCutDetector:
         changes = self._changes(samples, previous if same_grid else None)
         kept = samples[-2:].copy()                        # the last frames: the next batch compares with them
         bars = self._bars(samples, kept)
-        regions = None if bars is None else _Regions(bars, samples.shape[1:3])
         self._hists = {} if self._previous_hist is None else dict(self._previous_hist)
         if previous is None:                              # the very first frame starts a shot
             self.shot_starts.append(start)
             found.append(start)
         elif not same_grid:                               # the grid changed: compare histograms
             found += self._exact(start, samples[0], previous, NO_BARS)
-        candidates = self._candidates(*changes, regions)
+        regions, candidates = self._candidates(*changes, bars, samples.shape[1:3])
         for k in candidates:                              # k: frame of ``samples`` that may start a shot
             if start + k - self.shot_starts[-1] >= self.config.min_shot_frames:
                 region = NO_BARS if regions is None else regions[k]
@@ -278,18 +277,21 @@ class HistogramCutDetector:
         # count_nonzero(axis=1) is 2x slower than summing the boolean bytes
         return np.add.reduce((changed != 0).view(np.uint8), axis=1, dtype=np.int32), first, words.shape[1]
 
-    def _candidates(self, per_frame: np.ndarray, first: int, positions: int, regions: _Regions | None) -> list[int]:
-        """Indices k where frame k of the batch may start a shot: the fraction of sample
-        positions whose histogram bin differs from the frame before (:meth:`_changes`) reaches
-        ``threshold - MARGIN``. With bars (``regions``, see :class:`_Regions`) the fraction is of
-        the positions compared (frames below it at the fewest positions any frame compares are
-        ruled out at once, the others one by one); the changed positions are counted over the
-        whole grid, which can only count more, so no cut is missed."""
+    def _candidates(self, per_frame: np.ndarray, first: int, positions: int, bars: BatchBars | None,
+                    grid: tuple[int, int]) -> tuple[_Regions | None, list[int]]:
+        """The regions the frames of the batch are compared in (None: the whole grid) and the
+        indices k where frame k may start a shot: the fraction of sample positions whose
+        histogram bin differs from the frame before (:meth:`_changes`) reaches ``threshold -
+        MARGIN``. With bars (see :class:`_Regions`) the fraction is of the positions compared
+        (frames below it at the fewest positions any frame compares are ruled out at once, the
+        others one by one); the changed positions are counted over the whole grid, which can only
+        count more, so no cut is missed."""
         least = self.config.threshold - self.MARGIN
-        if regions is None:
-            return (np.flatnonzero(per_frame >= least * positions) + first).tolist()
-        candidates = np.flatnonzero(per_frame >= least * regions.bars.fewest)
-        return [k + first for k in candidates.tolist() if per_frame[k] >= least * regions.compared(k + first)]
+        candidates = np.flatnonzero(per_frame >= least * (positions if bars is None else bars.fewest)).tolist()
+        if bars is None or not candidates:
+            return None, [k + first for k in candidates]
+        regions = _Regions(bars, grid)
+        return regions, [k + first for k in candidates if per_frame[k] >= least * regions.compared(k + first)]
 
     def _exact(self, index: int, samples: np.ndarray, before: np.ndarray, region: tuple[int, ...]) -> list[int]:
         """Build the histograms of frames ``index - 1`` and ``index`` without ``region``'s bar
@@ -320,19 +322,22 @@ class _Regions:
     frame of the batch, which is enough to rule out the rest.
     """
 
-    __slots__ = ("rows", "cols", "bars")
+    __slots__ = ("rows", "cols", "bars", "_last")
 
     def __init__(self, bars: BatchBars, shape: tuple[int, int]):
         self.rows, self.cols = shape
         self.bars = bars
-
-    def _steady(self, k: int) -> tuple[int, ...]:
-        return tuple(map(min, self.bars[k], self.bars[k - 1]))       # zero where either frame has no bars
+        self._last = (None, NO_BARS)          # the frame asked last and its region (asked again for its histograms)
 
     def __getitem__(self, k: int) -> tuple[int, ...]:
-        both = tuple(map(max, self._steady(k - 1), self._steady(k)))
+        if self._last[0] == k:
+            return self._last[1]
+        two_before, before, bars = self.bars.around(k)
+        # each frame's steady bars are zero where it or the frame before it has none
+        both = tuple(map(max, map(min, before, two_before), map(min, bars, before)))
         if both[0] + both[1] >= self.rows or both[2] + both[3] >= self.cols:
-            return NO_BARS
+            both = NO_BARS
+        self._last = (k, both)
         return both
 
     def compared(self, k: int) -> int:
