@@ -132,6 +132,9 @@ def grid_bars(luma: np.ndarray) -> np.ndarray | None:
     return bars if bars.any() else None
 
 
+_ARMED: dict = {}      # per (rows, cols[, channels]): the check and band laid out last (GridBars._reuse)
+
+
 class BatchBars:
     """The bars of the frames of one batch, as the cut detector asks for them.
 
@@ -272,7 +275,7 @@ class GridBars:
         if check is None:
             if not _dark_corner(samples[..., 0] if samples.ndim == 4 else samples):
                 return self._none(count, before, bound)
-            if not self._arm(samples):
+            if not self._reuse(samples) and not self._arm(samples):
                 return self._whole(samples, before, bound)
         elif self._darkest(samples) <= LIMIT and not self._arm(samples):
             return self._whole(samples, before, bound)
@@ -290,6 +293,18 @@ class GridBars:
         bound = band if bound == band else tuple(map(max, band, bound))
         batch = _Later(samples, lines, previous if previous is not None and previous._layout is lines else None)
         return BatchBars(batch, before, bound, self._grid)
+
+    def _reuse(self, samples: np.ndarray) -> bool:
+        """Take the check laid out last on a batch of this size (the videos of a collection
+        mostly share their sizes and bars) if its samples are lit in every frame of this one."""
+        armed = _ARMED.get(self._frame)
+        if armed is None:
+            return False
+        self._check, self._band, self._checks, self._lines = armed[0], armed[1], {}, None
+        if self._darkest(samples) > LIMIT:
+            return True
+        self._check = None
+        return False
 
     def _darkest(self, samples: np.ndarray) -> int:
         """The darkest of the bounded check's samples in the frames of ``samples`` (luma, or
@@ -352,6 +367,7 @@ class GridBars:
         self._checks = {}
         if (top, bottom, left, right) != self._band:
             self._band, self._lines = (top, bottom, left, right), None
+        _ARMED[self._frame] = (self._check, self._band)
         return True
 
     def _look(self, samples: np.ndarray) -> np.ndarray:
