@@ -426,15 +426,21 @@ def _crop_by_rule(lumas: list[np.ndarray]):
     return x, y, x2 - x, y2 - y
 
 
-def test_border_finder_taking_the_held_frames_at_once_crops_as_the_rule_says():
+@pytest.mark.parametrize("large", [False, True], ids=["small frames", "large frames"])
+def test_border_finder_taking_the_held_frames_at_once_crops_as_the_rule_says(large, monkeypatch):
     """The held frames' statistics are taken all at once (one pass when every frame has picture
-    across a quarter of each side, frame by frame otherwise): black frames and fades among them
-    must not count, and the crop must be the one the definitions give frame by frame."""
+    across a quarter of each side, frame by frame otherwise; large frames first on a coarse grid,
+    then only the lines along the edges): black frames and fades among them must not count, and
+    the crop must be the one the definitions give frame by frame."""
+    from vivi.ingest import borders
     from vivi.ingest.borders import BorderFinder
+    if large:
+        monkeypatch.setattr(borders, "SMALL_FRAME", 0)       # these frames taken as large ones
+        monkeypatch.setattr(borders, "LARGE_FRAME", 0)
     rng = np.random.default_rng(2)
-    for trial in range(60):
-        height, width = 48, 64
-        top, bottom, left, right = (int(v) for v in rng.integers(0, 12, 4))
+    for trial in range(200 if large else 60):
+        height, width = (65, 81) if large else (48, 64)     # odd: a line missed at the bottom or right shows
+        top, bottom, left, right = (int(v) for v in rng.integers(0, 20 if large else 12, 4))
         lumas = []
         for _ in range(int(rng.integers(1, 9))):
             luma = rng.integers(30, 256, (height, width)).astype(np.uint8)
@@ -446,6 +452,8 @@ def test_border_finder_taking_the_held_frames_at_once_crops_as_the_rule_says():
                 luma //= 12                                           # a fade: dark, textured
             elif kind < 0.3:
                 luma[:, :width // 2] = 16                             # half black: the bars are not the same
+            elif kind < 0.35:
+                luma[:height * 2 // 5], luma[height * 3 // 5:] = 16, 16   # too little picture: no evidence
             lumas.append(luma)
         finder = BorderFinder()
         finder.add_frames(lumas)

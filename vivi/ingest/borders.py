@@ -45,6 +45,8 @@ HOLD_BYTES = 48 << 20   # ... at most this many bytes of decoded frames of them
 PROBE_AFTER_S = 60.0    # videos longer than this also get key frames spread over the whole video
 PROBES = 8              # how many
 SMALL_FRAME = 1 << 15   # pixels up to which the held frames' statistics are taken from one stack of them
+LARGE_FRAME = 1 << 17   # pixels from which they are first looked at on a coarse grid, then along the edges only
+COARSE = 8              # ... every COARSE-th sample of every COARSE-th line
 
 NO_BARS = (0, 0, 0, 0)   # a frame without bars (top, bottom, left, right)
 
@@ -490,6 +492,8 @@ class BorderFinder:
             self.shape, self._pictured = shape, True
             self.frames += len(lumas)
             return
+        if shape[0] * shape[1] >= LARGE_FRAME and self._add_edges(lumas, shape):
+            return
         stack = None
         if shape[0] * shape[1] <= SMALL_FRAME:                      # each position's brightest and darkest
             stack = np.array(lumas)                                 # (n, height, width), one copy
@@ -528,6 +532,43 @@ class BorderFinder:
             rows, cols = [(high[evidence], low[evidence]) for high, low in (rows, cols)]
         self._take(*[(high.max(axis=0), low.min(axis=0)) for high, low in (rows, cols)], shape)
         self.frames += int(evidence.sum())
+
+    def _add_edges(self, lumas: list[np.ndarray], shape: tuple[int, int]) -> bool:
+        """The statistics of large frames that all have picture, from the lines along the edges
+        only; False (nothing taken) unless a coarse look shows that every frame has picture.
+
+        On the coarse grid (every ``COARSE``-th sample of every ``COARSE``-th line), positions
+        brighter than ``LIMIT`` in every frame that span ``MIN_ACTIVE`` of the height and of the
+        width show that every frame has picture, as in :meth:`_add_run`. The first coarse line
+        from each edge with a position brighter than ``LIMIT`` in some frame is no bar line, so
+        the video's bars end before it: only the lines between it and the edge are looked at in
+        full; the lines past it are noted as picture (no run of bar lines from an edge reaches
+        them, now or once more frames are merged)."""
+        height, width = shape
+        coarse = np.array([luma[::COARSE, ::COARSE] for luma in lumas])       # from the top left
+        lit = [_lit(coarse.min(axis=0).max(axis=axis)) for axis in (1, 0)]
+        if any(span is None or (span[1] - span[0]) * COARSE + 1 < MIN_ACTIVE * size for span, size in zip(lit, shape)):
+            return False
+        brightest = coarse.max(axis=0)
+        top, left = _lit(brightest.max(axis=1))[0], _lit(brightest.max(axis=0))[0]
+        brightest = np.array([luma[::-COARSE, ::-COARSE] for luma in lumas]).max(axis=0)    # from the bottom right
+        ends = _lit(brightest.max(axis=1)), _lit(brightest.max(axis=0))
+        if None in ends:                                 # no lit position on this grid: look at everything
+            return False
+        bottom, right = ends[0][0], ends[1][0]
+        rows = (np.full(height, 255, np.uint8), np.zeros(height, np.uint8))     # (brightest, darkest): picture
+        cols = (np.full(width, 255, np.uint8), np.zeros(width, np.uint8))
+        for start, stop in ((0, top * COARSE), (height - bottom * COARSE, height)):
+            if start < stop:
+                edge = np.array([luma[start:stop] for luma in lumas])         # (n, lines, width)
+                rows[0][start:stop], rows[1][start:stop] = edge.max(axis=(0, 2)), edge.min(axis=(0, 2))
+        for start, stop in ((0, left * COARSE), (width - right * COARSE, width)):
+            if start < stop:
+                edge = np.array([luma[:, start:stop] for luma in lumas])      # (n, height, lines)
+                cols[0][start:stop], cols[1][start:stop] = edge.max(axis=(0, 1)), edge.min(axis=(0, 1))
+        self._take(rows, cols, shape)
+        self.frames += len(lumas)
+        return True
 
     def _take(self, rows: tuple[np.ndarray, np.ndarray], cols: tuple[np.ndarray, np.ndarray], shape) -> None:
         """Merge the (brightest, darkest) of each row and column of frames with picture."""
