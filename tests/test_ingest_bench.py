@@ -38,3 +38,32 @@ def test_the_border_clock_times_the_border_functions_and_puts_them_back(world, t
     assert [getattr(owner, name) for owner, name in ingest_throughput.BorderClock.FINDING] == originals
     with_cut, with_bars = ingest_throughput.stored_frame_seconds(barred, 64, per_video=2, tries=1)
     assert with_cut > 0 and with_bars > 0
+
+
+def _in_border_code(code) -> bool:
+    from vivi.ingest import borders, cut_detector
+    return code.co_filename == borders.__file__ or (code.co_filename == cut_detector.__file__
+                                                     and code.co_qualname.startswith("_Regions."))
+
+
+def test_the_border_clock_times_every_way_into_the_border_code(world, tmp_path):
+    """Ingest calls the border code (vivi/ingest/borders.py and the cut detector's regions) only
+    through functions the clock times: a new way in would go uncounted."""
+    from vivi.ingest import IngestConfig, SamplingConfig, ingest
+    videos = sorted((world / "videos").glob("*.mp4"))[:3]
+    barred = ingest_throughput.add_bars(videos[:2], 0.125, "ultrafast", tmp_path / "barred")
+    entries = set()
+
+    def profile(frame, event, arg):
+        if event == "call" and _in_border_code(frame.f_code) and not _in_border_code(frame.f_back.f_code):
+            entries.add(frame.f_code.co_qualname)
+
+    sys.setprofile(profile)
+    try:
+        ingest(barred + videos[2:], tmp_path / "data", IngestConfig(sampling=SamplingConfig(short_side=64)),
+               workers=1, progress=False)
+    finally:
+        sys.setprofile(None)
+    timed = {getattr(owner, name).__qualname__
+             for owner, name in ingest_throughput.BorderClock.FINDING + ingest_throughput.BorderClock.CUTTING}
+    assert entries and entries <= timed, entries - timed

@@ -152,9 +152,9 @@ class BatchBars:
 
     __slots__ = ("bound", "fewest", "_rows", "_before")
 
-    def __init__(self, rows, before: tuple, bound: tuple[int, ...], grid: tuple[int, int]):
+    def __init__(self, rows, before: tuple, bound: tuple[int, ...], grid: tuple[int, int], fewest: int = 0):
         self._rows, self._before, self.bound = rows, before, bound
-        self.fewest = max(1, grid[0] - bound[0] - bound[1]) * max(1, grid[1] - bound[2] - bound[3])
+        self.fewest = fewest or max(1, grid[0] - bound[0] - bound[1]) * max(1, grid[1] - bound[2] - bound[3])
 
     def __getitem__(self, k: int) -> tuple[int, ...]:
         if k >= 0:
@@ -162,11 +162,15 @@ class BatchBars:
         bars = self._before[k]
         return bars if isinstance(bars[0], int) else bars[0][bars[1]]
 
-    def around(self, k: int) -> tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]:
-        """The bars of frames ``k - 2``, ``k - 1`` and ``k`` (those a frame's region depends on),
-        worked out together where they are to be."""
+    def work_out(self, first: int, last: int) -> None:
+        """Work out together the bars that the regions of frames ``first`` to ``last`` depend on
+        (those of frames ``first - 2`` to ``last``), where they are to be worked out."""
         if isinstance(self._rows, _Later):
-            self._rows.work_out(k - 2, k + 1)
+            self._rows.work_out(first - 2, last + 1)
+
+    def around(self, k: int) -> tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]:
+        """The bars of frames ``k - 2``, ``k - 1`` and ``k`` (those a frame's region depends on)."""
+        self.work_out(k, k)
         return self[k - 2], self[k - 1], self[k]
 
 
@@ -257,6 +261,7 @@ class GridBars:
         self._band: tuple[int, ...] = NO_BARS         # each side's first line known to be picture (the bound)
         self._lines: tuple | None = None              # where the band's lines are (_lay_out)
         self._kept: _Later | None = None              # the last two frames of the last batch looked at in the band
+        self._fewest = (None, 0)                      # a band and the grid positions it leaves (BatchBars.fewest)
         self._check: list | None = None               # the bounded check's four (row, column) positions
         self._checks: dict = {}                       # frames in a batch -> an itemgetter of them in each
 
@@ -292,9 +297,14 @@ class GridBars:
         last = self._kept = _Later(samples[-2:].copy() if kept is None else kept, lines)
         self._before = ((last, -2), (last, -1)) if count > 1 else (before[-1], (last, -1))
         self._bound = band
-        bound = band if bound == band else tuple(map(max, band, bound))
         batch = _Later(samples, lines, previous if previous is not None and previous._layout is lines else None)
-        return BatchBars(batch, before, bound, self._grid)
+        if bound == band:                                 # the usual batch: the bound it had, and its fewest
+            fewest = self._fewest
+            if fewest[0] != band:
+                rows, cols = self._grid
+                fewest = self._fewest = (band, max(1, rows - band[0] - band[1]) * max(1, cols - band[2] - band[3]))
+            return BatchBars(batch, before, band, self._grid, fewest[1])
+        return BatchBars(batch, before, tuple(map(max, band, bound)), self._grid)
 
     def _reuse(self, samples: np.ndarray) -> bool:
         """Take the check laid out last on a batch of this size (the videos of a collection
