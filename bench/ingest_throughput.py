@@ -18,9 +18,10 @@ ratios are medians over rounds.
          finding letterbox/pillarbox bars (``vivi/ingest/borders.py``: the cut detector's per-batch
          bar check and the regions it compares frames in, the stored frames' bar statistics,
          key-frame probes of videos longer than a minute) and cutting them off the stored frames
-         (the functions that do it, timed with ``time.perf_counter``); ``--bars F`` letterboxes
-         every video first (black bars of F of the height above and below, re-encoded with
-         ``--preset``), so that the bars are found and cut off. A frame stored without its bars is
+         (every function through which ingest calls that code, timed with ``time.perf_counter``:
+         :class:`BorderClock`); ``--bars F`` letterboxes every video first (black bars of F of the
+         height above and below, re-encoded with ``--preset``), so that the bars are found and
+         cut off. A frame stored without its bars is
          smaller to convert and encode: the time to store one (conversion to the stored size, JPEG)
          with its bars cut off, the cut included, and with them kept is measured on the same
          frames, and the net share (finding the bars, less what storing the frames without them

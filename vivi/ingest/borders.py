@@ -12,17 +12,19 @@ darkest sample: bars are flat, dark picture content (a night scene) is textured.
   either of them has held for two frames. A cut from a letterboxed to a pillarboxed clip, or
   between two clips with the same bars, is then a cut between the two pictures. Most batches
   cost a few array operations: one comparison when no frame has a black corner; four samples a
-  frame that show no frame's bars reach past a bound laid out on an earlier batch (the detector
-  rules most frames out with that bound, and only the frames that may start a shot get their
-  exact bars).
+  frame that show no frame's bars reach past a bound laid out on an earlier batch, or on an
+  earlier video of the same size (the detector rules most frames out with that bound, and only
+  the frames that may start a shot get their exact bars, with those of the two frames before
+  them).
 * Stored frames (:class:`BorderFinder`): a line is a bar of the video when it is a bar line in
   every frame looked at, at full resolution, within ``FLAT`` levels across them (bars are
   constant; a dark scene varies from frame to frame). The frames looked at are the first frames
   kept for the dataset and, in videos longer than a minute, key frames spread over the video
   (:func:`probe_key_frames`, a seek and one key frame's decoding each), so that a compilation
   whose clips have different bars is not cropped to one clip's picture. The held frames are
-  looked at together when the crop is decided; a video none of whose frames has a black corner
-  has no bars, which costs four samples a frame.
+  looked at together when the crop is decided (large frames first on a coarse grid, then only
+  along the edges); a video none of whose frames has a black corner has no bars, which costs four
+  samples a frame.
 
 A frame with less picture than ``MIN_ACTIVE`` of its height or width (a black frame, a fade)
 says nothing about bars: no bars for the cut detector, no evidence for the stored frames.
@@ -242,7 +244,10 @@ class GridBars:
       picture): that bound is all the cut detector needs to rule out most frames, and a frame's
       exact bars (its runs of bar lines inside the band the four lines close) are worked out only
       when asked, for frames that may start a shot. The last two frames' luma is kept for the
-      next batch's first frames. When a sample turns dark, the four are laid out again.
+      next batch's first frames. When a sample turns dark, the four are laid out again. A
+      video's first batch tries the four samples laid out last on frames of its size (a
+      collection's videos mostly share sizes and bars) before laying out its own
+      (:meth:`_reuse`).
     * No bars: a batch none of whose frames has a black corner has none (every bar line covers
       two corners): one comparison.
     * Band: a batch with no position brighter than ``LIMIT`` in all its frames (a black frame, a
