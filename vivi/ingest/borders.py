@@ -176,6 +176,32 @@ class BatchBars:
         return self[k - 2], self[k - 1], self[k]
 
 
+class _Steady(BatchBars):
+    """The bars of a batch whose bound held as on the batch before, where nothing but the bound
+    was laid out: its frames' bars and those of the two frames before it (``kept``: their
+    :class:`_Later`, or their samples) are looked at in the band ``lines`` when first asked."""
+
+    __slots__ = ("_samples", "_lines", "_kept")
+
+    def __init__(self, samples: np.ndarray, lines: tuple, kept, bound: tuple[int, ...], fewest: int):
+        self._samples, self._lines, self._kept, self.bound, self.fewest = samples, lines, kept, bound, fewest
+        self._rows = self._before = None
+
+    def _lay_out(self) -> None:
+        kept = self._kept if isinstance(self._kept, _Later) else _Later(self._kept, self._lines)
+        self._rows, self._before = _Later(self._samples, self._lines, kept), ((kept, -2), (kept, -1))
+
+    def __getitem__(self, k: int) -> tuple[int, ...]:
+        if self._rows is None:
+            self._lay_out()
+        return BatchBars.__getitem__(self, k)
+
+    def work_out(self, first: int, last: int) -> None:
+        if self._rows is None:
+            self._lay_out()
+        BatchBars.work_out(self, first, last)
+
+
 class _Later:
     """The bars of some frames, worked out when asked from their samples (``samples``: (n, rows,
     cols) luma, or (n, rows, cols, channels) samples with luma first; ``layout``: :func:`_lay_out`
@@ -244,7 +270,9 @@ class GridBars:
       picture): that bound is all the cut detector needs to rule out most frames, and a frame's
       exact bars (its runs of bar lines inside the band the four lines close) are worked out only
       when asked, for frames that may start a shot. The last two frames' luma is kept for the
-      next batch's first frames. When a sample turns dark, the four are laid out again. A
+      next batch's first frames. A batch whose bound holds as on the batch before costs the
+      four samples and one object (:class:`_Steady`). When a sample turns dark, the four are
+      laid out again. A
       video's first batch tries the four samples laid out last on frames of its size (a
       collection's videos mostly share sizes and bars) before laying out its own
       (:meth:`_reuse`).
@@ -265,7 +293,9 @@ class GridBars:
         self._bound = NO_BARS                         # ... at least those of the last
         self._band: tuple[int, ...] = NO_BARS         # each side's first line known to be picture (the bound)
         self._lines: tuple | None = None              # where the band's lines are (_lay_out)
-        self._kept: _Later | None = None              # the last two frames of the last batch looked at in the band
+        self._kept = None                             # the last two frames of the last batch looked at in the band
+        #                                               (a _Later, or their samples after a steady batch)
+        self._steady = False                          # the last batch was looked at in the band, as is this one's
         self._fewest = (None, 0)                      # a band and the grid positions it leaves (BatchBars.fewest)
         self._check: list | None = None               # the bounded check's four (row, column) positions
         self._checks: dict = {}                       # frames in a batch -> an itemgetter of them in each
@@ -277,6 +307,12 @@ class GridBars:
         it has one) that the caller leaves unchanged until the next call (the detector keeps one
         anyway; luma or samples as ``samples``), else the last two are copied here."""
         count = len(samples)
+        if self._steady and count > 1 and self._frame == samples.shape[1:] and self._darkest(samples) > LIMIT:
+            # the usual batch: the bound holds as on the batch before, and nothing else is needed now
+            previous = self._kept
+            self._kept = samples[-2:].copy() if kept is None else kept
+            return _Steady(samples, self._lines, previous, self._band, self._fewest[1])
+        self._settle()
         if self._frame != samples.shape[1:]:
             if self._grid == samples.shape[1:3]:        # the same grid, given as luma or as samples
                 self._frame, self._lines, self._checks = samples.shape[1:], None, {}
@@ -303,13 +339,21 @@ class GridBars:
         self._before = ((last, -2), (last, -1)) if count > 1 else (before[-1], (last, -1))
         self._bound = band
         batch = _Later(samples, lines, previous if previous is not None and previous._layout is lines else None)
-        if bound == band:                                 # the usual batch: the bound it had, and its fewest
+        self._steady = count > 1 and bound == band
+        if bound == band:                                 # the bound it had, and its fewest
             fewest = self._fewest
             if fewest[0] != band:
                 rows, cols = self._grid
                 fewest = self._fewest = (band, max(1, rows - band[0] - band[1]) * max(1, cols - band[2] - band[3]))
             return BatchBars(batch, before, band, self._grid, fewest[1])
         return BatchBars(batch, before, tuple(map(max, band, bound)), self._grid)
+
+    def _settle(self) -> None:
+        """After steady batches: the last one's two frames as the next batch's frames -2 and -1."""
+        if self._steady and not isinstance(self._kept, _Later):
+            last = self._kept = _Later(self._kept, self._lines)
+            self._before = ((last, -2), (last, -1))
+        self._steady = False
 
     def _reuse(self, samples: np.ndarray) -> bool:
         """Take the check laid out last on a batch of this size (the videos of a collection
@@ -362,7 +406,7 @@ class GridBars:
         """Note the bars of the batch's last two frames (one for a batch of one frame) and a bound
         of the very last's."""
         self._before = last if count > 1 else (self._before[-1], last[-1])
-        self._bound, self._kept = bound, None
+        self._bound, self._kept, self._steady = bound, None, False
 
     def _arm(self, samples: np.ndarray) -> bool:
         """Lay out the bounded check on a batch (its luma or samples, as :meth:`__call__` takes
