@@ -110,7 +110,7 @@ class BorderClock:
     def __init__(self):
         self.seconds = {"finding": 0.0, "cutting": 0.0}
         self._saved = []
-        self._depth = 0
+        self._inside = [False]        # in a timed call already (a call inside it is not timed again)
 
     @property
     def finding(self) -> float:
@@ -121,15 +121,19 @@ class BorderClock:
         return self.seconds["cutting"]
 
     def _timed(self, function, part: str):
+        # as few steps as can be: the clock's own time is counted in what it times
+        clock, seconds, inside = time.perf_counter, self.seconds, self._inside
+
         def timed(*args, **kwargs):
-            self._depth += 1
-            start = time.perf_counter()
+            if inside[0]:
+                return function(*args, **kwargs)
+            inside[0] = True
+            start = clock()
             try:
                 return function(*args, **kwargs)
             finally:
-                self._depth -= 1
-                if not self._depth:
-                    self.seconds[part] += time.perf_counter() - start
+                seconds[part] += clock() - start
+                inside[0] = False
         return timed
 
     def __enter__(self):
