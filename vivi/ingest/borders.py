@@ -187,18 +187,18 @@ class _Steady(BatchBars):
         self._samples, self._lines, self._kept, self.bound, self.fewest = samples, lines, kept, bound, fewest
         self._rows = self._before = None
 
-    def _lay_out(self) -> None:
+    def _prepare(self) -> None:
         kept = self._kept if isinstance(self._kept, _Later) else _Later(self._kept, self._lines)
         self._rows, self._before = _Later(self._samples, self._lines, kept), ((kept, -2), (kept, -1))
 
     def __getitem__(self, k: int) -> tuple[int, ...]:
         if self._rows is None:
-            self._lay_out()
+            self._prepare()
         return BatchBars.__getitem__(self, k)
 
     def work_out(self, first: int, last: int) -> None:
         if self._rows is None:
-            self._lay_out()
+            self._prepare()
         BatchBars.work_out(self, first, last)
 
 
