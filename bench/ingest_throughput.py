@@ -21,11 +21,10 @@ ratios are medians over rounds.
          (every function through which ingest calls that code, timed with ``time.perf_counter``:
          :class:`BorderClock`); ``--bars F`` letterboxes every video first (black bars of F of the
          height above and below, re-encoded with ``--preset``), so that the bars are found and
-         cut off. A frame stored without its bars is
-         smaller to convert and encode: the time to store one (conversion to the stored size, JPEG)
-         with its bars cut off, the cut included, and with them kept is measured on the same
-         frames, and the net share (finding the bars, less what storing the frames without them
-         saves) is printed too;
+         cut off. A frame stored without its bars is smaller to convert and encode: the time to
+         store one (conversion to the stored size, JPEG) with its bars cut off, the cut included,
+         and with them kept is measured on the same frames, and the net share (finding the bars,
+         less what storing the frames without them saves) is printed too;
 * two-pass: what a user would script: ``scenedetect.detect(path, HistogramDetector())`` for the
          cuts, then a second PyAV pass that samples 1 frame per second inside each scene, resizes
          and JPEG-encodes it (no shard writing: the baseline is given that for free).

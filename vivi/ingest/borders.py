@@ -139,6 +139,11 @@ def grid_bars(luma: np.ndarray) -> np.ndarray | None:
 _ARMED: dict = {}      # per (rows, cols[, channels]): the check and band laid out last (GridBars._reuse)
 
 
+def _left(grid: tuple[int, int], bound: tuple[int, ...]) -> int:
+    """How many positions of the (rows, cols) ``grid`` are left without ``bound``'s lines (at least 1)."""
+    return max(1, grid[0] - bound[0] - bound[1]) * max(1, grid[1] - bound[2] - bound[3])
+
+
 class BatchBars:
     """The bars of the frames of one batch, as the cut detector asks for them.
 
@@ -156,7 +161,7 @@ class BatchBars:
 
     def __init__(self, rows, before: tuple, bound: tuple[int, ...], grid: tuple[int, int], fewest: int = 0):
         self._rows, self._before, self.bound = rows, before, bound
-        self.fewest = fewest or max(1, grid[0] - bound[0] - bound[1]) * max(1, grid[1] - bound[2] - bound[3])
+        self.fewest = fewest or _left(grid, bound)
 
     def __getitem__(self, k: int) -> tuple[int, ...]:
         if k >= 0:
@@ -272,9 +277,8 @@ class GridBars:
       when asked, for frames that may start a shot. The last two frames' luma is kept for the
       next batch's first frames. A batch whose bound holds as on the batch before costs the
       four samples and one object (:class:`_Steady`). When a sample turns dark, the four are
-      laid out again. A
-      video's first batch tries the four samples laid out last on frames of its size (a
-      collection's videos mostly share sizes and bars) before laying out its own
+      laid out again. A video's first batch tries the four samples laid out last on frames of
+      its size (a collection's videos mostly share sizes and bars) before laying out its own
       (:meth:`_reuse`).
     * No bars: a batch none of whose frames has a black corner has none (every bar line covers
       two corners): one comparison.
@@ -341,11 +345,9 @@ class GridBars:
         batch = _Later(samples, lines, previous if previous is not None and previous._layout is lines else None)
         self._steady = count > 1 and bound == band
         if bound == band:                                 # the bound it had, and its fewest
-            fewest = self._fewest
-            if fewest[0] != band:
-                rows, cols = self._grid
-                fewest = self._fewest = (band, max(1, rows - band[0] - band[1]) * max(1, cols - band[2] - band[3]))
-            return BatchBars(batch, before, band, self._grid, fewest[1])
+            if self._fewest[0] != band:
+                self._fewest = (band, _left(self._grid, band))
+            return BatchBars(batch, before, band, self._grid, self._fewest[1])
         return BatchBars(batch, before, tuple(map(max, band, bound)), self._grid)
 
     def _settle(self) -> None:
@@ -605,7 +607,8 @@ class BorderFinder:
         them, now or once more frames are merged)."""
         height, width = shape
         coarse = np.array([luma[::COARSE, ::COARSE] for luma in lumas])       # from the top left
-        lit = [_lit(coarse.min(axis=0).max(axis=axis)) for axis in (1, 0)]
+        darkest = coarse.min(axis=0)
+        lit = [_lit(darkest.max(axis=axis)) for axis in (1, 0)]
         if any(span is None or (span[1] - span[0]) * COARSE + 1 < MIN_ACTIVE * size for span, size in zip(lit, shape)):
             return False
         brightest = coarse.max(axis=0)
@@ -645,7 +648,7 @@ class BorderFinder:
         would leave less than ``MIN_ACTIVE`` of a side."""
         if self.frames < MIN_FRAMES or self._rows is None or self._pictured:
             return None
-        rows, cols = _BAR[self._rows].tolist(), _BAR[self._cols].tolist()
+        rows, cols = _BAR[self._rows[0], self._rows[1]].tolist(), _BAR[self._cols[0], self._cols[1]].tolist()
         top, bottom, left, right = _run(rows), _run(rows[::-1]), _run(cols), _run(cols[::-1])
         height, width = self.shape
         if height - top - bottom < MIN_ACTIVE * height or width - left - right < MIN_ACTIVE * width:

@@ -368,7 +368,10 @@ class ExactDistances:
         out: list[tuple[float | None, bool]] = []
         same_grid = self._previous is not None and self._previous.shape == samples.shape[1:]
         bars = self._bars(samples)
-        regions = None if bars is None else _Regions(bars, samples.shape[1:3])
+        regions = None
+        if bars is not None:
+            regions = _Regions(bars, samples.shape[1:3])
+            bars.work_out(0, len(samples) - 1)            # every frame's region is asked: all bars at once
         for k, frame in enumerate(samples):
             region = NO_BARS if regions is None or (k == 0 and not same_grid) else regions[k]
             hist = sample_histogram(inside(frame, region), self.config.bits)
